@@ -1,0 +1,46 @@
+"""One training sample: draw the scene (:mod:`datagen.scene`), render the face and the shading image of
+a_t with the shared renderer, and mask the face image with a_t's silhouette.
+
+:func:`make_sample` is the single generator used by ``datagen render`` (written to shards) and by
+``train iterative --online`` (fed straight to the network).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .scene import SceneParams, draw_scene
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Arrays of one sample, for an (H, W) image.
+
+    image: (H, W) float32 in [0, 1], gray face render masked by a_t's silhouette (or (H, W, 3) with
+    ``color_input``); shading: (H, W) float32, shading image of a_t; mask: (H, W) bool, a_t's silhouette;
+    rgb: (H, W, 3) float32, the unmasked colour render; depth: (H, W) float32 mm of the true face (0 = none);
+    face_mask: (H, W) bool, the true face's silhouette; normals: (H, W, 3) camera-frame normals of the
+    true face; landmarks: (68, 2) projected true landmarks (pixel x, y); scene: the drawn parameters.
+    """
+
+    image: np.ndarray
+    shading: np.ndarray
+    mask: np.ndarray
+    rgb: np.ndarray
+    depth: np.ndarray
+    face_mask: np.ndarray
+    normals: np.ndarray
+    landmarks: np.ndarray
+    scene: SceneParams
+
+
+def make_sample(seed: int, index: int, model, cfg, renderer) -> Sample:
+    """Generate sample ``index`` of the dataset ``seed`` (deterministic in (seed, index) alone)."""
+    scene = draw_scene(seed, index, model, cfg)
+    face = renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light,
+                                scene.background)
+    shading, mask = renderer.render_shading(scene.alpha_t, scene.pose)
+    src = face.rgb if cfg.datagen.color_input else face.gray
+    image = np.where(mask[..., None] if src.ndim == 3 else mask, src, 0.0).astype(np.float32)
+    return Sample(image, shading, mask, face.rgb, face.depth, face.mask, face.normals, face.landmarks, scene)

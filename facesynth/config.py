@@ -1,0 +1,282 @@
+"""Typed configuration: ``pipeline.yaml`` loaded into frozen dataclasses, one per stage.
+
+Every default of every stage lives in ``pipeline.yaml`` and only there (the dataclasses have no defaults;
+a config file must name every key, so ``load_config(user_file)`` merges a user's file over it); the CLI overrides single values with
+``override(cfg, "section.key", value)``. Unknown keys and wrong types raise :class:`ConfigError` with a
+one-line message naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "pipeline.yaml"
+
+
+class ConfigError(ValueError):
+    """A wrong key, a wrong type or an unreadable config file (one line, names the key)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str
+    n_identity: int
+    n_expression: int
+
+
+@dataclass(frozen=True)
+class IdentitySampling:
+    std: float
+
+
+@dataclass(frozen=True)
+class ExpressionSampling:
+    """Expressions are sparse: each blendshape is active with ``active_prob``; an active weight is
+    Beta(a, b) distributed in [0, 1]. With probability ``extreme_prob`` one of ``extreme_sets``
+    (wide-open jaw, full smile, closed eyes, ...) is pushed to a weight in [extreme_min, 1]."""
+
+    neutral_prob: float
+    active_prob: float
+    beta_a: float
+    beta_b: float
+    symmetric_prob: float
+    extreme_prob: float
+    extreme_min: float
+    extreme_sets: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class AlbedoSampling:
+    std: float
+
+
+@dataclass(frozen=True)
+class PoseSampling:
+    """Weak perspective: rotation angles (degrees) ~ N(0, std), scale (pixels per mm, as a fraction of the
+    image size) ~ N(mean, std), translation (pixels, from the image centre) ~ N(0, std * image size)."""
+
+    yaw_std_deg: float
+    pitch_std_deg: float
+    roll_std_deg: float
+    max_yaw_deg: float
+    scale_mean: float
+    scale_std: float
+    translation_std: float
+
+
+@dataclass(frozen=True)
+class LightSampling:
+    """Phong constants drawn around (0.5, 0.7, 0.05); light direction uniform over the frontal hemisphere."""
+
+    ambient_mean: float
+    ambient_std: float
+    diffuse_mean: float
+    diffuse_std: float
+    specular_mean: float
+    specular_std: float
+    shininess: float
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    identity: IdentitySampling
+    expression: ExpressionSampling
+    albedo: AlbedoSampling
+    pose: PoseSampling
+    light: LightSampling
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """``backend``: ``auto`` (numba on CPU, gl on a GPU machine with EGL), ``gl`` (pyrender's OSMesa or EGL
+    context) or ``numba``. ``gl_platform``: ``auto``, ``osmesa`` or ``egl``."""
+
+    image_size: int
+    backend: str
+    gl_platform: str
+    shading_ambient: float
+    shading_diffuse: float
+    background: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DatagenConfig:
+    out: str
+    n: int
+    seed: int
+    shard_size: int
+    workers: int
+    color_input: bool
+    extra_normals: bool
+    u_zero_prob: float
+    depth_scale_mm: float
+    jpeg_quality: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str
+    steps: int
+    batch: int
+    lr: float
+    device: str
+    workers: int
+    checkpoint_every: int
+    val_every: int
+    val_samples: int
+    seed: int
+    online: bool
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    iterations: int
+    landmark_noise_px: float
+    error_maps: int
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig
+    sampling: SamplingConfig
+    render: RenderConfig
+    datagen: DatagenConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+
+    def to_dict(self) -> dict:
+        return _to_plain(self)
+
+    def hash(self, sections: tuple[str, ...] | None = None) -> str:
+        d = self.to_dict()
+        if sections is not None:
+            d = {k: d[k] for k in sections}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def resolve_path(self, p: str) -> Path:
+        """Paths in the config are relative to the repository root unless absolute."""
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _to_plain(x: Any) -> Any:
+    if dataclasses.is_dataclass(x):
+        return {f.name: _to_plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, (tuple, list)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int, float, str, bool, tuple[...], dataclass)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {type(value).__name__}")
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for alt in typing.get_args(tp):
+            try:
+                return _coerce(value, alt, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"config key '{key}' must be null")
+        return None
+    raise ConfigError(f"config key '{key}' has an unsupported type {tp}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+    if missing:
+        raise ConfigError(f"missing config key '{prefix}{missing[0]}'")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load ``pipeline.yaml``, merge ``path`` over it (a user's file may name only the keys it changes),
+    then apply dotted ``overrides`` (``{"datagen.n": 10}``; ``None`` values are skipped)."""
+    data = _read_yaml(DEFAULT_CONFIG)
+    if path is not None and Path(path).resolve() != DEFAULT_CONFIG.resolve():
+        data = _merge(data, _read_yaml(Path(path)))
+    cfg = _build(Config, data)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            cfg = override(cfg, key, value)
+    return cfg
+
+
+def override(cfg: Any, dotted_key: str, value: Any, _prefix: str = "") -> Any:
+    """Return a copy of ``cfg`` with ``dotted_key`` (``"train.lr"``) set to ``value``, type-checked."""
+    head, _, rest = dotted_key.partition(".")
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if head not in names:
+        raise ConfigError(f"unknown config key '{_prefix}{dotted_key}'")
+    if rest:
+        return dataclasses.replace(cfg, **{head: override(getattr(cfg, head), rest, value, f"{_prefix}{head}.")})
+    tp = typing.get_type_hints(type(cfg))[head]
+    return dataclasses.replace(cfg, **{head: _coerce(value, tp, _prefix + dotted_key)})
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a :class:`Config` saved with ``to_dict()`` (manifests, checkpoints)."""
+    return _build(Config, data)

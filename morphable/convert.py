@@ -1,0 +1,168 @@
+"""Convert ICT-FaceKit light (FaceXModel/) into the one HDF5 file the pipeline reads.
+
+The converted model keeps only the geometry that is rendered, in this vertex order (the face comes first,
+so ICT's face-area, narrow-face and landmark indices stay valid as they are):
+
+=========================  ====================  ==============================================
+region                     ICT vertex range      kept as
+=========================  ====================  ==============================================
+full face area             0 .. 9408             ``face`` (``narrow_face`` = 0 .. 6705)
+mouth socket               11248 .. 13293        ``mouth_interior`` (rendered dark)
+front teeth (canine to     17895..18390 (upper)  ``teeth`` (the molars and bicuspids are hidden
+canine, upper and lower)   20079..20618 (lower)  behind the cheeks in every pose we draw)
+eyeballs (sclera, iris)    21451 .. 24590        ``eyes``, ``sclera``, ``iris`` (iris of random colour,
+                                                 pupil at its centre)
+=========================  ====================  ==============================================
+
+Units: millimetres (ICT's centimetres times 10), y up, face looking along +z. Quads are split into two
+triangles. Coefficient order (K = 153): the 100 identity modes ``identity000..identity099``, then the 53
+expression blendshapes in the order of ICT's ``vertex_indices.json`` (``browDown_L`` .. ``noseSneer_R``);
+``PupilDilate_L/_R`` are left out.
+
+Reads either the trimmed copy (``v`` lines only in the mode files) or a full clone of the ICT-FaceKit
+repository: only the ``v`` lines of every mode file and the topology of the neutral mesh are used.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+#: ICT vertex ranges (inclusive start, exclusive end) that the converted model keeps, in order.
+KEPT_RANGES: dict[str, tuple[int, int]] = {
+    "face": (0, 9409),
+    "mouth_interior": (11248, 13294),
+    "teeth_upper": (17895, 18391),
+    "teeth_lower": (20079, 20619),
+    "sclera_left": (21451, 22221),
+    "iris_left": (22221, 23021),
+    "sclera_right": (23021, 23791),
+    "iris_right": (23791, 24591),
+}
+NARROW_FACE = (0, 6706)
+N_IDENTITY = 100
+MULTIPIE_68 = [
+    1225, 1888, 1052, 367, 1719, 1722, 2199, 1447, 966, 3661, 4390, 3927, 3924, 2608, 3272, 4088, 3443,
+    268, 493, 1914, 2044, 1401, 3615, 4240, 4114, 2734, 2509, 978, 4527, 4942, 4857, 1140, 2075, 1147,
+    4269, 3360, 1507, 1542, 1537, 1528, 1518, 1511, 3742, 3751, 3756, 3721, 3725, 3732, 5708, 5695, 2081,
+    0, 4275, 6200, 6213, 6346, 6461, 5518, 5957, 5841, 5702, 5711, 5533, 6216, 6207, 6470, 5517, 5966,
+]
+CM_TO_MM = 10.0
+
+
+class ConversionError(ValueError):
+    """The ICT folder is missing a file or a file does not match the neutral mesh."""
+
+
+def read_obj_vertices(path: Path) -> np.ndarray:
+    """Read the ``v`` lines of an OBJ file.
+
+    Returns:
+        (V, 3) float64 positions in the file's units.
+    """
+    with open(path, "rb") as f:
+        lines = [ln[2:] for ln in f.read().split(b"\n") if ln.startswith(b"v ")]
+    if not lines:
+        raise ConversionError(f"{path}: no vertices")
+    return np.array(b" ".join(lines).split(), dtype=np.float64).reshape(-1, 3)
+
+
+def read_obj_topology(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read the polygons of an OBJ and split them into triangles (fan split, 0-based indices).
+
+    Returns:
+        tris: (F, 3) int64 vertex indices; tri_uv: (F, 3) int64 indices into ``uv``; uv: (T, 2) float64.
+        A quad ``a b c d`` becomes ``a b c`` and ``a c d`` (so triangle 2i, 2i+1 come from one quad).
+    """
+    uv, tris, tri_uv = [], [], []
+    with open(path, "r") as f:
+        for line in f:
+            if line.startswith("vt "):
+                uv.append([float(x) for x in line.split()[1:3]])
+            elif line.startswith("f "):
+                corners = [c.split("/") for c in line.split()[1:]]
+                vi = [int(c[0]) - 1 for c in corners]
+                ti = [int(c[1]) - 1 if len(c) > 1 and c[1] else -1 for c in corners]
+                for k in range(1, len(vi) - 1):
+                    tris.append([vi[0], vi[k], vi[k + 1]])
+                    tri_uv.append([ti[0], ti[k], ti[k + 1]])
+    return np.array(tris, np.int64), np.array(tri_uv, np.int64), np.array(uv, np.float64)
+
+
+def convert(ict_dir: str | Path, out_path: str | Path) -> Path:
+    """Convert an ICT-FaceKit ``FaceXModel`` folder into ``out_path`` (HDF5).
+
+    Args:
+        ict_dir: the ``FaceXModel`` folder (or a repository clone containing it).
+        out_path: the HDF5 file to write (written to a temporary name, then renamed).
+    """
+    import h5py
+
+    ict_dir = Path(ict_dir)
+    if (ict_dir / "FaceXModel").is_dir():
+        ict_dir = ict_dir / "FaceXModel"
+    neutral_path = ict_dir / "generic_neutral_mesh.obj"
+    index_path = ict_dir / "vertex_indices.json"
+    for p in (neutral_path, index_path):
+        if not p.exists():
+            raise ConversionError(f"{p} not found: is {ict_dir} an ICT-FaceKit FaceXModel folder?")
+    expressions = json.loads(index_path.read_text())["expressions"]
+    expressions = [e for e in expressions if not e.startswith("PupilDilate")]
+
+    neutral = read_obj_vertices(neutral_path)
+    tris_all, tri_uv_all, uv = read_obj_topology(neutral_path)
+
+    keep = np.concatenate([np.arange(a, b) for a, b in KEPT_RANGES.values()])
+    new_index = np.full(len(neutral), -1, np.int64)
+    new_index[keep] = np.arange(len(keep))
+    tri_keep = np.all(new_index[tris_all] >= 0, axis=1)
+    tris = new_index[tris_all[tri_keep]]
+    tri_uv = tri_uv_all[tri_keep]
+
+    def mode(name: str) -> np.ndarray:
+        v = read_obj_vertices(ict_dir / f"{name}.obj")
+        if v.shape != neutral.shape:
+            raise ConversionError(f"{name}.obj has {len(v)} vertices, the neutral mesh {len(neutral)}")
+        return (v - neutral)[keep] * CM_TO_MM
+
+    names = [f"identity{i:03d}" for i in range(N_IDENTITY)] + expressions
+    from tqdm import tqdm
+
+    basis = np.stack([mode(n) for n in tqdm(names, desc="reading ICT modes", unit="file")], axis=-1)
+
+    regions = {}
+    start = 0
+    for name, (a, b) in KEPT_RANGES.items():
+        regions[name] = np.arange(start, start + b - a)
+        start += b - a
+    regions["narrow_face"] = np.arange(*NARROW_FACE)
+    regions["teeth"] = np.concatenate([regions.pop("teeth_upper"), regions.pop("teeth_lower")])
+    regions["sclera"] = np.concatenate([regions["sclera_left"], regions["sclera_right"]])
+    regions["iris"] = np.concatenate([regions["iris_left"], regions["iris_right"]])
+    regions["eyes"] = np.concatenate([regions["sclera"], regions["iris"]])
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["source"] = "ICT-FaceKit light (MIT), FaceXModel"
+        f.attrs["units"] = "mm"
+        f.attrs["frame"] = "y up, face looking along +z"
+        f.attrs["coefficient_order"] = "100 identity modes, then 53 expression blendshapes (expression_names)"
+        comp = dict(compression="gzip", compression_opts=9, shuffle=True)
+        f.create_dataset("mean", data=(neutral[keep] * CM_TO_MM).astype(np.float32), **comp)
+        # (V, 3, K): identity modes first, then expressions.
+        f.create_dataset("basis", data=basis.astype(np.float32), chunks=(1024, 3, 1), **comp)
+        f.create_dataset("triangles", data=tris.astype(np.int32), **comp)
+        f.create_dataset("tri_uv", data=tri_uv.astype(np.int32), **comp)
+        f.create_dataset("uv", data=uv.astype(np.float32), **comp)
+        f.create_dataset("landmarks68", data=np.array(MULTIPIE_68, np.int32))
+        f.create_dataset("ict_vertex_index", data=keep.astype(np.int32), **comp)
+        f.create_dataset("expression_names", data=np.array(expressions, dtype="S"))
+        f.create_dataset("identity_names", data=np.array(names[:N_IDENTITY], dtype="S"))
+        g = f.create_group("regions")
+        for name, idx in regions.items():
+            g.create_dataset(name, data=idx.astype(np.int32))
+    tmp.replace(out_path)
+    return out_path

@@ -1,0 +1,85 @@
+"""Weak-perspective projection, the one camera of the pipeline: p = s [R | t] P.
+
+Frames and units:
+- model frame: millimetres, y up, face looking along +z (see :mod:`morphable.model`);
+- image frame: pixels, origin at the top-left corner of the image, x to the right, y down; the centre of
+  pixel (row i, column j) is (x, y) = (j + 0.5, i + 0.5);
+- depth: millimetres along the camera axis in the rotated model frame, larger = nearer the camera.
+
+Projection of a model point P: ``x = s (R P)_x + t_x``, ``y = t_y - s (R P)_y``, ``depth = (R P)_z``.
+The camera looks along -z of the rotated frame, so the view vector (towards the camera) is +z.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Weak-perspective pose.
+
+    scale: pixels per millimetre; rotation: (3, 3) rotation applied to model points;
+    translation: (2,) pixel position of the model origin in the image (x, y).
+    """
+
+    scale: float
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {
+            "scale": float(self.scale),
+            "rotation": np.asarray(self.rotation, float).tolist(),
+            "translation": np.asarray(self.translation, float).tolist(),
+        }
+
+    @staticmethod
+    def from_dict(d: dict) -> "Pose":
+        return Pose(float(d["scale"]), np.asarray(d["rotation"], np.float64), np.asarray(d["translation"], np.float64))
+
+
+def euler_to_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Rotation (3, 3) from angles in radians: R = R_z(roll) R_x(pitch) R_y(yaw).
+
+    Positive yaw turns the face towards the image's right (+x), positive pitch tilts the chin up... in the
+    right-handed model frame (y up, +z towards the camera).
+    """
+    cy, sy = np.cos(yaw), np.sin(yaw)
+    cp, sp = np.cos(pitch), np.sin(pitch)
+    cr, sr = np.cos(roll), np.sin(roll)
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return rz @ rx @ ry
+
+
+def rotation_to_euler(R: np.ndarray) -> tuple[float, float, float]:
+    """Inverse of :func:`euler_to_rotation` (radians: yaw, pitch, roll) for |pitch| < 90 degrees."""
+    pitch = np.arcsin(np.clip(R[2, 1], -1.0, 1.0))
+    yaw = np.arctan2(-R[2, 0], R[2, 2])
+    roll = np.arctan2(-R[0, 1], R[1, 1])
+    return float(yaw), float(pitch), float(roll)
+
+
+def project(points: np.ndarray, pose: Pose) -> np.ndarray:
+    """Project model points into the image.
+
+    Args:
+        points: (..., 3) model-frame positions, mm.
+        pose: the weak-perspective pose.
+    Returns:
+        (..., 3): pixel x, pixel y (image frame) and depth in mm (larger = nearer).
+    """
+    rp = points @ np.asarray(pose.rotation, points.dtype).T
+    out = np.empty_like(rp)
+    out[..., 0] = pose.scale * rp[..., 0] + pose.translation[0]
+    out[..., 1] = pose.translation[1] - pose.scale * rp[..., 1]
+    out[..., 2] = rp[..., 2]
+    return out
+
+
+def rotate_normals(normals: np.ndarray, pose: Pose) -> np.ndarray:
+    """(..., 3) model-frame normals -> camera-frame normals (x right, y up, z towards the camera)."""
+    return normals @ np.asarray(pose.rotation, normals.dtype).T

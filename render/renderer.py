@@ -1,0 +1,129 @@
+"""The face renderer used by every stage: rasterise (:mod:`render.raster`), then shade (:mod:`render.shading`).
+
+One :class:`FaceRenderer` per process holds the rasteriser (and so the GL context) and is reused for
+every frame. Two draws:
+
+- :meth:`FaceRenderer.render_face`: the "photo": Phong-lit colour image over a background, its gray
+  version, the silhouette mask, depth, camera-frame normals and the 68 projected landmarks;
+- :meth:`FaceRenderer.render_shading`: the network's shading input of any geometry under the same
+  projection (constant albedo, frontal light), and its silhouette.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .camera import Pose, project, rotate_normals
+from .raster import Fragments, fragments_from_ids, make_rasterizer
+from .shading import phong_shade, shading_image, to_gray
+
+
+@dataclass(frozen=True)
+class Light:
+    """Phong light: ``direction`` (3,) unit vector towards the light in the camera frame, and constants."""
+
+    direction: np.ndarray
+    ambient: float
+    diffuse: float
+    specular: float
+    shininess: float
+
+    def to_dict(self) -> dict:
+        return {
+            "direction": np.asarray(self.direction, float).tolist(),
+            "k_a": float(self.ambient),
+            "k_d": float(self.diffuse),
+            "k_s": float(self.specular),
+            "shininess": float(self.shininess),
+        }
+
+
+@dataclass(frozen=True)
+class FaceRender:
+    """Everything one draw of a face gives, for an (H, W) image.
+
+    rgb: (H, W, 3) float32 in [0, 1], the face over the background; gray: (H, W) float32;
+    mask: (H, W) bool silhouette; depth: (H, W) float32 mm (larger = nearer, 0 outside);
+    normals: (H, W, 3) float32 camera-frame unit normals (0 outside); landmarks: (68, 2) pixel x, y;
+    fragments: the rasteriser's record.
+    """
+
+    rgb: np.ndarray
+    gray: np.ndarray
+    mask: np.ndarray
+    depth: np.ndarray
+    normals: np.ndarray
+    landmarks: np.ndarray
+    fragments: Fragments
+
+
+class FaceRenderer:
+    """Rasterise-and-shade renderer for one image size.
+
+    Args:
+        model: :class:`morphable.model.FaceModel`.
+        image_size: H = W in pixels.
+        backend: ``auto``, ``gl`` or ``numba`` (see :func:`render.raster.make_rasterizer`).
+        gl_platform: ``auto``, ``osmesa`` or ``egl``.
+        shading_ambient, shading_diffuse: constants of the shading image.
+    """
+
+    def __init__(self, model, image_size: int = 200, backend: str = "auto", gl_platform: str = "auto",
+                 shading_ambient: float = 0.15, shading_diffuse: float = 0.85):
+        self.model = model
+        self.size = image_size
+        self.rasterizer = make_rasterizer(backend, image_size, image_size, gl_platform)
+        self.shading_ambient = shading_ambient
+        self.shading_diffuse = shading_diffuse
+
+    @classmethod
+    def from_config(cls, model, render_cfg, backend: str | None = None) -> "FaceRenderer":
+        return cls(model, render_cfg.image_size, backend or render_cfg.backend, render_cfg.gl_platform,
+                   render_cfg.shading_ambient, render_cfg.shading_diffuse)
+
+    @property
+    def backend(self) -> str:
+        return self.rasterizer.name
+
+    def rasterize(self, verts: np.ndarray, pose: Pose) -> tuple[Fragments, np.ndarray]:
+        """(V, 3) model-frame vertices -> (fragments, (V, 3) projected vertices)."""
+        vi = project(verts, pose)
+        ids = self.rasterizer.rasterize(vi, self.model.triangles, self.size, self.size)
+        return fragments_from_ids(ids, vi, self.model.triangles), vi
+
+    def _normals(self, verts: np.ndarray, frags: Fragments, pose: Pose) -> np.ndarray:
+        vn = rotate_normals(self.model.vertex_normals(verts), pose)
+        n = frags.interpolate(vn, self.model.triangles)
+        n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+        return n
+
+    def render_face(self, alpha: np.ndarray, pose: Pose, albedo: np.ndarray, light: Light,
+                    background: np.ndarray | None = None) -> FaceRender:
+        """Render the Phong-lit face.
+
+        Args:
+            alpha: (K,) shape coefficients.
+            pose: weak-perspective pose.
+            albedo: (V, 3) per-vertex albedo of the whole head (:func:`morphable.materials.head_albedo`).
+            light: Phong light.
+            background: (H, W, 3) image behind the face (default black).
+        """
+        verts = self.model.vertices(alpha)
+        frags, vi = self.rasterize(verts, pose)
+        normals = self._normals(verts, frags, pose)
+        a = frags.interpolate(albedo, self.model.triangles)
+        lit = phong_shade(normals, a, light.direction, light.ambient, light.diffuse, light.specular,
+                          light.shininess)
+        m = frags.mask
+        bg = np.zeros((self.size, self.size, 3), np.float32) if background is None else background
+        rgb = np.where(m[..., None], np.clip(lit, 0.0, 1.0), bg).astype(np.float32)
+        landmarks = vi[self.model.landmarks68, :2].astype(np.float32)
+        return FaceRender(rgb, to_gray(rgb), m, frags.depth, normals, landmarks, frags)
+
+    def render_shading(self, alpha: np.ndarray, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+        """Shading image of geometry ``alpha`` (K,) under ``pose``: ((H, W) float32 in [0, 1], (H, W) bool mask)."""
+        verts = self.model.vertices(alpha)
+        frags, _ = self.rasterize(verts, pose)
+        normals = self._normals(verts, frags, pose)
+        return shading_image(normals, frags.mask, self.shading_ambient, self.shading_diffuse), frags.mask
