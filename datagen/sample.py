@@ -44,3 +44,24 @@ def make_sample(seed: int, index: int, model, cfg, renderer) -> Sample:
     src = face.rgb if cfg.datagen.color_input else face.gray
     image = np.where(mask[..., None] if src.ndim == 3 else mask, src, 0.0).astype(np.float32)
     return Sample(image, shading, mask, face.rgb, face.depth, face.mask, face.normals, face.landmarks, scene)
+
+
+def network_input(image: np.ndarray, shading: np.ndarray) -> np.ndarray:
+    """The iterative network's input: (C + 1, H, W) float32, the masked image's channel(s) then shading.
+
+    image: (H, W) gray or (H, W, 3) colour in [0, 1]; shading: (H, W) in [0, 1].
+    """
+    img = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    return np.concatenate([img, shading[None]], axis=0).astype(np.float32)
+
+
+def training_record(image: np.ndarray, shading: np.ndarray, alpha_gt: np.ndarray, alpha_t: np.ndarray,
+                    index: int) -> dict:
+    """The dict one training example is, whether read from shards or generated online:
+    ``input`` (C + 1, H, W) float32, ``alpha_gt`` (K,) float32, ``alpha_t`` (K,) float32, ``index`` int."""
+    return {
+        "input": network_input(image, shading),
+        "alpha_gt": np.asarray(alpha_gt, np.float32),
+        "alpha_t": np.asarray(alpha_t, np.float32),
+        "index": int(index),
+    }

@@ -1,0 +1,129 @@
+"""Encoding samples to WebDataset records and writing reproducible tar shards.
+
+A record (one sample) holds, under the key ``f"{index:09d}"`` (the global sample index):
+
+==============  =============================================================================
+``image.png``   the network's image input: the gray face render masked by a_t's silhouette
+                (8-bit; RGB with ``datagen.color_input``)
+``shading.png`` the shading image of a_t (8-bit gray)
+``mask.png``    a_t's silhouette (8-bit, 0 or 255)
+``rgb.jpg``     the unmasked colour render (JPEG, ``datagen.jpeg_quality``)
+``depth.png``   16-bit depth of the true face: ``depth_mm / depth_scale_mm + 32768``, 0 = background
+``normals.png`` (with ``datagen.extra_normals``) camera-frame normals as RGB = 127.5 (n + 1)
+``params.json`` ``alpha_gt``, ``alpha_t`` (K = 153: 100 identity, 53 expression), ``u``, ``albedo``
+                (albedo coefficients), ``iris``, ``pose`` (scale px/mm, rotation 3x3, translation 2 px),
+                ``light`` (direction, k_a, k_d, k_s, shininess), ``landmarks`` (68 x 2 px), ``index``,
+                ``seed``, ``depth_scale_mm``
+==============  =============================================================================
+
+Shards are byte-identical for the same (seed, config, index range): tar members have mtime 0, fixed
+owner and mode, and keys in index order; a shard is written under a temporary name and renamed.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .sample import Sample
+
+KEY_DIGITS = 9
+DEPTH_OFFSET = 32768
+
+
+def sample_key(index: int) -> str:
+    return f"{index:0{KEY_DIGITS}d}"
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:06d}.tar"
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint8 (rounded)."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def encode_depth(depth_mm: np.ndarray, mask: np.ndarray, scale_mm: float) -> np.ndarray:
+    """(H, W) depth in mm -> uint16 (0 outside ``mask``); inverse: :func:`decode_depth`."""
+    q = np.clip(np.rint(depth_mm / scale_mm) + DEPTH_OFFSET, 1, 65535)
+    return np.where(mask, q, 0).astype(np.uint16)
+
+
+def decode_depth(png16: np.ndarray, scale_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """uint16 depth image -> ((H, W) float32 depth in mm, (H, W) bool mask)."""
+    mask = png16 > 0
+    return np.where(mask, (png16.astype(np.float32) - DEPTH_OFFSET) * scale_mm, 0.0).astype(np.float32), mask
+
+
+def encode_sample(sample: Sample, seed: int, datagen_cfg) -> dict:
+    """A :class:`datagen.sample.Sample` -> a WebDataset record (``__key__`` and bytes per extension)."""
+    s = sample.scene
+    params = {
+        "index": s.index,
+        "seed": seed,
+        "alpha_gt": s.alpha_gt.tolist(),
+        "alpha_t": s.alpha_t.tolist(),
+        "u": s.u,
+        "albedo": s.albedo_coeffs.tolist(),
+        "iris": s.iris.tolist(),
+        "pose": s.pose.to_dict(),
+        "light": s.light.to_dict(),
+        "landmarks": sample.landmarks.tolist(),
+        "depth_scale_mm": datagen_cfg.depth_scale_mm,
+    }
+    jpg = io.BytesIO()
+    Image.fromarray(to_uint8(sample.rgb)).save(jpg, format="JPEG", quality=datagen_cfg.jpeg_quality)
+    record = {
+        "__key__": sample_key(s.index),
+        "image.png": _png(to_uint8(sample.image)),
+        "shading.png": _png(to_uint8(sample.shading)),
+        "mask.png": _png(sample.mask.astype(np.uint8) * 255),
+        "rgb.jpg": jpg.getvalue(),
+        "depth.png": _png(encode_depth(sample.depth, sample.face_mask, datagen_cfg.depth_scale_mm)),
+        "params.json": json.dumps(params, sort_keys=True).encode(),
+    }
+    if datagen_cfg.extra_normals:
+        record["normals.png"] = _png(to_uint8((sample.normals + 1.0) / 2.0))
+    return record
+
+
+def write_shard(path: Path, records: list[dict], tmp_suffix: str) -> int:
+    """Write ``records`` (in order) to ``path`` atomically; returns the size in bytes.
+
+    The tar is written to ``path + tmp_suffix``, flushed to disk and renamed, so ``path`` only ever exists
+    complete. On failure the temporary file is removed and the error re-raised.
+    """
+    import webdataset as wds
+
+    tmp = path.with_name(path.name + tmp_suffix)
+    try:
+        with open(tmp, "wb") as f:
+            with wds.TarWriter(f, user="facesynth", group="facesynth", mode=0o644, encoder=False, mtime=0) as w:
+                for r in records:
+                    w.write(r)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+def count_records(path: Path) -> int:
+    """Number of samples in a finished shard (distinct keys of its members)."""
+    import tarfile
+
+    with tarfile.open(path) as t:
+        return len({m.name.split(".", 1)[0] for m in t.getmembers()})
