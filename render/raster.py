@@ -38,13 +38,12 @@ class Fragments:
         return self.face_id >= 0
 
     def interpolate(self, attr: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-        """Interpolate a per-vertex attribute (V, C) over the covered pixels -> (H, W, C), 0 on background."""
+        """Interpolate a per-vertex attribute (V, C) over the covered pixels -> (H, W, C) float32, 0 on
+        background."""
         H, W = self.face_id.shape
         out = np.zeros((H, W, attr.shape[-1]), np.float32)
-        m = self.mask
-        tri = triangles[self.face_id[m]]  # (P, 3)
-        b = self.bary[m]  # (P, 3)
-        out[m] = np.einsum("pk,pkc->pc", b, attr[tri])
+        _kernels()["interpolate"](self.face_id, self.bary, np.ascontiguousarray(triangles, np.int64),
+                                  np.ascontiguousarray(attr, np.float32), out)
         return out
 
 
@@ -55,70 +54,103 @@ def fragments_from_ids(face_id: np.ndarray, verts_img: np.ndarray, triangles: np
         face_id: (H, W) int triangle ids, -1 for background.
         verts_img: (V, 3) projected vertices (pixel x, pixel y, depth mm).
         triangles: (F, 3) vertex indices.
+    A pixel that GL covers although its centre lies a rounding error outside the triangle gets its
+    barycentrics clamped to [0, 1] and renormalised.
     """
     H, W = face_id.shape
-    m = face_id >= 0
-    ii, jj = np.nonzero(m)
-    tri = triangles[face_id[m]]
-    a, b, c = verts_img[tri[:, 0]], verts_img[tri[:, 1]], verts_img[tri[:, 2]]
-    px, py = jj + 0.5, ii + 0.5
-    det = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
-    det = np.where(np.abs(det) < 1e-12, 1e-12, det)
-    w1 = ((px - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (py - a[:, 1])) / det
-    w2 = ((b[:, 0] - a[:, 0]) * (py - a[:, 1]) - (px - a[:, 0]) * (b[:, 1] - a[:, 1])) / det
-    w = np.stack([1 - w1 - w2, w1, w2], axis=-1)
-    # GL may cover a pixel whose centre lies a rounding error outside the triangle: clamp and renormalise.
-    w = np.clip(w, 0.0, 1.0)
-    w /= np.maximum(w.sum(-1, keepdims=True), 1e-12)
+    face_id = np.ascontiguousarray(face_id, np.int32)
     bary = np.zeros((H, W, 3), np.float32)
-    bary[m] = w
     depth = np.zeros((H, W), np.float32)
-    depth[m] = np.einsum("pk,pk->p", w, np.stack([a[:, 2], b[:, 2], c[:, 2]], -1))
-    return Fragments(face_id.astype(np.int32, copy=False), bary, depth)
+    _kernels()["bary"](face_id, np.ascontiguousarray(verts_img, np.float64),
+                       np.ascontiguousarray(triangles, np.int64), bary, depth)
+    return Fragments(face_id, bary, depth)
+
+
+_KERNELS: dict = {}
+
+
+def _kernels() -> dict:
+    """numba kernels, compiled on first use (and cached on disk)."""
+    if _KERNELS:
+        return _KERNELS
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def bary_kernel(face_id, verts, tris, bary, depth):
+        H, W = face_id.shape
+        for i in range(H):
+            py = i + 0.5
+            for j in range(W):
+                f = face_id[i, j]
+                if f < 0:
+                    continue
+                a, b, c = tris[f, 0], tris[f, 1], tris[f, 2]
+                ax, ay = verts[a, 0], verts[a, 1]
+                bx, by = verts[b, 0], verts[b, 1]
+                cx, cy = verts[c, 0], verts[c, 1]
+                px = j + 0.5
+                det = (bx - ax) * (cy - ay) - (cx - ax) * (by - ay)
+                if abs(det) < 1e-12:
+                    det = 1e-12
+                w1 = ((px - ax) * (cy - ay) - (cx - ax) * (py - ay)) / det
+                w2 = ((bx - ax) * (py - ay) - (px - ax) * (by - ay)) / det
+                w0 = min(max(1.0 - w1 - w2, 0.0), 1.0)
+                w1 = min(max(w1, 0.0), 1.0)
+                w2 = min(max(w2, 0.0), 1.0)
+                s = max(w0 + w1 + w2, 1e-12)
+                w0, w1, w2 = w0 / s, w1 / s, w2 / s
+                bary[i, j, 0], bary[i, j, 1], bary[i, j, 2] = w0, w1, w2
+                depth[i, j] = w0 * verts[a, 2] + w1 * verts[b, 2] + w2 * verts[c, 2]
+
+    @numba.njit(cache=True, nogil=True)
+    def interp_kernel(face_id, bary, tris, attr, out):
+        H, W = face_id.shape
+        C = attr.shape[1]
+        for i in range(H):
+            for j in range(W):
+                f = face_id[i, j]
+                if f < 0:
+                    continue
+                for k in range(3):
+                    v = tris[f, k]
+                    w = bary[i, j, k]
+                    for ch in range(C):
+                        out[i, j, ch] += w * attr[v, ch]
+
+    @numba.njit(cache=True, nogil=True, fastmath=False)
+    def raster(verts, tris, H, W, face_id, zbuf):
+        for f in range(tris.shape[0]):
+            i0, i1, i2 = tris[f, 0], tris[f, 1], tris[f, 2]
+            x0, y0, z0 = verts[i0, 0], verts[i0, 1], verts[i0, 2]
+            x1, y1, z1 = verts[i1, 0], verts[i1, 1], verts[i1, 2]
+            x2, y2, z2 = verts[i2, 0], verts[i2, 1], verts[i2, 2]
+            det = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+            if det == 0.0:
+                continue
+            inv = 1.0 / det
+            xmin = max(int(np.floor(min(x0, min(x1, x2)) - 0.5)), 0)
+            xmax = min(int(np.ceil(max(x0, max(x1, x2)) - 0.5)), W - 1)
+            ymin = max(int(np.floor(min(y0, min(y1, y2)) - 0.5)), 0)
+            ymax = min(int(np.ceil(max(y0, max(y1, y2)) - 0.5)), H - 1)
+            for i in range(ymin, ymax + 1):
+                py = i + 0.5
+                for j in range(xmin, xmax + 1):
+                    px = j + 0.5
+                    w1 = ((px - x0) * (y2 - y0) - (x2 - x0) * (py - y0)) * inv
+                    w2 = ((x1 - x0) * (py - y0) - (px - x0) * (y1 - y0)) * inv
+                    w0 = 1.0 - w1 - w2
+                    if w0 < 0.0 or w1 < 0.0 or w2 < 0.0:
+                        continue
+                    z = w0 * z0 + w1 * z1 + w2 * z2
+                    if z > zbuf[i, j]:
+                        zbuf[i, j] = z
+                        face_id[i, j] = f
+
+    _KERNELS.update(bary=bary_kernel, interpolate=interp_kernel, raster=raster)
+    return _KERNELS
 
 
 # --------------------------------------------------------------------------- numba backend
-_numba_kernel = None
-
-
-def _get_numba_kernel():
-    global _numba_kernel
-    if _numba_kernel is None:
-        import numba
-
-        @numba.njit(cache=True, nogil=True, fastmath=False)
-        def raster(verts, tris, H, W, face_id, zbuf):
-            for f in range(tris.shape[0]):
-                i0, i1, i2 = tris[f, 0], tris[f, 1], tris[f, 2]
-                x0, y0, z0 = verts[i0, 0], verts[i0, 1], verts[i0, 2]
-                x1, y1, z1 = verts[i1, 0], verts[i1, 1], verts[i1, 2]
-                x2, y2, z2 = verts[i2, 0], verts[i2, 1], verts[i2, 2]
-                det = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-                if det == 0.0:
-                    continue
-                inv = 1.0 / det
-                xmin = max(int(np.floor(min(x0, min(x1, x2)) - 0.5)), 0)
-                xmax = min(int(np.ceil(max(x0, max(x1, x2)) - 0.5)), W - 1)
-                ymin = max(int(np.floor(min(y0, min(y1, y2)) - 0.5)), 0)
-                ymax = min(int(np.ceil(max(y0, max(y1, y2)) - 0.5)), H - 1)
-                for i in range(ymin, ymax + 1):
-                    py = i + 0.5
-                    for j in range(xmin, xmax + 1):
-                        px = j + 0.5
-                        w1 = ((px - x0) * (y2 - y0) - (x2 - x0) * (py - y0)) * inv
-                        w2 = ((x1 - x0) * (py - y0) - (px - x0) * (y1 - y0)) * inv
-                        w0 = 1.0 - w1 - w2
-                        if w0 < 0.0 or w1 < 0.0 or w2 < 0.0:
-                            continue
-                        z = w0 * z0 + w1 * z1 + w2 * z2
-                        if z > zbuf[i, j]:
-                            zbuf[i, j] = z
-                            face_id[i, j] = f
-
-        _numba_kernel = raster
-    return _numba_kernel
-
-
 class NumbaRasterizer:
     """Z-buffer scan conversion of projected triangles (numba, one core)."""
 
@@ -126,7 +158,7 @@ class NumbaRasterizer:
 
     def rasterize(self, verts_img: np.ndarray, triangles: np.ndarray, height: int, width: int) -> np.ndarray:
         """(V, 3) projected vertices, (F, 3) triangles -> (H, W) int32 triangle ids (-1 background)."""
-        kernel = _get_numba_kernel()
+        kernel = _kernels()["raster"]
         face_id = np.full((height, width), -1, np.int32)
         zbuf = np.full((height, width), -np.inf, np.float64)
         kernel(np.ascontiguousarray(verts_img, np.float64), np.ascontiguousarray(triangles, np.int64),
