@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# `make demo`: the pipeline on small defaults (a few minutes on a laptop CPU). Outputs under out/demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+OUT=out/demo
+mkdir -p "$OUT"
+
+echo "== 1. datagen: 200 synthetic samples into WebDataset shards"
+datagen render --n 200 --shard-size 100 --out "$OUT/data"
+datagen preview --data "$OUT/data" --out "$OUT/preview.png" --n 16
+datagen stats --data "$OUT/data" --out "$OUT/stats.png" > "$OUT/stats.json"
+echo "   wrote $OUT/preview.png, $OUT/stats.png, $OUT/stats.json"
