@@ -1,7 +1,7 @@
 """Per-vertex albedo for the whole rendered head: skin from the albedo model, plus the fixed materials that
 fill the holes of the face area (eyeballs with sclera, iris and pupil; a dark mouth interior; teeth).
 
-Colours are linear RGB in [0, 1].
+Colours are display RGB in [0, 1]: Phong is evaluated on them directly and images are written without a gamma curve, as in the paper.
 """
 from __future__ import annotations
 

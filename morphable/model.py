@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover
 
 @dataclass(frozen=True)
 class AlbedoModel:
-    """Linear per-vertex albedo T = mean + basis a (linear RGB in [0, 1]), on the face-area vertices.
+    """Linear per-vertex albedo T = mean + basis a (display RGB in [0, 1]), on the face-area vertices.
 
     mean: (Vf, 3); basis: (Vf, 3, Ka) so that coefficients a ~ N(0, 1) give plausible skin.
     """
