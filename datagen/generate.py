@@ -125,10 +125,16 @@ _WORKER: dict = {}
 
 
 def _init_worker(cfg, seed: int) -> None:
-    """Per process: load the model and create the renderer (and so its own GL context) once."""
+    """Per process: load the model and create the renderer (and so its own GL context) once.
+
+    Each worker is one single-threaded process: BLAS threads would only fight the other workers.
+    """
+    from threadpoolctl import threadpool_limits
+
     from morphable.model import load_model
     from render.renderer import FaceRenderer
 
+    _WORKER["blas_limit"] = threadpool_limits(1)
     model = load_model(cfg.resolve_path(cfg.model.path))
     _WORKER.update(cfg=cfg, seed=seed, model=model, renderer=FaceRenderer.from_config(model, cfg.render))
 

@@ -38,9 +38,11 @@ class Sample:
 def make_sample(seed: int, index: int, model, cfg, renderer) -> Sample:
     """Generate sample ``index`` of the dataset ``seed`` (deterministic in (seed, index) alone)."""
     scene = draw_scene(seed, index, model, cfg)
+    # Both geometries in one product: the (3V, K) basis is read from memory once.
+    verts_gt, verts_t = model.vertices(np.stack([scene.alpha_gt, scene.alpha_t]))
     face = renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light,
-                                scene.background)
-    shading, mask = renderer.render_shading(scene.alpha_t, scene.pose)
+                                scene.background, verts=verts_gt)
+    shading, mask = renderer.render_shading(scene.alpha_t, scene.pose, verts=verts_t)
     src = face.rgb if cfg.datagen.color_input else face.gray
     image = np.where(mask[..., None] if src.ndim == 3 else mask, src, 0.0).astype(np.float32)
     return Sample(image, shading, mask, face.rgb, face.depth, face.mask, face.normals, face.landmarks, scene)

@@ -145,12 +145,17 @@ class FaceModel:
         single = verts.ndim == 2
         v = verts[None] if single else verts
         t = self.triangles
-        fn = np.cross(v[:, t[:, 1]] - v[:, t[:, 0]], v[:, t[:, 2]] - v[:, t[:, 0]])  # (B, F, 3)
-        B, F, _ = fn.shape
-        vn = (self._vertex_face_matrix @ fn.transpose(1, 0, 2).reshape(F, B * 3)).reshape(-1, B, 3)
-        vn = vn.transpose(1, 0, 2)
-        vn /= np.maximum(np.linalg.norm(vn, axis=-1, keepdims=True), 1e-12)
-        return (vn[0] if single else vn).astype(np.float32)
+        e1 = v[:, t[:, 1]] - v[:, t[:, 0]]  # (B, F, 3)
+        e2 = v[:, t[:, 2]] - v[:, t[:, 0]]
+        B, F, _ = e1.shape
+        fn = np.empty((F, B, 3), np.float32)  # face normals (area-weighted), laid out for the sparse product
+        fn[..., 0] = (e1[..., 1] * e2[..., 2] - e1[..., 2] * e2[..., 1]).T
+        fn[..., 1] = (e1[..., 2] * e2[..., 0] - e1[..., 0] * e2[..., 2]).T
+        fn[..., 2] = (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]).T
+        vn = (self._vertex_face_matrix @ fn.reshape(F, B * 3)).reshape(-1, B, 3).transpose(1, 0, 2)
+        norm = np.sqrt(np.einsum("bvc,bvc->bv", vn, vn))[..., None]
+        vn = vn / np.maximum(norm, 1e-12)
+        return (vn[0] if single else vn).astype(np.float32, copy=False)
 
     # ------------------------------------------------------------------ loss
     def gram(self, region: str = "face", dtype=np.float64) -> np.ndarray:

@@ -117,21 +117,32 @@ def _kernels() -> dict:
                     for ch in range(C):
                         out[i, j, ch] += w * attr[v, ch]
 
-    @numba.njit(cache=True, nogil=True, fastmath=False)
+    @numba.njit(cache=True, nogil=True)
     def raster(verts, tris, H, W, face_id, zbuf):
+        # Most triangles of a 200x200 face cover no pixel centre: reject them on the bounding box first.
+        # Pixel centres j + 0.5 inside [lo, hi] <=> j in [ceil(lo - 0.5), floor(hi - 0.5)].
         for f in range(tris.shape[0]):
-            i0, i1, i2 = tris[f, 0], tris[f, 1], tris[f, 2]
-            x0, y0, z0 = verts[i0, 0], verts[i0, 1], verts[i0, 2]
-            x1, y1, z1 = verts[i1, 0], verts[i1, 1], verts[i1, 2]
-            x2, y2, z2 = verts[i2, 0], verts[i2, 1], verts[i2, 2]
+            i0 = tris[f, 0]
+            i1 = tris[f, 1]
+            i2 = tris[f, 2]
+            x0, y0 = verts[i0, 0], verts[i0, 1]
+            x1, y1 = verts[i1, 0], verts[i1, 1]
+            x2, y2 = verts[i2, 0], verts[i2, 1]
+            xmin = int(np.ceil(min(x0, x1, x2) - 0.5))
+            xmax = int(np.floor(max(x0, x1, x2) - 0.5))
+            if xmin > xmax:
+                continue
+            ymin = int(np.ceil(min(y0, y1, y2) - 0.5))
+            ymax = int(np.floor(max(y0, y1, y2) - 0.5))
+            if ymin > ymax:
+                continue
             det = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
             if det == 0.0:
                 continue
             inv = 1.0 / det
-            xmin = max(int(np.floor(min(x0, min(x1, x2)) - 0.5)), 0)
-            xmax = min(int(np.ceil(max(x0, max(x1, x2)) - 0.5)), W - 1)
-            ymin = max(int(np.floor(min(y0, min(y1, y2)) - 0.5)), 0)
-            ymax = min(int(np.ceil(max(y0, max(y1, y2)) - 0.5)), H - 1)
+            z0, z1, z2 = verts[i0, 2], verts[i1, 2], verts[i2, 2]
+            xmin, ymin = max(xmin, 0), max(ymin, 0)
+            xmax, ymax = min(xmax, W - 1), min(ymax, H - 1)
             for i in range(ymin, ymax + 1):
                 py = i + 0.5
                 for j in range(xmin, xmax + 1):

@@ -99,7 +99,7 @@ class FaceRenderer:
         return n
 
     def render_face(self, alpha: np.ndarray, pose: Pose, albedo: np.ndarray, light: Light,
-                    background: np.ndarray | None = None) -> FaceRender:
+                    background: np.ndarray | None = None, verts: np.ndarray | None = None) -> FaceRender:
         """Render the Phong-lit face.
 
         Args:
@@ -108,8 +108,9 @@ class FaceRenderer:
             albedo: (V, 3) per-vertex albedo of the whole head (:func:`morphable.materials.head_albedo`).
             light: Phong light.
             background: (H, W, 3) image behind the face (default black).
+            verts: ``model.vertices(alpha)`` (V, 3) when the caller has it already (batched).
         """
-        verts = self.model.vertices(alpha)
+        verts = self.model.vertices(alpha) if verts is None else verts
         frags, vi = self.rasterize(verts, pose)
         normals = self._normals(verts, frags, pose)
         a = frags.interpolate(albedo, self.model.triangles)
@@ -121,9 +122,11 @@ class FaceRenderer:
         landmarks = vi[self.model.landmarks68, :2].astype(np.float32)
         return FaceRender(rgb, to_gray(rgb), m, frags.depth, normals, landmarks, frags)
 
-    def render_shading(self, alpha: np.ndarray, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
-        """Shading image of geometry ``alpha`` (K,) under ``pose``: ((H, W) float32 in [0, 1], (H, W) bool mask)."""
-        verts = self.model.vertices(alpha)
+    def render_shading(self, alpha: np.ndarray, pose: Pose,
+                       verts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Shading image of geometry ``alpha`` (K,) under ``pose``: ((H, W) float32 in [0, 1], (H, W) bool mask).
+        ``verts``: ``model.vertices(alpha)`` when the caller has it already."""
+        verts = self.model.vertices(alpha) if verts is None else verts
         frags, _ = self.rasterize(verts, pose)
         normals = self._normals(verts, frags, pose)
         return shading_image(normals, frags.mask, self.shading_ambient, self.shading_diffuse), frags.mask
