@@ -19,6 +19,9 @@ triangles. Coefficient order (K = 153): the 100 identity modes ``identity000..id
 expression blendshapes in the order of ICT's ``vertex_indices.json`` (``browDown_L`` .. ``noseSneer_R``);
 ``PupilDilate_L/_R`` are left out.
 
+The group ``albedo`` holds our albedo model (ICT light has none): ``mean`` (Vf, 3) and ``basis`` (Vf, 3, Ka)
+of display RGB per face-area vertex, the PCA of a generative skin model (see :mod:`morphable.albedo`).
+
 Reads either the trimmed copy (``v`` lines only in the mode files) or a full clone of the ICT-FaceKit
 repository: only the ``v`` lines of every mode file and the topology of the neutral mesh are used.
 """
@@ -90,12 +93,15 @@ def read_obj_topology(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array(tris, np.int64), np.array(tri_uv, np.int64), np.array(uv, np.float64)
 
 
-def convert(ict_dir: str | Path, out_path: str | Path) -> Path:
-    """Convert an ICT-FaceKit ``FaceXModel`` folder into ``out_path`` (HDF5).
+def convert(ict_dir: str | Path, out_path: str | Path, albedo_samples: int | None = None,
+            albedo_components: int | None = None, albedo_seed: int | None = None) -> Path:
+    """Convert an ICT-FaceKit ``FaceXModel`` folder into ``out_path`` (HDF5), with our albedo model.
 
     Args:
         ict_dir: the ``FaceXModel`` folder (or a repository clone containing it).
         out_path: the HDF5 file to write (written to a temporary name, then renamed).
+        albedo_samples, albedo_components, albedo_seed: draws, kept components and seed of the albedo
+            PCA (:mod:`morphable.albedo`; defaults ``N_SAMPLES``, ``N_COMPONENTS``, ``SEED`` there).
     """
     import h5py
 
@@ -164,5 +170,44 @@ def convert(ict_dir: str | Path, out_path: str | Path) -> Path:
         g = f.create_group("regions")
         for name, idx in regions.items():
             g.create_dataset(name, data=idx.astype(np.int32))
+    _add_albedo(tmp, albedo_samples, albedo_components, albedo_seed)
     tmp.replace(out_path)
     return out_path
+
+
+def _add_albedo(h5_path: Path, n_samples: int | None, n_components: int | None, seed: int | None) -> None:
+    """Build the albedo model on the geometry just written to ``h5_path`` and add it to that file."""
+    from . import albedo
+    from .model import FaceModel
+
+    pca = albedo.build_albedo_pca(
+        FaceModel(h5_path),
+        albedo.N_SAMPLES if n_samples is None else n_samples,
+        albedo.N_COMPONENTS if n_components is None else n_components,
+        albedo.SEED if seed is None else seed,
+    )
+    albedo.write_albedo(h5_path, pca.model, pca.attrs())
+
+
+if __name__ == "__main__":
+    import click
+
+    @click.command()
+    @click.option("--ict", "ict_dir", required=True, type=click.Path(exists=True, file_okay=False),
+                  help="ICT-FaceKit FaceXModel folder (or a clone of the repository).")
+    @click.option("--out", "out_path", default="data/ict_face_model.h5", show_default=True,
+                  type=click.Path(dir_okay=False), help="HDF5 file to write.")
+    @click.option("--albedo-samples", type=int, default=None, help="Generative faces drawn for the albedo PCA.")
+    @click.option("--albedo-components", type=int, default=None, help="Albedo PCA components kept (Ka).")
+    @click.option("--albedo-seed", type=int, default=None, help="Seed of the generative skin model.")
+    def main(ict_dir, out_path, albedo_samples, albedo_components, albedo_seed):
+        """Convert ICT-FaceKit light into the model file the pipeline reads (geometry + albedo model)."""
+        path = convert(ict_dir, out_path, albedo_samples, albedo_components, albedo_seed)
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            a = f["albedo"].attrs
+            click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): albedo Ka = {a['n_components']} "
+                       f"of {a['n_samples']} draws, {100 * a['explained_variance']:.2f} % of the variance")
+
+    main()

@@ -1,0 +1,109 @@
+"""Texture from a photo, as in the paper's Fig. 9: colours projected from the photo onto the visible
+vertices; the hidden ones filled from the albedo model fitted to the visible ones; then baked into the
+model's UV layout for an OBJ texture.
+
+UV layout: ICT's UVs use tiles (UDIM-like): u in [0, 1) the face, [1, 2) the mouth socket, [3, 4) eyes and
+teeth. The baked texture is an atlas of ``N_TILES`` tiles side by side, so atlas u = u / N_TILES.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.ndimage import map_coordinates
+
+from render.camera import Pose, project, rotate_normals
+from render.raster import NumbaRasterizer, fragments_from_ids
+
+N_TILES = 4
+
+
+def visible_vertices(model, verts: np.ndarray, pose: Pose, image_shape: tuple[int, int],
+                     min_facing: float = 0.25, depth_tol_mm: float = 1.5) -> np.ndarray:
+    """(V,) bool: vertices that the camera sees (in the image, facing it, not occluded).
+
+    Args:
+        verts: (V, 3) model-frame vertices, mm; pose: the photo's pose; image_shape: (H, W) of the photo.
+        min_facing: minimum camera-frame normal z (grazing vertices take unreliable colours).
+        depth_tol_mm: a vertex is occluded when the rendered depth at its pixel is nearer by more than this.
+    """
+    H, W = image_shape
+    vi = project(verts, pose)
+    ids = NumbaRasterizer().rasterize(vi, model.triangles, H, W)
+    frags = fragments_from_ids(ids, vi, model.triangles)
+    x, y = vi[:, 0], vi[:, 1]
+    inside = (x >= 0) & (x < W) & (y >= 0) & (y < H)
+    xi = np.clip(x.astype(int), 0, W - 1)
+    yi = np.clip(y.astype(int), 0, H - 1)
+    unoccluded = frags.mask[yi, xi] & (frags.depth[yi, xi] - vi[:, 2] < depth_tol_mm)
+    facing = rotate_normals(model.vertex_normals(verts), pose)[:, 2] > min_facing
+    return inside & unoccluded & facing
+
+
+def sample_colors(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear colours of ``image`` (H, W, 3) float in [0, 1] at pixel points (N, 2) x, y -> (N, 3)."""
+    coords = np.stack([points[:, 1] - 0.5, points[:, 0] - 0.5])
+    return np.stack([map_coordinates(image[..., c], coords, order=1, mode="nearest")
+                     for c in range(image.shape[-1])], -1).astype(np.float32)
+
+
+def fit_albedo(albedo_model, face_colors: np.ndarray, visible: np.ndarray, reg: float = 1.0) -> np.ndarray:
+    """Albedo coefficients (Ka,) whose face albedo best matches the visible colours (Tikhonov ``reg``).
+
+    Args:
+        face_colors: (Vf, 3) colours of the face-area vertices; visible: (Vf,) bool.
+    """
+    A = albedo_model.basis[visible].reshape(-1, albedo_model.n_components).astype(np.float64)
+    b = (face_colors[visible] - albedo_model.mean[visible]).reshape(-1).astype(np.float64)
+    lhs = A.T @ A + reg * np.eye(A.shape[1])
+    return np.linalg.solve(lhs, A.T @ b).astype(np.float32)
+
+
+def vertex_texture(model, image: np.ndarray, verts: np.ndarray, pose: Pose) -> tuple[np.ndarray, np.ndarray]:
+    """Per-vertex colours of the head from the photo.
+
+    Returns:
+        colors: (V, 3) float32 in [0, 1]: photo colours where visible; elsewhere on the face the fitted
+        albedo model, and the fixed materials (eyes, teeth, mouth) where neither applies;
+        visible: (V,) bool.
+    """
+    from morphable.materials import head_albedo
+
+    visible = visible_vertices(model, verts, pose, image.shape[:2])
+    photo = sample_colors(image, project(verts, pose)[:, :2])
+    face = model.regions["face"]
+    if model.albedo_model is not None and visible[face].sum() > 50:
+        beta = fit_albedo(model.albedo_model, photo[face], visible[face])
+        skin = model.albedo_model.albedo(beta)[0]
+    else:
+        skin = np.median(photo[face][visible[face]], axis=0) if visible[face].any() else np.full(3, 0.6)
+    colors = head_albedo(model, skin)
+    colors[visible] = photo[visible]
+    return colors, visible
+
+
+def bake_uv_texture(model, vertex_colors: np.ndarray, size: int = 512) -> np.ndarray:
+    """Rasterise per-vertex colours (V, 3) into the UV atlas: (size, N_TILES * size, 3) float32."""
+    uv_to_vertex = np.zeros(len(model.uv), np.int64)
+    uv_to_vertex[model.tri_uv.reshape(-1)] = model.triangles.reshape(-1)
+    pts = np.zeros((len(model.uv), 3), np.float64)
+    pts[:, 0] = model.uv[:, 0] * size
+    pts[:, 1] = (1.0 - model.uv[:, 1]) * size
+    W = N_TILES * size
+    ids = NumbaRasterizer().rasterize(pts, model.tri_uv, size, W)
+    frags = fragments_from_ids(ids, pts, model.tri_uv)
+    tex = frags.interpolate(vertex_colors[uv_to_vertex], model.tri_uv)
+    # Pad a few texels around each chart so bilinear lookups at the seams do not bleed black.
+    from scipy.ndimage import grey_dilation
+
+    covered = frags.mask
+    for _ in range(3):
+        grown = np.stack([grey_dilation(tex[..., c], size=3) for c in range(3)], -1)
+        tex = np.where(covered[..., None], tex, grown)
+        covered = grey_dilation(covered.astype(np.uint8), size=3).astype(bool)
+    return tex
+
+
+def atlas_uv(model) -> np.ndarray:
+    """(T, 2) UVs in the baked atlas (u / N_TILES), for the OBJ ``vt`` lines."""
+    uv = model.uv.copy()
+    uv[:, 0] /= N_TILES
+    return uv
