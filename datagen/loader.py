@@ -43,7 +43,8 @@ def decode_record(rec: dict) -> dict:
 
     Returns keys: ``key``, ``image`` (H, W) or (H, W, 3) float32, ``shading`` (H, W) float32,
     ``mask`` (H, W) bool, ``rgb`` (H, W, 3) float32, ``depth`` (H, W) float32 mm, ``depth_mask`` (H, W)
-    bool, ``params`` dict (and ``normals`` (H, W, 3) when present).
+    bool, ``params`` dict (and ``normals`` (H, W, 3) when present; with fine detail ``displacement``
+    (H, W) mm, ``wrinkles`` (H, W) bool, ``detail_uv`` (S, S) mm).
     """
     params = json.loads(rec["params.json"])
     depth, depth_mask = decode_depth(_img(rec["depth.png"]), params["depth_scale_mm"])
@@ -57,6 +58,12 @@ def decode_record(rec: dict) -> dict:
         "depth_mask": depth_mask,
         "params": params,
     }
+    if "disp.png" in rec:
+        from .shards import DISP_SCALE_MM
+
+        out["displacement"], _ = decode_depth(_img(rec["disp.png"]), DISP_SCALE_MM)
+        out["wrinkles"] = _img(rec["wrinkles.png"]) > 127
+        out["detail_uv"] = (_img(rec["detailuv.png"]).astype(np.float32) - 32768) * DISP_SCALE_MM
     if "normals.png" in rec:
         out["normals"] = _img(rec["normals.png"]).astype(np.float32) / 127.5 - 1.0
     return out

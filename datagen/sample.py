@@ -22,6 +22,8 @@ class Sample:
     rgb: (H, W, 3) float32, the unmasked colour render; depth: (H, W) float32 mm of the true face (0 = none);
     face_mask: (H, W) bool, the true face's silhouette; normals: (H, W, 3) camera-frame normals of the
     true face; landmarks: (68, 2) projected true landmarks (pixel x, y); scene: the drawn parameters.
+    With fine detail (``datagen.detail``): depth and normals are the detailed surface's, displacement (H, W)
+    float32 mm is the detail along the normal, wrinkles (H, W) bool the wrinkle regions.
     """
 
     image: np.ndarray
@@ -33,6 +35,8 @@ class Sample:
     normals: np.ndarray
     landmarks: np.ndarray
     scene: SceneParams
+    displacement: np.ndarray | None = None
+    wrinkles: np.ndarray | None = None
 
 
 def make_sample(seed: int, index: int, model, cfg, renderer) -> Sample:
@@ -40,12 +44,19 @@ def make_sample(seed: int, index: int, model, cfg, renderer) -> Sample:
     scene = draw_scene(seed, index, model, cfg)
     # Both geometries in one product: the (3V, K) basis is read from memory once.
     verts_gt, verts_t = model.vertices(np.stack([scene.alpha_gt, scene.alpha_t]))
+    detail = scene.detail
     face = renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light,
-                                scene.background, verts=verts_gt)
+                                scene.background, verts=verts_gt,
+                                displacement_uv=None if detail is None else detail.displacement)
     shading, mask = renderer.render_shading(scene.alpha_t, scene.pose, verts=verts_t)
     src = face.rgb if cfg.datagen.color_input else face.gray
     image = np.where(mask[..., None] if src.ndim == 3 else mask, src, 0.0).astype(np.float32)
-    return Sample(image, shading, mask, face.rgb, face.depth, face.mask, face.normals, face.landmarks, scene)
+    wrinkles = None
+    if detail is not None:
+        uv = renderer.face_uv(face.fragments)
+        wrinkles = renderer.sample_uv_map(uv, detail.wrinkles.astype(np.float32), order=0) > 0.5
+    return Sample(image, shading, mask, face.rgb, face.depth, face.mask, face.normals, face.landmarks, scene,
+                  face.displacement if detail is not None else None, wrinkles)
 
 
 def network_input(image: np.ndarray, shading: np.ndarray) -> np.ndarray:

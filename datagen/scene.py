@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from morphable.materials import head_albedo, random_iris
+
+from .detail import DetailMap, sample_detail
 from morphable.sampling import sample_albedo_coeffs, sample_shape
 from render.background import random_background
 from render.camera import Pose, euler_to_rotation
@@ -79,6 +81,7 @@ class SceneParams:
     pose: Pose
     light: Light
     background: np.ndarray  # (H, W, 3)
+    detail: "DetailMap | None" = None  # fine detail of the true face (datagen.detail)
 
     def head_albedo(self, model) -> np.ndarray:
         """(V, 3) per-vertex albedo of the head."""
@@ -102,4 +105,8 @@ def draw_scene(seed: int, index: int, model, cfg) -> SceneParams:
     pose = sample_pose(rng, model, cfg.sampling.pose, size)
     light = sample_light(rng, cfg.sampling.light)
     background = random_background(rng, size, size, cfg.render.background).astype(np.float32)
-    return SceneParams(index, alpha_gt, alpha_rand, u, alpha_t, albedo, iris, pose, light, background)
+    detail = None
+    if cfg.datagen.detail:  # drawn last: the other parameters do not depend on this switch
+        d = cfg.datagen
+        detail = sample_detail(rng, model, d.detail_uv_size, d.detail_depth_min_mm, d.detail_depth_max_mm)
+    return SceneParams(index, alpha_gt, alpha_rand, u, alpha_t, albedo, iris, pose, light, background, detail)

@@ -10,6 +10,10 @@ A record (one sample) holds, under the key ``f"{index:09d}"`` (the global sample
 ``rgb.jpg``     the unmasked colour render (JPEG, ``datagen.jpeg_quality``)
 ``depth.png``   16-bit depth of the true face: ``depth_mm / depth_scale_mm + 32768``, 0 = background
 ``normals.png`` (with ``datagen.extra_normals``) camera-frame normals as RGB = 127.5 (n + 1)
+``disp.png``    (with ``datagen.detail``) 16-bit fine-detail displacement along the normal per pixel,
+                ``d_mm / 0.001 + 32768`` (0 = background); ``depth.png`` is then the detailed surface
+``wrinkles.png`` (with ``datagen.detail``) the wrinkle regions (0 or 255)
+``detailuv.png`` (with ``datagen.detail``) the displacement map over the face UV tile, 16-bit as disp.png
 ``params.json`` ``alpha_gt``, ``alpha_t`` (K = 153: 100 identity, 53 expression), ``u``, ``albedo``
                 (albedo coefficients), ``iris``, ``pose`` (scale px/mm, rotation 3x3, translation 2 px),
                 ``light`` (direction, k_a, k_d, k_s, shininess), ``landmarks`` (68 x 2 px), ``index``,
@@ -33,6 +37,7 @@ from .sample import Sample
 
 KEY_DIGITS = 9
 DEPTH_OFFSET = 32768
+DISP_SCALE_MM = 0.001  # disp.png and detailuv.png: uint16 = displacement_mm / 0.001 + 32768
 
 
 def sample_key(index: int) -> str:
@@ -93,6 +98,11 @@ def encode_sample(sample: Sample, seed: int, datagen_cfg) -> dict:
         "depth.png": _png(encode_depth(sample.depth, sample.face_mask, datagen_cfg.depth_scale_mm)),
         "params.json": json.dumps(params, sort_keys=True).encode(),
     }
+    if sample.displacement is not None:
+        record["disp.png"] = _png(encode_depth(sample.displacement, sample.face_mask, DISP_SCALE_MM))
+        record["wrinkles.png"] = _png(sample.wrinkles.astype(np.uint8) * 255)
+        record["detailuv.png"] = _png(np.clip(np.rint(s.detail.displacement / DISP_SCALE_MM) + DEPTH_OFFSET,
+                                              0, 65535).astype(np.uint16))
     if datagen_cfg.extra_normals:
         record["normals.png"] = _png(to_uint8((sample.normals + 1.0) / 2.0))
     return record

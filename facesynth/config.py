@@ -120,6 +120,10 @@ class DatagenConfig:
     u_zero_prob: float
     depth_scale_mm: float
     jpeg_quality: int
+    detail: bool
+    detail_uv_size: int
+    detail_depth_min_mm: float
+    detail_depth_max_mm: float
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,14 @@ class Fragments:
         return out
 
 
+    def interpolate_corners(self, attr: np.ndarray) -> np.ndarray:
+        """Interpolate a per-corner attribute (F, 3, C) (e.g. UVs, which have seams) -> (H, W, C) float32."""
+        H, W = self.face_id.shape
+        out = np.zeros((H, W, attr.shape[-1]), np.float32)
+        _kernels()["interpolate_corners"](self.face_id, self.bary, np.ascontiguousarray(attr, np.float32), out)
+        return out
+
+
 def fragments_from_ids(face_id: np.ndarray, verts_img: np.ndarray, triangles: np.ndarray) -> Fragments:
     """Barycentrics and depth of each covered pixel centre.
 
@@ -157,7 +165,22 @@ def _kernels() -> dict:
                         zbuf[i, j] = z
                         face_id[i, j] = f
 
-    _KERNELS.update(bary=bary_kernel, interpolate=interp_kernel, raster=raster)
+    @numba.njit(cache=True, nogil=True)
+    def interp_corner_kernel(face_id, bary, attr, out):
+        H, W = face_id.shape
+        C = attr.shape[2]
+        for i in range(H):
+            for j in range(W):
+                f = face_id[i, j]
+                if f < 0:
+                    continue
+                for k in range(3):
+                    w = bary[i, j, k]
+                    for ch in range(C):
+                        out[i, j, ch] += w * attr[f, k, ch]
+
+    _KERNELS.update(bary=bary_kernel, interpolate=interp_kernel, raster=raster,
+                    interpolate_corners=interp_corner_kernel)
     return _KERNELS
 
 

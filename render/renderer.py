@@ -46,7 +46,8 @@ class FaceRender:
     rgb: (H, W, 3) float32 in [0, 1], the face over the background; gray: (H, W) float32;
     mask: (H, W) bool silhouette; depth: (H, W) float32 mm (larger = nearer, 0 outside);
     normals: (H, W, 3) float32 camera-frame unit normals (0 outside); landmarks: (68, 2) pixel x, y;
-    fragments: the rasteriser's record.
+    fragments: the rasteriser's record; displacement: (H, W) float32 mm of fine detail along the normal
+    (zeros without a displacement map). With detail, depth and normals are those of the detailed surface.
     """
 
     rgb: np.ndarray
@@ -56,6 +57,7 @@ class FaceRender:
     normals: np.ndarray
     landmarks: np.ndarray
     fragments: Fragments
+    displacement: np.ndarray
 
 
 class FaceRenderer:
@@ -98,8 +100,48 @@ class FaceRenderer:
         n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
         return n
 
+    def face_uv(self, frags: Fragments) -> np.ndarray:
+        """(H, W, 2) UV of each pixel on the face area's UV tile (u in [0, 1)); NaN elsewhere."""
+        m = self.model
+        uv = frags.interpolate_corners(m.uv[m.tri_uv])
+        on_face = np.zeros(len(m.triangles) + 1, bool)
+        on_face[:-1] = np.all(m.uv[m.tri_uv][..., 0] < 1.0, axis=1)
+        uv[~on_face[frags.face_id]] = np.nan  # face_id -1 indexes the final False
+        return uv
+
+    @staticmethod
+    def sample_uv_map(uv: np.ndarray, uv_map: np.ndarray, order: int = 1) -> np.ndarray:
+        """Look up a map over the face UV tile ((S, S), row 0 at v = 1) at pixel UVs (H, W, 2); 0 at NaN."""
+        from scipy.ndimage import map_coordinates
+
+        S = uv_map.shape[0]
+        ok = np.isfinite(uv[..., 0])
+        rows = (1.0 - uv[..., 1][ok]) * S - 0.5
+        cols = uv[..., 0][ok] * S - 0.5
+        out = np.zeros(uv.shape[:2], np.float32)
+        out[ok] = map_coordinates(uv_map.astype(np.float32), np.stack([rows, cols]), order=order, mode="nearest")
+        return out
+
+    def _displace(self, frags: Fragments, normals: np.ndarray, pose: Pose, displacement_uv: np.ndarray):
+        """Displace the surface by D(uv) along its normal, per pixel: depth + d / n_z, and the normal of the
+        displaced height field n' ~ n / n_z - (dz_d/dx, dz_d/dy, 0) (camera frame, mm)."""
+        d = self.sample_uv_map(self.face_uv(frags), displacement_uv)
+        nz = np.maximum(normals[..., 2], 0.3)
+        dz = np.where(frags.mask, d / nz, 0.0)
+        from scipy.ndimage import binary_erosion
+
+        gy, gx = np.gradient(dz)  # per pixel; rows go down the image, camera y goes up
+        inner = binary_erosion(frags.mask)  # no slope across the silhouette, where dz drops to 0
+        gx, gy = np.where(inner, gx * pose.scale, 0.0), np.where(inner, -gy * pose.scale, 0.0)
+        n = normals / nz[..., None]
+        n = np.stack([n[..., 0] - gx, n[..., 1] - gy, n[..., 2]], -1)
+        n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+        n = np.where(frags.mask[..., None], n, 0.0).astype(np.float32)
+        return (frags.depth + dz).astype(np.float32), n, d
+
     def render_face(self, alpha: np.ndarray, pose: Pose, albedo: np.ndarray, light: Light,
-                    background: np.ndarray | None = None, verts: np.ndarray | None = None) -> FaceRender:
+                    background: np.ndarray | None = None, verts: np.ndarray | None = None,
+                    displacement_uv: np.ndarray | None = None) -> FaceRender:
         """Render the Phong-lit face.
 
         Args:
@@ -109,10 +151,14 @@ class FaceRenderer:
             light: Phong light.
             background: (H, W, 3) image behind the face (default black).
             verts: ``model.vertices(alpha)`` (V, 3) when the caller has it already (batched).
+            displacement_uv: (S, S) fine detail in mm over the face UV tile (:mod:`datagen.detail`).
         """
         verts = self.model.vertices(alpha) if verts is None else verts
         frags, vi = self.rasterize(verts, pose)
         normals = self._normals(verts, frags, pose)
+        depth, disp = frags.depth, np.zeros(frags.depth.shape, np.float32)
+        if displacement_uv is not None:
+            depth, normals, disp = self._displace(frags, normals, pose, displacement_uv)
         a = frags.interpolate(albedo, self.model.triangles)
         lit = phong_shade(normals, a, light.direction, light.ambient, light.diffuse, light.specular,
                           light.shininess)
@@ -120,7 +166,7 @@ class FaceRenderer:
         bg = np.zeros((self.size, self.size, 3), np.float32) if background is None else background
         rgb = np.where(m[..., None], np.clip(lit, 0.0, 1.0), bg).astype(np.float32)
         landmarks = vi[self.model.landmarks68, :2].astype(np.float32)
-        return FaceRender(rgb, to_gray(rgb), m, frags.depth, normals, landmarks, frags)
+        return FaceRender(rgb, to_gray(rgb), m, depth, normals, landmarks, frags, disp)
 
     def render_shading(self, alpha: np.ndarray, pose: Pose,
                        verts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
