@@ -1,0 +1,106 @@
+"""``refine``: from a real photo to a detailed mesh (a thin click layer over :mod:`reconstruct.pipeline`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from facesynth.cli_util import config_option, load_cfg, user_errors
+
+from .detect import ReconstructionInputError
+from .fit import FitError
+
+DEFAULT_WEIGHTS = "data/iterative_weights.pt"
+
+
+def load_predictor(weights: str | None, cfg, device: str = "auto"):
+    """The iterative network as a predictor, or None (landmark fit) when no weights exist.
+
+    ``weights`` None means the shipped ``data/iterative_weights.pt`` if present; a path given by the user
+    must exist.
+    """
+    path = cfg.resolve_path(weights or DEFAULT_WEIGHTS)
+    if not path.exists():
+        if weights is not None:
+            raise FileNotFoundError(f"weights file {weights} not found")
+        return None, None
+    from training.checkpoint import load_network
+
+    from .iterative import torch_predictor
+
+    import torch
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    net = load_network(path, map_location=dev)
+    return torch_predictor(net, dev), str(path)
+
+
+@click.group(help="Reconstruct faces from photos: coarse morphable-model fit, texture, shape from shading.")
+def main():
+    pass
+
+
+@main.command(help="Reconstruct the face(s) in IMAGE; writes meshes, textures and pictures to --out.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@config_option
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="output folder [default: IMAGE's folder / IMAGE's name]")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help=f"iterative network weights [default: {DEFAULT_WEIGHTS}; the landmark fit without it]")
+@click.option("--resolution", type=int, default=256, show_default=True, help="SfS pixels over the face")
+@click.option("--iterations", type=int, default=3, show_default=True, help="iterative network passes")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--all", "all_faces", is_flag=True, help="every face (one folder each), not only the largest")
+@click.option("--no-sfs", is_flag=True, help="skip shape from shading (refined = coarse)")
+@click.option("--force", is_flag=True, help="overwrite earlier outputs in --out")
+@user_errors(ReconstructionInputError, FitError)
+def sfs(image, config, out, weights, resolution, iterations, device, all_faces, no_sfs, force):
+    from morphable.model import load_model
+
+    from .detect import detect_faces, load_image
+    from .outputs import existing_outputs, write_outputs
+    from .pipeline import reconstruct_face
+
+    if resolution < 32 or resolution > 2048:
+        raise ReconstructionInputError(f"--resolution must lie in [32, 2048], got {resolution}")
+    if iterations < 1:
+        raise ReconstructionInputError(f"--iterations must be at least 1, got {iterations}")
+    cfg = load_cfg(config, {})
+    photo = load_image(image)
+    faces = detect_faces(photo)
+    if not all_faces:
+        faces = faces[:1]
+    base = Path(out) if out else Path(image).with_suffix("")
+    dirs = [base] if len(faces) == 1 else [base / f"face-{i:02d}" for i in range(len(faces))]
+    if not force:
+        for d in dirs:
+            clash = existing_outputs(d)
+            if clash:
+                raise ReconstructionInputError(f"{d / clash[0]} exists: use --force to overwrite or another --out")
+    model = load_model(cfg.resolve_path(cfg.model.path))
+    predict, used = load_predictor(weights, cfg, device)
+    for det, d in zip(faces, dirs):
+        rec = reconstruct_face(photo, det, model, cfg, predict, resolution, iterations, sfs=not no_sfs)
+        write_outputs(rec, photo, det, model, d, {"weights": used, "image": str(image)})
+        click.echo(f"{d}: {rec.coarse_method}, {int(rec.visible.sum())} visible vertices, "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in rec.timings.items()))
+
+
+@main.command(help="Measure SfS on synthetic faces with known fine detail (one JSON object on stdout).")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="shards made with datagen.detail; default: generate --n faces on the fly")
+@click.option("--n", type=int, default=20, show_default=True, help="faces (on the fly, or at most from --data)")
+@click.option("--coarse", type=click.Choice(["true", "landmarks"]), default="true", show_default=True,
+              help="coarse start: the true smooth face, or the landmark fit")
+@config_option
+@user_errors(ReconstructionInputError)
+def evaluate(data, n, coarse, config):
+    from .evaluate import evaluate_sfs
+
+    cfg = load_cfg(config, {})
+    click.echo(json.dumps(evaluate_sfs(cfg, data, n, coarse), indent=1))
+
+
+if __name__ == "__main__":
+    main()

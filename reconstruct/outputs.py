@@ -1,0 +1,105 @@
+"""Files ``refine sfs`` writes for one face, and the pictures a person looks at.
+
+    coarse.obj/.mtl + coarse_texture.png   the morphable-model mesh, textured from the photo (UV atlas)
+    refined.obj/.mtl + refined_texture.png the mesh of the refined depth map (SfS), textured by the photo
+    params.json                            coefficients (named), pose, lighting, landmarks, timings
+    depth.png, normals.png                 coarse | refined, side by side
+    overlay.png                            photo | coarse shading | refined shading | coarse mesh over the photo
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from datagen.sheet import contact_sheet, save_png
+from render.camera import project
+from render.shading import shading_image
+
+from .export import write_obj
+from .pipeline import depth_grid_mesh
+from .texture import atlas_uv, bake_uv_texture
+
+OUTPUT_FILES = ("coarse.obj", "coarse.mtl", "coarse_texture.png", "refined.obj", "refined.mtl",
+                "refined_texture.png", "params.json", "depth.png", "normals.png", "overlay.png")
+
+
+def existing_outputs(out_dir: Path) -> list[str]:
+    return [f for f in OUTPUT_FILES if (out_dir / f).exists()]
+
+
+def _depth_vis(depth: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.where(mask, np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1), 0.0).astype(np.float32)
+
+
+def _normals_vis(n: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask[..., None], (n + 1) / 2, 0.0).astype(np.float32)
+
+
+def _dots(img: np.ndarray, pts: np.ndarray, color=(0.1, 1.0, 0.2)) -> np.ndarray:
+    out = img.copy()
+    H, W = out.shape[:2]
+    for x, y in pts:
+        i, j = int(y), int(x)
+        out[max(i - 1, 0):min(i + 2, H), max(j - 1, 0):min(j + 2, W)] = color
+    return out
+
+
+def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_params: dict | None = None) -> list[Path]:
+    """Write every output file of one reconstruction into ``out_dir`` (created)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    verts = model.vertices(rec.alpha)
+
+    tex = bake_uv_texture(model, rec.vertex_colors)
+    save_png(out_dir / "coarse_texture.png", contact_sheet([tex], 1, pad=0))
+    written.append(write_obj(out_dir / "coarse.obj", verts, model.triangles, atlas_uv(model), model.tri_uv,
+                             "coarse_texture.png"))
+
+    m = rec.sfs_mask
+    refined = rec.refined_depth if rec.refined_depth is not None else rec.coarse_depth
+    rverts, rtris, ruv = depth_grid_mesh(refined, m, rec.sfs_frame)
+    save_png(out_dir / "refined_texture.png", contact_sheet([rec.sfs_image], 1, pad=0))
+    written.append(write_obj(out_dir / "refined.obj", rverts, rtris, ruv, rtris, "refined_texture.png"))
+
+    lo, hi = float(rec.coarse_depth[m].min()), float(rec.coarse_depth[m].max())
+    rn = rec.refined_normals if rec.refined_normals is not None else rec.coarse_normals
+    save_png(out_dir / "depth.png", contact_sheet([_depth_vis(rec.coarse_depth, m, lo, hi),
+                                                   _depth_vis(refined, m, lo, hi)], 2))
+    save_png(out_dir / "normals.png", contact_sheet([_normals_vis(rec.coarse_normals, m), _normals_vis(rn, m)], 2))
+    coarse_shade = shading_image(rec.coarse_normals, m, 0.15, 0.85)
+    refined_shade = shading_image(rn, m, 0.15, 0.85)
+    frame_lm = project(model.landmarks(rec.alpha), rec.sfs_frame)[:, :2]
+    from .pipeline import frame_map
+
+    det_lm = frame_map(rec.pose_photo, rec.sfs_frame).forward(det.landmarks)
+    blend = np.where(m[..., None], 0.45 * rec.sfs_image + 0.55 * coarse_shade[..., None], rec.sfs_image)
+    blend = _dots(_dots(blend, det_lm, (1.0, 0.2, 0.1)), frame_lm)
+    save_png(out_dir / "overlay.png", contact_sheet([rec.sfs_image, coarse_shade, refined_shade, blend], 4))
+
+    ident, expr = model.split(rec.alpha)
+    params = {
+        "coarse_method": rec.coarse_method,
+        "identity": ident.tolist(),
+        "expression": dict(zip(model.expression_names, expr.tolist())),
+        "alpha": rec.alpha.tolist(),
+        "alpha_per_iteration": rec.iterations,
+        "pose_photo": rec.pose_photo.to_dict(),
+        "sfs_frame": rec.sfs_frame.to_dict(),
+        "sh_lighting": None if rec.sh is None else np.asarray(rec.sh).tolist(),
+        "landmarks_detected": det.landmarks.tolist(),
+        "detection": {"box": det.box.tolist(), "score": det.score},
+        "visible_vertices": int(rec.visible.sum()),
+        "timings_s": rec.timings,
+        "units": "mm, model frame: y up, face along +z; pixels: x right, y down",
+        "legend": {"overlay.png": "photo | coarse shading | refined shading | coarse mesh over photo "
+                                  "(red: detected landmarks, green: model landmarks)",
+                   "depth.png": "coarse | refined", "normals.png": "coarse | refined"},
+        **(extra_params or {}),
+    }
+    tmp = out_dir / "params.json.tmp"
+    tmp.write_text(json.dumps(params, indent=1))
+    os.replace(tmp, out_dir / "params.json")
+    return [out_dir / f for f in OUTPUT_FILES]

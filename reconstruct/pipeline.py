@@ -1,0 +1,199 @@
+"""Photo in, meshes out: detection -> landmark pose -> iterative network (or the landmark fit) -> texture ->
+shape from shading on the coarse depth.
+
+Frames (all weak-perspective, sharing the face's rotation; see :mod:`render.camera`):
+
+- the photo frame: full resolution, ``pose_photo`` fitted to the detected landmarks;
+- the network frame: ``cfg.render.image_size`` square, the face scaled and centred as in training
+  (``sampling.pose.scale_mean``), so the network sees what it was trained on;
+- the SfS frame: ``resolution`` square over the face area (a margin around its projected bounding box).
+
+A point's pixel in one frame maps to another by a scale and a shift (:func:`frame_map`), so images are
+moved between frames by one resampling (:func:`warp_to_frame`). Meshes are written in the model frame:
+millimetres, y up, face along +z.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from datagen.scene import centred_pose
+from render.camera import Pose, project
+from render.renderer import FaceRenderer, Light
+from render.shading import to_gray
+
+from .detect import Detection
+from .fit import fit_landmarks, fit_pose, landmark_weights
+
+FRONTAL = Light(np.array([0.0, 0.0, 1.0], np.float32), 0.15, 0.85, 0.0, 10.0)
+
+
+@dataclass(frozen=True)
+class FrameMap:
+    """x_dst = k (x_src - t_src) + t_dst (per axis, pixels) between two frames of the same rotation."""
+
+    k: float
+    t_src: np.ndarray
+    t_dst: np.ndarray
+
+    def forward(self, pts: np.ndarray) -> np.ndarray:
+        return self.k * (pts - self.t_src) + self.t_dst
+
+
+def frame_map(src: Pose, dst: Pose) -> FrameMap:
+    return FrameMap(dst.scale / src.scale, np.asarray(src.translation), np.asarray(dst.translation))
+
+
+def warp_to_frame(image: np.ndarray, fmap: FrameMap, size: int) -> np.ndarray:
+    """Resample ``image`` (H, W[, C]) float into a (size, size[, C]) frame (bilinear; blurred first when
+    shrinking, against aliasing)."""
+    j, i = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
+    x = (j - fmap.t_dst[0]) / fmap.k + fmap.t_src[0]
+    y = (i - fmap.t_dst[1]) / fmap.k + fmap.t_src[1]
+    coords = np.stack([y - 0.5, x - 0.5])
+    sigma = 0.5 / fmap.k - 0.5 if fmap.k < 1.0 else 0.0
+    chans = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[-1])]
+    out = [map_coordinates(gaussian_filter(c, sigma) if sigma > 0.3 else c, coords, order=1, mode="nearest")
+           for c in chans]
+    return (out[0] if image.ndim == 2 else np.stack(out, -1)).astype(np.float32)
+
+
+@dataclass
+class Reconstruction:
+    """Everything ``refine sfs`` computes for one face (see :func:`reconstruct_face`)."""
+
+    alpha: np.ndarray  # (K,)
+    pose_photo: Pose
+    coarse_method: str
+    iterations: list = field(default_factory=list)
+    vertex_colors: np.ndarray | None = None  # (V, 3)
+    visible: np.ndarray | None = None  # (V,)
+    sfs_frame: Pose | None = None
+    sfs_image: np.ndarray | None = None  # (R, R, 3)
+    sfs_mask: np.ndarray | None = None  # (R, R)
+    coarse_depth: np.ndarray | None = None
+    coarse_normals: np.ndarray | None = None
+    refined_depth: np.ndarray | None = None
+    refined_normals: np.ndarray | None = None
+    sh: np.ndarray | None = None
+    albedo: np.ndarray | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def network_pose(model, rotation: np.ndarray, cfg) -> Pose:
+    """The network frame's pose: the training distribution's mean scale, face centred."""
+    size = cfg.render.image_size
+    return centred_pose(model, rotation, cfg.sampling.pose.scale_mean * size, size)
+
+
+def sfs_frame_pose(model, verts: np.ndarray, pose_photo: Pose, resolution: int, margin: float = 0.06) -> Pose:
+    """A square frame of ``resolution`` pixels around the projected narrow face area."""
+    p = project(verts[model.regions["narrow_face"]], pose_photo)[:, :2]
+    lo, hi = p.min(0), p.max(0)
+    k = resolution * (1 - 2 * margin) / max(float((hi - lo).max()), 1e-6)
+    centre = (lo + hi) / 2
+    t = k * (np.asarray(pose_photo.translation) - centre) + resolution / 2
+    return Pose(pose_photo.scale * k, pose_photo.rotation, t)
+
+
+def narrow_face_mask(model, frags) -> np.ndarray:
+    """(H, W) bool: pixels whose triangle lies in the narrow face area (no ears, neck, eyes or mouth)."""
+    narrow = np.zeros(len(model.triangles) + 1, bool)
+    narrow[:-1] = np.all(model.triangles < len(model.regions["narrow_face"]), axis=1)
+    return narrow[frags.face_id]
+
+
+def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None, resolution: int = 256,
+                     iterations: int = 3, refit_pose: bool = True, sfs: bool = True,
+                     sfs_params=None) -> Reconstruction:
+    """Reconstruct one detected face.
+
+    Args:
+        photo: (H, W, 3) uint8 RGB, full resolution.
+        det: its detection (landmarks in photo pixels).
+        model: the face model; cfg: the config.
+        predict: the iterative network as a :data:`reconstruct.iterative.Predictor`, or None for the
+            landmark fit alone.
+        resolution: SfS working resolution (pixels over the face).
+        iterations: network passes.
+        refit_pose: re-fit the pose to the landmarks of each new shape.
+    """
+    timings = {}
+    t0 = time.perf_counter()
+    img = photo.astype(np.float32) / 255.0
+    w = landmark_weights(0.0)
+    lm3d = lambda a: model.landmarks(a).astype(np.float64)  # noqa: E731
+    alpha_lm, pose_lm = fit_landmarks(model, det.landmarks)
+    if predict is None:
+        alpha, pose = alpha_lm, pose_lm
+        its, method = [], "landmark_fit"
+    else:
+        from .iterative import iterative_fit
+
+        pose = fit_pose(det.landmarks, lm3d(np.zeros(model.n_coeffs, np.float32)), w)
+        net_pose = network_pose(model, pose.rotation, cfg)
+        fmap = frame_map(pose, net_pose)
+        gray = warp_to_frame(to_gray(img), fmap, cfg.render.image_size)
+        renderer = FaceRenderer.from_config(model, cfg.render, backend="numba")
+
+        def refit(a):
+            p = fit_pose(det.landmarks, lm3d(a), w)
+            return network_pose(model, p.rotation, cfg)
+
+        steps = iterative_fit(predict, gray, net_pose, renderer, iterations, refit_pose=refit if refit_pose else None)
+        alpha = steps[-1][0]
+        pose = fit_pose(det.landmarks, lm3d(alpha), w)
+        its, method = [a.tolist() for a, _ in steps], "iterative_network"
+    timings["coarse_s"] = time.perf_counter() - t0
+
+    from .texture import vertex_texture
+
+    t1 = time.perf_counter()
+    verts = model.vertices(alpha)
+    colors, visible = vertex_texture(model, img, verts, pose)
+    timings["texture_s"] = time.perf_counter() - t1
+    rec = Reconstruction(alpha, pose, method, its, colors, visible, timings=timings)
+
+    # coarse depth and normals in the SfS frame
+    frame = sfs_frame_pose(model, verts, pose, resolution)
+    r = FaceRenderer(model, resolution, backend="numba")
+    coarse = r.render_face(alpha, frame, np.ones((model.n_vertices, 3), np.float32), FRONTAL, verts=verts)
+    rec.sfs_frame = frame
+    rec.sfs_image = warp_to_frame(img, frame_map(pose, frame), resolution)
+    rec.sfs_mask = narrow_face_mask(model, coarse.fragments)
+    rec.coarse_depth, rec.coarse_normals = coarse.depth, coarse.normals
+    if sfs:
+        from .sfs import sfs_refine
+
+        t2 = time.perf_counter()
+        res = sfs_refine(rec.sfs_image, coarse.depth, rec.sfs_mask, 1.0 / frame.scale, sfs_params)
+        timings["sfs_s"] = time.perf_counter() - t2
+        rec.refined_depth, rec.refined_normals = res.depth, res.normals
+        rec.sh, rec.albedo = res.sh, res.albedo
+    return rec
+
+
+def depth_grid_mesh(depth: np.ndarray, mask: np.ndarray, frame: Pose) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A mesh of the depth map's pixels inside ``mask``, back-projected into the model frame.
+
+    Returns:
+        verts (N, 3) mm model frame, triangles (F, 3), uv (N, 2) of each vertex in the frame image.
+    """
+    H, W = depth.shape
+    ii, jj = np.nonzero(mask)
+    index = -np.ones((H, W), np.int64)
+    index[ii, jj] = np.arange(len(ii))
+    x, y = jj + 0.5, ii + 0.5
+    cam = np.stack([(x - frame.translation[0]) / frame.scale, (frame.translation[1] - y) / frame.scale,
+                    depth[ii, jj]], -1)
+    verts = cam @ np.asarray(frame.rotation)  # R^T applied to row vectors
+    a, b, c, d = index[:-1, :-1], index[:-1, 1:], index[1:, :-1], index[1:, 1:]
+    quad = (a >= 0) & (b >= 0) & (c >= 0) & (d >= 0)
+    # image rows go down: (a, c, b) is counter-clockwise seen from the camera
+    tris = np.concatenate([np.stack([a[quad], c[quad], b[quad]], -1), np.stack([b[quad], c[quad], d[quad]], -1)])
+    uv = np.stack([x / W, 1.0 - y / H], -1)
+    return verts.astype(np.float32), tris, uv.astype(np.float32)
