@@ -11,3 +11,7 @@ datagen render --n 200 --shard-size 100 --out "$OUT/data"
 datagen preview --data "$OUT/data" --out "$OUT/preview.png" --n 16
 datagen stats --data "$OUT/data" --out "$OUT/stats.png" > "$OUT/stats.json"
 echo "   wrote $OUT/preview.png, $OUT/stats.png, $OUT/stats.json"
+
+echo "== 2. refine: the sample photo to a textured, refined mesh"
+refine sfs data/astronaut.png --out "$OUT/astronaut" --force
+echo "   look at $OUT/astronaut/overlay.png (photo | coarse | refined | mesh over the photo)"
