@@ -147,6 +147,7 @@ class EvaluateConfig:
     iterations: int
     landmark_noise_px: float
     error_maps: int
+    n: int
 
 
 @dataclass(frozen=True)

@@ -71,14 +71,16 @@ def read_obj_vertices(path: Path) -> np.ndarray:
     return np.array(b" ".join(lines).split(), dtype=np.float64).reshape(-1, 3)
 
 
-def read_obj_topology(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_obj_topology(path: Path, with_polygon: bool = False):
     """Read the polygons of an OBJ and split them into triangles (fan split, 0-based indices).
 
     Returns:
         tris: (F, 3) int64 vertex indices; tri_uv: (F, 3) int64 indices into ``uv``; uv: (T, 2) float64.
         A quad ``a b c d`` becomes ``a b c`` and ``a c d`` (so triangle 2i, 2i+1 come from one quad).
+        With ``with_polygon``, also (F,) int64: the polygon each triangle comes from.
     """
-    uv, tris, tri_uv = [], [], []
+    uv, tris, tri_uv, tri_poly = [], [], [], []
+    n_poly = 0
     with open(path, "r") as f:
         for line in f:
             if line.startswith("vt "):
@@ -90,7 +92,10 @@ def read_obj_topology(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 for k in range(1, len(vi) - 1):
                     tris.append([vi[0], vi[k], vi[k + 1]])
                     tri_uv.append([ti[0], ti[k], ti[k + 1]])
-    return np.array(tris, np.int64), np.array(tri_uv, np.int64), np.array(uv, np.float64)
+                    tri_poly.append(n_poly)
+                n_poly += 1
+    out = (np.array(tris, np.int64), np.array(tri_uv, np.int64), np.array(uv, np.float64))
+    return out + (np.array(tri_poly, np.int64),) if with_polygon else out
 
 
 def convert(ict_dir: str | Path, out_path: str | Path, albedo_samples: int | None = None,
@@ -117,12 +122,15 @@ def convert(ict_dir: str | Path, out_path: str | Path, albedo_samples: int | Non
     expressions = [e for e in expressions if not e.startswith("PupilDilate")]
 
     neutral = read_obj_vertices(neutral_path)
-    tris_all, tri_uv_all, uv = read_obj_topology(neutral_path)
+    tris_all, tri_uv_all, uv, tri_poly = read_obj_topology(neutral_path, with_polygon=True)
 
     keep = np.concatenate([np.arange(a, b) for a, b in KEPT_RANGES.values()])
     new_index = np.full(len(neutral), -1, np.int64)
     new_index[keep] = np.arange(len(keep))
     tri_keep = np.all(new_index[tris_all] >= 0, axis=1)
+    poly_keep = np.ones(tri_poly.max() + 1, bool)  # keep whole polygons only
+    np.logical_and.at(poly_keep, tri_poly, tri_keep)
+    tri_keep = poly_keep[tri_poly]
     tris = new_index[tris_all[tri_keep]]
     tri_uv = tri_uv_all[tri_keep]
 
@@ -159,7 +167,7 @@ def convert(ict_dir: str | Path, out_path: str | Path, albedo_samples: int | Non
         comp = dict(compression="gzip", compression_opts=9, shuffle=True)
         f.create_dataset("mean", data=(neutral[keep] * CM_TO_MM).astype(np.float32), **comp)
         # (V, 3, K): identity modes first, then expressions.
-        f.create_dataset("basis", data=basis.astype(np.float32), chunks=(1024, 3, 1), **comp)
+        f.create_dataset("basis", data=basis.astype(np.float32), chunks=(min(1024, len(keep)), 3, 1), **comp)
         f.create_dataset("triangles", data=tris.astype(np.int32), **comp)
         f.create_dataset("tri_uv", data=tri_uv.astype(np.int32), **comp)
         f.create_dataset("uv", data=uv.astype(np.float32), **comp)

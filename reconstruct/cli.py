@@ -25,7 +25,7 @@ def load_predictor(weights: str | None, cfg, device: str = "auto"):
         if weights is not None:
             raise FileNotFoundError(f"weights file {weights} not found")
         return None, None
-    from training.checkpoint import load_network
+    from training.train import load_network
 
     from .iterative import torch_predictor
 

@@ -43,8 +43,9 @@ class Pose:
 def euler_to_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     """Rotation (3, 3) from angles in radians: R = R_z(roll) R_x(pitch) R_y(yaw).
 
-    Positive yaw turns the face towards the image's right (+x), positive pitch tilts the chin up... in the
-    right-handed model frame (y up, +z towards the camera).
+    In the right-handed model frame (y up, +z towards the camera): positive yaw turns the face towards the
+    image's right (+x), positive pitch turns it down (chin towards the chest), positive roll turns it
+    counter-clockwise as seen in the image.
     """
     cy, sy = np.cos(yaw), np.sin(yaw)
     cp, sp = np.cos(pitch), np.sin(pitch)

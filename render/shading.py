@@ -15,8 +15,11 @@ Spherical harmonics (second order, 9 terms, the order and normalisation used eve
     c0 = 1 / (2 sqrt(pi)), c1 = sqrt(3) / (2 sqrt(pi)), c2 = sqrt(15) / (2 sqrt(pi)),
     c3 = sqrt(5) / (4 sqrt(pi)), c4 = sqrt(15) / (4 sqrt(pi))
 
-and the shading of a Lambertian surface is ``albedo * (Y(n) . sh)`` with ``sh`` (9,) or (B, 9) including
-the convolution with the clamped cosine.
+and the shading of a Lambertian surface is ``albedo * (Y(n) . sh)`` with ``sh`` (..., 9) (broadcast against
+the normals' leading dimensions) including the convolution with the clamped cosine: a distant light of
+intensity E from direction d has ``sh = E * A_l * Y(d)`` with A_0 = pi, A_1 = 2 pi / 3, A_2 = pi / 4
+(:func:`sh_directional`). Helpers on the same convention: :func:`sh_gradient` (d(Y(n) . sh)/dn, for
+shape from shading) and :func:`sh_least_squares` (fit ``sh`` to an image).
 """
 from __future__ import annotations
 
@@ -105,9 +108,72 @@ def sh_shade(normals, albedo, sh):
     """Lambertian SH shading: albedo * (Y(n) . sh).
 
     Args:
-        normals: (..., 3) camera-frame unit normals; albedo: (...) or (..., 1) or scalar;
-        sh: (9,) coefficients (per colour channel: call once per channel).
+        normals: (..., 3) camera-frame unit normals (numpy or torch);
+        albedo: (...) or scalar (broadcast against the result);
+        sh: (..., 9) coefficients broadcast against the normals' leading dimensions: (9,) for one light,
+            (B, 1, 1, 9) for a batch of (B, H, W, 3) normals; per colour channel, call once per channel.
     Returns:
         (...) shading.
     """
-    return albedo * (sh_basis(normals) @ sh)
+    return albedo * (sh_basis(normals) * sh).sum(-1)
+
+
+#: Clamped-cosine convolution factors of the SH bands 0, 1, 2 (Ramamoorthi & Hanrahan 2001), per term.
+SH_LAMBERT = np.array([np.pi] + [2 * np.pi / 3] * 3 + [np.pi / 4] * 5)
+
+
+def sh_directional(direction: np.ndarray, intensity: float = 1.0, ambient: float = 0.0) -> np.ndarray:
+    """(9,) coefficients of a distant light: ``intensity`` from unit ``direction`` (camera frame, towards
+    the light) convolved with the clamped cosine (so Y(n) . sh ~ intensity max(0, n . d)), plus a
+    constant ``ambient`` shading."""
+    d = np.asarray(direction, np.float64)
+    d = d / max(np.linalg.norm(d), 1e-12)
+    sh = intensity * SH_LAMBERT * sh_basis(d)
+    sh[0] += ambient / SH_CONSTANTS[0]
+    return sh
+
+
+def sh_gradient(normals: np.ndarray, sh: np.ndarray) -> np.ndarray:
+    """Gradient of the SH shading ``Y(n) . sh`` with respect to the normal (the basis as a polynomial in
+    x, y, z, unconstrained by |n| = 1).
+
+    Args:
+        normals: (..., 3) camera-frame unit normals; sh: (9,) coefficients.
+    Returns:
+        (..., 3) d(Y(n) . sh) / d(x, y, z).
+    """
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    c = SH_CONSTANTS * np.asarray(sh, np.float64)
+    gx = c[3] + c[4] * y + c[7] * z + 2 * c[8] * x
+    gy = c[1] + c[4] * x + c[5] * z - 2 * c[8] * y
+    gz = c[2] + c[5] * y + 6 * c[6] * z + c[7] * x
+    return np.stack([gx, gy, gz], axis=-1)
+
+
+def sh_least_squares(normals: np.ndarray, intensity: np.ndarray, albedo=1.0, weights: np.ndarray | None = None,
+                     ridge: float = 0.0) -> np.ndarray:
+    """Least-squares SH lighting: argmin_sh sum_p w_p (albedo_p Y(n_p) . sh - I_p)^2 + ridge ||sh||^2.
+
+    Args:
+        normals: (N, 3) camera-frame unit normals; intensity: (N,) or (N, C) observed shading;
+        albedo: (N,) or scalar; weights: (N,) non-negative (default 1);
+        ridge: Tikhonov weight against ill-conditioning when the normals cover a small part of the sphere
+            (0: plain least squares, minimum-norm if rank deficient).
+    Returns:
+        (9,) coefficients, or (C, 9) for (N, C) intensities.
+    """
+    n = np.asarray(normals, np.float64).reshape(-1, 3)
+    I = np.asarray(intensity, np.float64)
+    I2 = I.reshape(len(n), -1)
+    a = np.broadcast_to(np.asarray(albedo, np.float64), (len(n),))
+    w = np.ones(len(n)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    if np.count_nonzero(w) < 9:
+        raise ValueError(f"an SH fit needs at least 9 weighted samples; got {np.count_nonzero(w)}")
+    sw = np.sqrt(w)[:, None]
+    A = sw * a[:, None] * sh_basis(n)  # (N, 9)
+    b = sw * I2
+    if ridge > 0:
+        A = np.vstack([A, np.sqrt(ridge) * np.eye(9)])
+        b = np.vstack([b, np.zeros((9, b.shape[1]))])
+    sh = np.linalg.lstsq(A, b, rcond=None)[0].T  # (C, 9)
+    return sh[0] if I.ndim == 1 else sh

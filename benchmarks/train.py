@@ -1,0 +1,141 @@
+"""Training throughput (samples/s) of the iterative network, measured in one run:
+
+- ``loader``: online generation alone (:class:`training.data.OnlineDataset` through a DataLoader);
+- ``model``: the network alone on random tensors (forward + backward + Adam step), NCHW fp32 as the
+  baseline, then channels_last (and bf16 autocast on CUDA), each with ``ratio_vs_baseline``;
+- ``both``: online batches fed to the model (the real training step), ``ratio_vs_model_alone``.
+
+Rates are the best over interleaved rounds of the median time per step (other processes may share the
+cores).
+
+Prints one JSON line per measurement::
+
+    .venv/bin/python benchmarks/train.py [--size 200] [--batch 16] [--steps 5] [--rounds 2] [--workers 0]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import emit as common_emit  # noqa: E402
+from facesynth.config import load_config  # noqa: E402
+from training.data import online_loader  # noqa: E402
+from training.loss import GeometryLoss  # noqa: E402
+from training.network import IterativeNet  # noqa: E402
+from training.train import autocast, resolve_device, to_device  # noqa: E402
+
+
+def emit(record: dict) -> None:
+    common_emit({"benchmark": "train", **record})
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_rate(fn, steps: int, batch: int, device=None) -> float:
+    """Samples/s from the median time of ``steps`` calls (robust to other processes on shared cores)."""
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        if device is not None:
+            _sync(device)
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
+def loader_rate(cfg, batch: int, steps: int, workers: int) -> float:
+    it = iter(online_loader(cfg, 0, batch, workers=workers))
+    next(it)  # workers started, numba kernels loaded
+    return median_rate(lambda: next(it), steps, batch)
+
+
+def training_step(cfg, face_model, batch: int, device, channels_last: bool, amp: bool, data=None):
+    """A warmed-up training step on random tensors (or on ``data``, an iterator of batches)."""
+    torch.manual_seed(0)
+    net = IterativeNet.from_config(cfg).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    loss_fn = GeometryLoss(face_model).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    size, K = cfg.render.image_size, net.n_coeffs
+    fixed = {"input": torch.rand(batch, net.in_channels, size, size), "alpha_t": torch.randn(batch, K),
+             "alpha_gt": torch.randn(batch, K)}
+
+    def step():
+        x, a_t, a_gt = to_device(next(data) if data is not None else fixed, device, channels_last)
+        with autocast(device) if amp else contextlib.nullcontext():
+            pred = net(x, a_t)
+        loss = loss_fn(pred.float(), a_gt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):  # warm-up: kernel selection, allocator
+        step()
+    _sync(device)
+    return step
+
+
+def best_rates(steps_by_name: dict, steps: int, batch: int, device, rounds: int) -> dict:
+    """Best-of-``rounds`` median rate of each step function, the rounds interleaved so that load from
+    other processes hits every variant alike."""
+    best = dict.fromkeys(steps_by_name, 0.0)
+    for _ in range(rounds):
+        for name, fn in steps_by_name.items():
+            best[name] = max(best[name], median_rate(fn, steps, batch, device))
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=200, help="image side (pixels)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for online generation")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is reported")
+    args = ap.parse_args()
+    from morphable.model import load_model
+
+    cfg = load_config(overrides={"render.image_size": args.size})
+    face_model = load_model(cfg.resolve_path(cfg.model.path))
+    device = resolve_device(args.device)
+    common = {"device": str(device), "image_size": args.size, "batch": args.batch,
+              "torch_threads": torch.get_num_threads()}
+
+    rate = loader_rate(cfg, args.batch, args.steps, args.workers)
+    emit({**common, "what": "loader alone (online generation)", "workers": args.workers, "samples_per_s": rate})
+
+    cuda = device.type == "cuda"
+    variants = {"fp32 NCHW": training_step(cfg, face_model, args.batch, device, False, False),
+                "fp32 channels_last": training_step(cfg, face_model, args.batch, device, True, False)}
+    if cuda:
+        variants["bf16 autocast channels_last"] = training_step(cfg, face_model, args.batch, device, True, True)
+    rates = best_rates(variants, args.steps, args.batch, device, args.rounds)
+    base = rates["fp32 NCHW"]
+    for name, r in rates.items():
+        emit({**common, "what": f"model alone, {name}" + (" (baseline)" if name == "fp32 NCHW" else ""),
+              "samples_per_s": r, "ratio_vs_baseline": r / base})
+    same = "bf16 autocast channels_last" if cuda else "fp32 NCHW"  # what train_iterative runs
+
+    data = iter(online_loader(cfg, 0, args.batch, workers=args.workers, pin_memory=cuda))
+    both = best_rates({"both": training_step(cfg, face_model, args.batch, device, channels_last=cuda, amp=cuda,
+                                             data=data)}, args.steps, args.batch, device, args.rounds)["both"]
+    emit({**common, "what": "both (online generation + training step)", "workers": args.workers,
+          "samples_per_s": both, "ratio_vs_model_alone": both / rates[same], "model_alone": same,
+          "ratio_vs_loader_alone": both / rate})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""morphable/model.py: geometry (batch, single, region, numpy, torch), normals, landmarks, the Gram matrix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from morphable.model import FaceModel
+
+NOSE_TIP = 30  # Multi-PIE landmark (0-based)
+
+
+def _alphas(model, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ident = rng.standard_normal((n, model.n_identity))
+    expr = rng.uniform(0, 1, (n, model.n_expression)) * (rng.uniform(size=(n, model.n_expression)) < 0.2)
+    return np.concatenate([ident, expr], axis=1).astype(np.float32)
+
+
+def test_shapes_and_coefficient_layout(model):
+    assert model.basis.shape == (model.n_vertices, 3, model.n_coeffs)
+    assert model.n_coeffs == model.n_identity + model.n_expression
+    assert model.triangles.min() >= 0 and model.triangles.max() < model.n_vertices
+    a = _alphas(model, 2)
+    ident, expr = model.split(a)
+    assert ident.shape == (2, model.n_identity) and expr.shape == (2, model.n_expression)
+    np.testing.assert_array_equal(model.join(ident, expr), a)
+    k = model.expression_index("jawOpen")
+    assert model.expression_names[k] == "jawOpen"
+    with pytest.raises(KeyError, match="nonsense"):
+        model.expression_index("nonsense")
+    # zero coefficients give the mean shape
+    np.testing.assert_array_equal(model.vertices(np.zeros(model.n_coeffs, np.float32)), model.mean)
+
+
+def test_batch_and_single_geometry_agree(model):
+    a = _alphas(model, 3)
+    batch = model.vertices(a)
+    assert batch.shape == (3, model.n_vertices, 3) and batch.dtype == np.float32
+    for i in range(3):
+        single = model.vertices(a[i])
+        assert single.shape == (model.n_vertices, 3)
+        np.testing.assert_allclose(batch[i], single, rtol=0, atol=1e-4)
+    # a direct sum over the modes, in float64
+    basis = model.basis.astype(np.float64)
+    ref = model.mean.astype(np.float64) + np.einsum("vck,k->vc", basis, a[1].astype(np.float64))
+    np.testing.assert_allclose(batch[1], ref, rtol=0, atol=1e-3)
+    # a region is the same vertices as the full shape
+    idx = model.regions["narrow_face"]
+    np.testing.assert_allclose(model.vertices(a, region="narrow_face"), batch[:, idx], rtol=0, atol=1e-4)
+
+
+def test_numpy_and_torch_geometry_agree(model):
+    torch = pytest.importorskip("torch")
+    a = _alphas(model, 2, seed=1)
+    ref = model.vertices(a)
+    t = model.vertices(torch.from_numpy(a).double())
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.shape == ref.shape
+    np.testing.assert_allclose(t.numpy(), ref, rtol=0, atol=1e-3)
+    single = model.vertices(torch.from_numpy(a[0]))
+    assert single.shape == (model.n_vertices, 3) and single.dtype == torch.float32
+    np.testing.assert_allclose(single.numpy(), ref[0], rtol=0, atol=1e-3)
+    face = model.vertices(torch.from_numpy(a), region="face")
+    np.testing.assert_allclose(face.numpy(), ref[:, model.regions["face"]], rtol=0, atol=1e-3)
+    # gradients flow to the coefficients
+    x = torch.from_numpy(a[:1]).double().requires_grad_(True)
+    model.landmarks(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_landmarks_are_the_landmark_vertices(model):
+    a = _alphas(model, 2, seed=2)
+    lm = model.landmarks(a)
+    assert lm.shape == (2, 68, 3)
+    np.testing.assert_allclose(lm, model.vertices(a)[:, model.landmarks68], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(model.landmarks(a[0]), lm[0], rtol=0, atol=1e-4)
+
+
+def _reference_normals(verts: np.ndarray, triangles: np.ndarray, which) -> np.ndarray:
+    """Plain-Python area-weighted vertex normals of the vertices ``which``."""
+    which = [int(w) for w in which]
+    wanted = set(which)
+    acc = {w: [0.0, 0.0, 0.0] for w in which}
+    for tri in triangles.tolist():
+        hit = wanted.intersection(tri)
+        if not hit:
+            continue
+        p0, p1, p2 = (verts[i].tolist() for i in tri)
+        e1 = [p1[k] - p0[k] for k in range(3)]
+        e2 = [p2[k] - p0[k] for k in range(3)]
+        n = [e1[1] * e2[2] - e1[2] * e2[1], e1[2] * e2[0] - e1[0] * e2[2], e1[0] * e2[1] - e1[1] * e2[0]]
+        for v in hit:
+            for k in range(3):
+                acc[v][k] += n[k]
+    out = []
+    for w in which:
+        n = acc[w]
+        length = sum(c * c for c in n) ** 0.5
+        out.append([c / length for c in n])
+    return np.array(out)
+
+
+def test_vertex_normals_match_a_plain_loop_and_are_unit(model):
+    a = _alphas(model, 2, seed=3)
+    verts = model.vertices(a)
+    normals = model.vertex_normals(verts)
+    assert normals.shape == verts.shape
+    np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(model.vertex_normals(verts[1]), normals[1], atol=1e-6)
+    which = np.random.default_rng(0).choice(model.n_vertices, 150, replace=False)
+    ref = _reference_normals(verts[1].astype(np.float64), model.triangles, which)
+    np.testing.assert_allclose(normals[1, which], ref, atol=1e-4)
+    # outwards: the nose tip of the neutral face looks at the camera (+z)
+    n0 = model.vertex_normals(model.mean)
+    assert n0[model.landmarks68[NOSE_TIP], 2] > 0.9
+    assert np.mean(n0[model.regions["face"], 2]) > 0.2
+
+
+def test_vertex_normals_on_a_closed_mesh_point_outwards():
+    trimesh = pytest.importorskip("trimesh")
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=30.0)
+    m = object.__new__(FaceModel)  # only the topology is used by vertex_normals
+    m.triangles = np.asarray(sphere.faces, np.int32)
+    m.n_vertices = len(sphere.vertices)
+    verts = np.asarray(sphere.vertices, np.float32) * np.array([1.0, 1.3, 0.8], np.float32)  # an ellipsoid
+    given = verts.copy()
+    normals = m.vertex_normals(verts)
+    ref = _reference_normals(verts.astype(np.float64), m.triangles, range(m.n_vertices))
+    np.testing.assert_allclose(normals, ref, atol=1e-5)
+    assert np.all(np.einsum("vc,vc->v", normals, verts) > 0)
+    np.testing.assert_array_equal(verts, given)  # the input is not modified
+
+
+@pytest.mark.parametrize("region", ["face", "narrow_face"])
+def test_gram_gives_the_mean_squared_geometry_error(model, region):
+    idx = model.regions[region]
+    G = model.gram(region)
+    K = model.n_coeffs
+    assert G.shape == (K, K) and G.dtype == np.float64
+    # explicitly: one block per coordinate, A_c = basis[idx, c, :]
+    ref = np.zeros((K, K))
+    for c in range(3):
+        A_c = model.basis[idx, c, :].astype(np.float64)
+        ref += A_c.T @ A_c
+    ref /= 3 * len(idx)
+    np.testing.assert_allclose(G, ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(G, G.T)
+    # (x - y)^T G (x - y) is the mean squared per-coordinate error of the region's vertices, mm^2
+    x, y = _alphas(model, 2, seed=4).astype(np.float64)
+    d = x - y
+    vx = model.vertices(x, region=region).astype(np.float64)
+    vy = model.vertices(y, region=region).astype(np.float64)
+    mse = np.mean((vx - vy) ** 2)
+    assert mse > 1.0
+    np.testing.assert_allclose(d @ G @ d, mse, rtol=1e-4)
+    assert model.gram(region, dtype=np.float32).dtype == np.float32
+
+
+def test_missing_model_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.h5"):
+        FaceModel(tmp_path / "nowhere.h5")

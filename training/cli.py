@@ -1,0 +1,96 @@
+"""``train``: the iterative network (a thin click layer over :mod:`training.train` and
+:mod:`training.evaluate`). Every flag defaults to the ``pipeline.yaml`` value shown in its help."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from facesynth.cli_util import config_option, load_cfg, user_errors
+from facesynth.cli_util import yaml_default as _d
+
+from .train import CheckpointError, TrainingError
+
+
+@click.group(help="Train the iterative network on synthetic faces and evaluate it.")
+def main():
+    pass
+
+
+@main.command(help="Train (or resume: the same command again) the iterative network; run folder --out.")
+@config_option
+@click.option("--data", type=click.Path(file_okay=False), default=None, help="shard folder" + _d("train.data"))
+@click.option("--online", is_flag=True, default=None, help="generate samples on the fly" + _d("train.online"))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="run folder" + _d("train.out"))
+@click.option("--steps", type=int, default=None, help="optimiser steps in all" + _d("train.steps"))
+@click.option("--batch", type=int, default=None, help="samples per step (per GPU)" + _d("train.batch"))
+@click.option("--lr", type=float, default=None, help="Adam learning rate" + _d("train.lr"))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="auto: cuda if available" + _d("train.device"))
+@click.option("--workers", type=int, default=None, help="data workers" + _d("train.workers"))
+@click.option("--seed", type=int, default=None, help="initialisation and shuffle seed" + _d("train.seed"))
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@user_errors(TrainingError, CheckpointError)
+def iterative(config, data, online, out, steps, batch, lr, device, workers, seed, quiet):
+    from .train import train_iterative
+
+    if data is not None and online:
+        raise click.UsageError("give either --data or --online")
+    cfg = load_cfg(config, {"train.data": data, "train.online": False if data is not None else online,
+                            "train.out": out, "train.steps": steps, "train.batch": batch, "train.lr": lr,
+                            "train.device": device, "train.workers": workers, "train.seed": seed})
+    result = train_iterative(cfg, progress=not quiet)
+    click.echo(f"step {result['step']}: train loss {result['train_loss']:.4g} mm², validation loss "
+               f"{result['val_loss']:.4g} mm²; checkpoint {result['checkpoint']}")
+
+
+@main.command(help="3D error of the iterative network on synthetic faces; prints one JSON object.")
+@config_option
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="checkpoint [default: <train.out>/ckpt.pt]")
+@click.option("--data", type=click.Path(file_okay=False), default=None, help="shard folder (default: --online)")
+@click.option("--online", is_flag=True, help="generate the faces (seed datagen.seed + 2000003)")
+@click.option("--n", type=int, default=None, help="faces" + _d("evaluate.n"))
+@click.option("--iterations", type=int, default=None, help="network passes" + _d("evaluate.iterations"))
+@click.option("--pose", "pose_source", type=click.Choice(["true", "landmarks"]), default="landmarks",
+              show_default=True, help="true pose, or fitted to noisy landmarks")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="error-map PNG [default: next to the weights, eval_errors.png]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help=_d("train.device")[1:])
+@click.option("--no-landmark-fit", is_flag=True, help="skip the landmark-fit baseline (about 1 s per face)")
+@user_errors(TrainingError, CheckpointError)
+def evaluate(config, weights, data, online, n, iterations, pose_source, out, device, no_landmark_fit):
+    from facesynth.config import config_from_dict, override
+
+    from .evaluate import evaluate as run_evaluation
+    from .evaluate import online_faces, shard_faces
+    from .network import IterativeNet
+    from .train import load_checkpoint, resolve_device
+
+    if data is not None and online:
+        raise click.UsageError("give either --data or --online")
+    if data is not None and not Path(data).is_dir():
+        raise FileNotFoundError(f"dataset folder {data} not found")
+    cfg = load_cfg(config, {"evaluate.n": n, "evaluate.iterations": iterations, "train.device": device})
+    for key in ("n", "iterations"):
+        if getattr(cfg.evaluate, key) < 1:
+            raise click.ClickException(f"--{key} must be >= 1; got {getattr(cfg.evaluate, key)}")
+    path = Path(weights) if weights is not None else cfg.resolve_path(cfg.train.out) / "ckpt.pt"
+    dev = resolve_device(cfg.train.device)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    trained = config_from_dict(ckpt["config"])
+    net = IterativeNet.from_config(trained)
+    net.load_state_dict(ckpt["model"])
+    # The network's input format is the one it was trained with.
+    cfg = override(cfg, "render.image_size", trained.render.image_size)
+    cfg = override(cfg, "datagen.color_input", trained.datagen.color_input)
+    if data is not None:
+        faces = shard_faces(data, cfg.evaluate.n, color=cfg.datagen.color_input)
+    else:
+        faces = online_faces(cfg, cfg.evaluate.n)
+    png = Path(out) if out is not None else path.parent / "eval_errors.png"
+    report = run_evaluation(net, faces, cfg, pose_source=pose_source, error_maps_png=png, device=str(dev),
+                            progress=True, landmark_baseline=not no_landmark_fit)
+    click.echo(f"error maps: {png}", err=True)
+    click.echo(json.dumps(report))

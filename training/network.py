@@ -1,0 +1,115 @@
+"""The iterative ResNet of Richardson et al. 2016 (Fig. 4 and Section 5.1).
+
+Input: the masked face image and the shading image of the current estimate a_t, (B, 2, H, W) in [0, 1]
+(200 x 200 in the paper; any size works, the features are averaged over space). The backbone regresses
+K values; a linear layer on [backbone output, a_t] (2K -> K) gives the correction, and the network returns
+a_{t+1} = a_t + correction::
+
+    layer          stride   output (H = W = 200)
+    7x7, 32          2      100 x 100 x 32      (+ BN + ReLU)
+    b[32]  x 2       1      100 x 100 x 32
+    b[64]  x 2       2       50 x  50 x 64
+    b[128] x 2       2       25 x  25 x 128
+    b[256] x 2       2       13 x  13 x 256
+    3x3, K           1       13 x  13 x K
+    average          -       K
+    linear [K, a_t]  -       K              (correction)
+
+``b[n]`` is the basic block of ResNet-18/34 (two 3x3 convolutions, identity or 1x1-projection shortcut).
+Coefficients are used as they are: identity weights ~ N(0, 1) and expression weights in [0, 1] are on
+similar scales. With K = 153 the network has about 3.2 M parameters.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN plus shortcut, then ReLU.
+
+    The shortcut is the identity, or a strided 1x1 convolution + BN when the stride or width changes.
+    """
+
+    def __init__(self, in_maps: int, out_maps: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_maps, out_maps, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_maps)
+        self.conv2 = nn.Conv2d(out_maps, out_maps, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_maps)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_maps != out_maps:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_maps, out_maps, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out_maps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class IterativeNet(nn.Module):
+    """The iterative-error-feedback regressor.
+
+    Args:
+        n_coeffs: K, the length of a coefficient vector (153: 100 identity, then 53 expression).
+        in_channels: 2 (gray image + shading) or 4 (colour image + shading, ``datagen.color_input``).
+        widths: maps of the four stages.
+    """
+
+    def __init__(self, n_coeffs: int = 153, in_channels: int = 2, widths: tuple[int, ...] = (32, 64, 128, 256)):
+        super().__init__()
+        self.n_coeffs, self.in_channels = n_coeffs, in_channels
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        blocks, maps = [], widths[0]
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks += [BasicBlock(maps, w, stride), BasicBlock(w, w)]
+            maps = w
+        self.blocks = nn.Sequential(*blocks)
+        self.regress = nn.Conv2d(maps, n_coeffs, 3, 1, 1)
+        self.correction = nn.Linear(2 * n_coeffs, n_coeffs)
+        self._init_weights()
+
+    @classmethod
+    def from_config(cls, cfg) -> "IterativeNet":
+        """The network for a :class:`facesynth.config.Config` (K from ``model``, channels from ``datagen``)."""
+        return cls(cfg.model.n_identity + cfg.model.n_expression, 4 if cfg.datagen.color_input else 2)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # The untrained network returns a_t unchanged: each training step starts from "no correction".
+        nn.init.zeros_(self.correction.weight)
+        nn.init.zeros_(self.correction.bias)
+        nn.init.zeros_(self.regress.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image + shading -> (B, K) spatially averaged regression maps."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
+        y = self.regress(self.blocks(self.stem(x)))
+        return y.mean(dim=(2, 3))
+
+    def forward_head(self, features: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
+        """(B, K) features, (B, K) current estimate -> (B, K) next estimate a_t + correction."""
+        if alpha_t.shape != features.shape:
+            raise ValueError(f"expected alpha_t {tuple(features.shape)}; got {tuple(alpha_t.shape)}")
+        correction = self.correction(torch.cat([features, alpha_t.to(features.dtype)], dim=1))
+        return alpha_t + correction.to(alpha_t.dtype)  # the residual stays in alpha_t's precision
+
+    def forward(self, x: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
+        """Args: x (B, C, H, W) float in [0, 1]; alpha_t (B, K) current coefficients.
+        Returns: (B, K) next coefficients a_{t+1}."""
+        return self.forward_head(self.forward_features(x), alpha_t)
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
