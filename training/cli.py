@@ -94,3 +94,7 @@ def evaluate(config, weights, data, online, n, iterations, pose_source, out, dev
                             progress=True, landmark_baseline=not no_landmark_fit)
     click.echo(f"error maps: {png}", err=True)
     click.echo(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
