@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import emit, machine  # noqa: E402
+from benchmarks.common import emit  # noqa: E402
 from facesynth.config import load_config  # noqa: E402
 
 

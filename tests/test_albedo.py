@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pytest
 
-from facesynth.config import load_config
 from morphable.albedo import (
     SkinLayout,
     albedo_coeffs,
@@ -19,20 +18,6 @@ from morphable.model import AlbedoModel, FaceModel
 
 N = 200
 LUMA = np.array([0.299, 0.587, 0.114])
-
-
-@pytest.fixture(scope="module")
-def model_path():
-    cfg = load_config()
-    path = cfg.resolve_path(cfg.model.path)
-    if not path.exists():
-        pytest.skip(f"{path} not converted")
-    return path
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    return FaceModel(model_path)
 
 
 @pytest.fixture(scope="module")
