@@ -94,6 +94,8 @@ class SfSParams:
     cg_rtol, cg_maxiter: CG stopping rule per Gauss-Newton step.
     margin: pixels kept around the mask's bounding box; the solve runs on that crop, the rest of the image
         is anchored anyway and returned unchanged.
+    chroma_edge: colour images only: pixels where the chromaticity gradient exceeds this (per pixel) are
+        albedo edges and get no shading term (they keep the coarse shape); 0 switches it off.
     """
 
     shading_weight: float = 1.0
@@ -110,6 +112,7 @@ class SfSParams:
     cg_rtol: float = 1e-2
     cg_maxiter: int = 100
     margin: int = 4
+    chroma_edge: float = 0.005
 
     def __post_init__(self):
         for name in ("shading_weight", "fidelity_weight", "anchor_weight", "smooth_weight", "albedo_smooth"):
@@ -382,6 +385,17 @@ def _check_inputs(image, depth0, mask, pixel_mm):
     return image, depth0, mask
 
 
+def _chroma_edges(image: np.ndarray, threshold: float) -> np.ndarray | None:
+    """(H, W) bool: pixels near a change of chromaticity, i.e. of albedo (lips, brows, freckles, stubble),
+    which shading alone never causes. None for gray images or ``threshold`` 0."""
+    if image.ndim != 3 or threshold <= 0:
+        return None
+    chroma = image / np.maximum(image.sum(-1, keepdims=True), 1e-3)
+    gy, gx = np.gradient(chroma, axis=(0, 1))
+    g = np.sqrt((gx ** 2 + gy ** 2).sum(-1))
+    return ndimage.binary_dilation(g > threshold, iterations=1)
+
+
 def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm: float,
                params: SfSParams | None = None) -> SfSResult:
     """Refine a coarse depth map with the image's shading (energy and steps: module docstring).
@@ -400,6 +414,7 @@ def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm
     """
     t0 = time.perf_counter()
     params = SfSParams() if params is None else params
+    albedo_edges = _chroma_edges(np.asarray(image, np.float64), params.chroma_edge)
     image, depth0, mask = _check_inputs(image, depth0, mask, pixel_mm)
     H, W = depth0.shape
     if not mask.any():
@@ -419,6 +434,8 @@ def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm
     _, (ii, jj) = ndimage.distance_transform_edt(~msk, return_indices=True)
     zeta0 = depth0[crop][ii, jj] / pixel_mm
     shade_mask = ndimage.binary_erosion(msk, border_value=0) & (img > 0.02) & (img < 0.98)
+    if albedo_edges is not None:
+        shade_mask &= ~albedo_edges[crop]
     if np.count_nonzero(shade_mask) < 9:
         raise ValueError(f"only {np.count_nonzero(shade_mask)} usable face pixels (need >= 9 inside the eroded "
                          "mask with intensities in (0.02, 0.98))")
