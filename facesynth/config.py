@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from reconstruct.sfs import SfSParams  # the SfS energy's settings are the dataclass of its module
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "pipeline.yaml"
 
@@ -151,6 +153,18 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class RefineConfig:
+    """``refine sfs``: weights of the iterative network (the landmark fit when the file is absent), SfS
+    working resolution, network passes, and the SfS energy (:class:`reconstruct.sfs.SfSParams`)."""
+
+    weights: str
+    resolution: int
+    iterations: int
+    refit_pose: bool
+    sfs: "SfSParams"
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig
     sampling: SamplingConfig
@@ -158,6 +172,7 @@ class Config:
     datagen: DatagenConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    refine: RefineConfig
 
     def to_dict(self) -> dict:
         return _to_plain(self)
@@ -235,7 +250,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     if missing:
         raise ConfigError(f"missing config key '{prefix}{missing[0]}'")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a dataclass that checks its own values (e.g. SfSParams)
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'root'}': {e}") from None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -283,5 +301,6 @@ def override(cfg: Any, dotted_key: str, value: Any, _prefix: str = "") -> Any:
 
 
 def config_from_dict(data: dict) -> Config:
-    """Rebuild a :class:`Config` saved with ``to_dict()`` (manifests, checkpoints)."""
-    return _build(Config, data)
+    """Rebuild a :class:`Config` saved with ``to_dict()`` (manifests, checkpoints). Keys added to
+    ``pipeline.yaml`` since it was saved take their current defaults; keys no longer known are refused."""
+    return _build(Config, _merge(_read_yaml(DEFAULT_CONFIG), data))

@@ -11,16 +11,16 @@ from facesynth.cli_util import config_option, load_cfg, user_errors
 from .detect import ReconstructionInputError
 from .fit import FitError
 
-DEFAULT_WEIGHTS = "data/iterative_weights.pt"
+from facesynth.cli_util import yaml_default as _d
 
 
 def load_predictor(weights: str | None, cfg, device: str = "auto"):
     """The iterative network as a predictor, or None (landmark fit) when no weights exist.
 
-    ``weights`` None means the shipped ``data/iterative_weights.pt`` if present; a path given by the user
-    must exist.
+    ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
+    given by the user must exist.
     """
-    path = cfg.resolve_path(weights or DEFAULT_WEIGHTS)
+    path = cfg.resolve_path(weights or cfg.refine.weights)
     if not path.exists():
         if weights is not None:
             raise FileNotFoundError(f"weights file {weights} not found")
@@ -47,9 +47,9 @@ def main():
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="output folder [default: IMAGE's folder / IMAGE's name]")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help=f"iterative network weights [default: {DEFAULT_WEIGHTS}; the landmark fit without it]")
-@click.option("--resolution", type=int, default=256, show_default=True, help="SfS pixels over the face")
-@click.option("--iterations", type=int, default=3, show_default=True, help="iterative network passes")
+              help="iterative network weights (the landmark fit when absent)" + _d("refine.weights"))
+@click.option("--resolution", type=int, default=None, help="SfS pixels over the face" + _d("refine.resolution"))
+@click.option("--iterations", type=int, default=None, help="iterative network passes" + _d("refine.iterations"))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--all", "all_faces", is_flag=True, help="every face (one folder each), not only the largest")
 @click.option("--no-sfs", is_flag=True, help="skip shape from shading (refined = coarse)")
@@ -62,11 +62,12 @@ def sfs(image, config, out, weights, resolution, iterations, device, all_faces, 
     from .outputs import existing_outputs, write_outputs
     from .pipeline import reconstruct_face
 
+    cfg = load_cfg(config, {"refine.resolution": resolution, "refine.iterations": iterations})
+    resolution, iterations = cfg.refine.resolution, cfg.refine.iterations
     if resolution < 32 or resolution > 2048:
         raise ReconstructionInputError(f"--resolution must lie in [32, 2048], got {resolution}")
     if iterations < 1:
         raise ReconstructionInputError(f"--iterations must be at least 1, got {iterations}")
-    cfg = load_cfg(config, {})
     photo = load_image(image)
     faces = detect_faces(photo)
     if not all_faces:
@@ -81,7 +82,8 @@ def sfs(image, config, out, weights, resolution, iterations, device, all_faces, 
     model = load_model(cfg.resolve_path(cfg.model.path))
     predict, used = load_predictor(weights, cfg, device)
     for det, d in zip(faces, dirs):
-        rec = reconstruct_face(photo, det, model, cfg, predict, resolution, iterations, sfs=not no_sfs)
+        rec = reconstruct_face(photo, det, model, cfg, predict, resolution, iterations,
+                               refit_pose=cfg.refine.refit_pose, sfs=not no_sfs, sfs_params=cfg.refine.sfs)
         write_outputs(rec, photo, det, model, d, {"weights": used, "image": str(image)})
         click.echo(f"{d}: {rec.coarse_method}, {int(rec.visible.sum())} visible vertices, "
                    + ", ".join(f"{k} {v:.2f}" for k, v in rec.timings.items()))

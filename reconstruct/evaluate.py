@@ -83,7 +83,7 @@ def _faces(cfg, model, renderer, data_dir, n: int, seed: int):
                ("image", rec["wrinkles"]))
 
 
-def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resolution: int = 256,
+def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resolution: int | None = None,
                  seed: int = 9_000_001, sfs_params=None) -> dict:
     """Run the evaluation (see the module docstring); returns the JSON-ready report.
 
@@ -95,9 +95,10 @@ def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resoluti
     from .fit import fit_landmarks
     from .sfs import sfs_refine
 
+    sfs_params = cfg.refine.sfs if sfs_params is None else sfs_params
     cfg = override(cfg, "datagen.detail", True)
     if data_dir is None:
-        cfg = override(cfg, "render.image_size", resolution)
+        cfg = override(cfg, "render.image_size", resolution or cfg.refine.resolution)
         cfg = override(cfg, "sampling.pose.scale_mean", 0.0058)  # the face fills the frame, as in refine
         cfg = override(cfg, "sampling.pose.yaw_std_deg", 15.0)
     model = load_model(cfg.resolve_path(cfg.model.path))
