@@ -82,11 +82,9 @@ def config_hash(data_cfg: dict) -> str:
 
 
 def resolved_backend(cfg) -> str:
-    from render.raster import gl_platform_name
+    from render.raster import resolve_backend
 
-    if cfg.render.backend != "auto":
-        return cfg.render.backend
-    return "gl" if gl_platform_name(cfg.render.gl_platform) == "egl" else "numba"
+    return resolve_backend(cfg.render.backend, cfg.render.gl_platform)
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:

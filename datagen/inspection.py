@@ -24,7 +24,9 @@ def preview_sheet(data_dir: Path, out: Path, n: int = 16) -> Path:
 def _skin_tone(rec: dict) -> float:
     """Mean colour-render luma inside the true silhouette (a proxy for skin tone under the light)."""
     rgb, m = rec["rgb"], rec["depth_mask"]
-    return float((rgb[m] @ np.array([0.299, 0.587, 0.114])).mean()) if m.any() else float("nan")
+    from render.shading import to_gray
+
+    return float(to_gray(rgb[m]).mean()) if m.any() else float("nan")
 
 
 def dataset_stats(data_dir: Path, png: Path, limit: int | None = None) -> dict:

@@ -22,6 +22,7 @@ from scipy.ndimage import gaussian_filter
 from datagen.scene import draw_scene
 from facesynth.config import override
 from render.renderer import FaceRenderer
+from render.shading import to_gray
 
 from .detect import ReconstructionInputError
 from .pipeline import FRONTAL, narrow_face_mask
@@ -128,7 +129,7 @@ def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resoluti
         else:
             uv = renderer.face_uv(truth.fragments)
             wrinkles = renderer.sample_uv_map(uv, wr.astype(np.float32), order=0) > 0.5
-        alb = truth.fragments.interpolate(albedo, model.triangles) @ np.array([0.299, 0.587, 0.114])
+        alb = to_gray(truth.fragments.interpolate(albedo, model.triangles))
         textured = np.abs(alb - gaussian_filter(alb, 2.0)) > 0.015
         pixel_mm = 1.0 / pose.scale
         for tag, alb_v in (("", albedo), ("_smooth", flat)):

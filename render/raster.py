@@ -337,10 +337,16 @@ class GLRasterizer:
             self._platform = None
 
 
+def resolve_backend(backend: str, gl_platform: str = "auto") -> str:
+    """``auto`` -> ``gl`` with EGL on a GPU machine, ``numba`` on a CPU (see module docstring)."""
+    if backend != "auto":
+        return backend
+    return "gl" if gl_platform_name(gl_platform) == "egl" else "numba"
+
+
 def make_rasterizer(backend: str, height: int, width: int, gl_platform: str = "auto"):
-    """``auto`` picks ``gl`` with EGL on a GPU machine and ``numba`` on a CPU (see module docstring)."""
-    if backend == "auto":
-        backend = "gl" if gl_platform_name(gl_platform) == "egl" else "numba"
+    """The rasteriser of ``backend`` (``auto``: :func:`resolve_backend`)."""
+    backend = resolve_backend(backend, gl_platform)
     if backend == "numba":
         return NumbaRasterizer()
     if backend == "gl":
