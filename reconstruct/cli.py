@@ -33,7 +33,7 @@ def load_predictor(weights: str | None, cfg, device: str = "auto"):
 
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     net = load_network(path, map_location=dev)
-    return torch_predictor(net, dev), str(path)
+    return torch_predictor(net, dev, net.image_size), str(path)
 
 
 @click.group(help="Reconstruct faces from photos: coarse morphable-model fit, texture, shape from shading.")

@@ -16,8 +16,11 @@ from render.camera import Pose
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def torch_predictor(net, device: str = "cpu") -> Predictor:
-    """Wrap an :class:`training.network.IterativeNet` (eval mode, no grad) as a :data:`Predictor`."""
+def torch_predictor(net, device: str = "cpu", image_size: int | None = None) -> Predictor:
+    """Wrap an :class:`training.network.IterativeNet` (eval mode, no grad) as a :data:`Predictor`.
+
+    ``image_size``: the network frame it was trained with (``render.image_size`` of its checkpoint), kept as
+    ``predict.image_size`` so that callers render and crop at that size."""
     import torch
 
     net = net.to(device).eval()
@@ -28,6 +31,7 @@ def torch_predictor(net, device: str = "cpu") -> Predictor:
         at = torch.from_numpy(np.ascontiguousarray(alpha, np.float32)).to(device)
         return net(xt, at).float().cpu().numpy()
 
+    predict.image_size = image_size
     return predict
 
 

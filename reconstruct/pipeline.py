@@ -131,8 +131,12 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None
         alpha, pose = alpha_lm, pose_lm
         its, method = [], "landmark_fit"
     else:
+        from facesynth.config import override
+
         from .iterative import iterative_fit
 
+        if getattr(predict, "image_size", None):  # the network frame is the one it was trained with
+            cfg = override(cfg, "render.image_size", int(predict.image_size))
         pose = fit_pose(det.landmarks, lm3d(np.zeros(model.n_coeffs, np.float32)), w)
         net_pose = network_pose(model, pose.rotation, cfg)
         fmap = frame_map(pose, net_pose)

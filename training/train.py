@@ -142,6 +142,7 @@ def load_network(path: str | Path, map_location="cpu") -> IterativeNet:
     ckpt = load_checkpoint(path, map_location)
     net = IterativeNet.from_config(config_from_dict(ckpt["config"]))
     net.load_state_dict(ckpt["model"])
+    net.image_size = int(ckpt["config"]["render"]["image_size"])  # the network frame it was trained with
     return net.to(map_location).eval()
 
 
