@@ -60,11 +60,17 @@ def sample_light(rng: np.random.Generator, cfg) -> Light:
     return Light(d.astype(np.float32), float(ka), float(kd), float(ks), float(cfg.shininess))
 
 
-def sample_u(rng: np.random.Generator, u_zero_prob: float) -> float:
-    """Interpolation factor of a_t = a_gt + u (a_rand - a_gt): 0 with probability ``u_zero_prob``
-    (the network must learn to stop), else U[0, 1]."""
+def sample_u(rng: np.random.Generator, u_zero_prob: float, mean_start_prob: float = 0.0) -> tuple[float, bool]:
+    """Interpolation factor of a_t = a_gt + u (a_rand - a_gt), and whether a_rand is the mean face.
+
+    u is 0 with probability ``u_zero_prob`` (the network must learn to stop), else U[0, 1]. With probability
+    ``mean_start_prob`` the "random face" is the mean face (a_rand = 0), so a_t = (1 - u) a_gt lies on the
+    path from the mean face, where the iterative inference starts, to the truth. Both come from the same two
+    uniforms, so ``mean_start_prob`` 0 draws exactly the samples of before."""
     a, b = rng.uniform(size=2)
-    return 0.0 if a < u_zero_prob else float(b)
+    if a < u_zero_prob:
+        return 0.0, False
+    return float(b), bool(a < u_zero_prob + mean_start_prob)
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,9 @@ def draw_scene(seed: int, index: int, model, cfg) -> SceneParams:
     size = cfg.render.image_size
     alpha_gt = sample_shape(rng, model, cfg.sampling)
     alpha_rand = sample_shape(rng, model, cfg.sampling)
-    u = sample_u(rng, cfg.datagen.u_zero_prob)
+    u, from_mean = sample_u(rng, cfg.datagen.u_zero_prob, cfg.datagen.mean_start_prob)
+    if from_mean:
+        alpha_rand = np.zeros_like(alpha_rand)
     alpha_t = (alpha_gt + u * (alpha_rand - alpha_gt)).astype(np.float32)
     albedo = sample_albedo_coeffs(rng, model, cfg.sampling.albedo)
     iris = random_iris(rng)

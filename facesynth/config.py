@@ -120,6 +120,7 @@ class DatagenConfig:
     color_input: bool
     extra_normals: bool
     u_zero_prob: float
+    mean_start_prob: float
     depth_scale_mm: float
     jpeg_quality: int
     detail: bool
@@ -129,8 +130,13 @@ class DatagenConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class RunConfig:
+    """What every training run reads (:mod:`training.loop`): its data (shards ``data``, or generated when
+    ``online``), run folder ``out``, optimiser steps, batch, Adam learning rate, device, data workers,
+    checkpoint and validation intervals, validation samples, seed."""
+
     data: str
+    online: bool
     out: str
     steps: int
     batch: int
@@ -141,7 +147,11 @@ class TrainConfig:
     val_every: int
     val_samples: int
     seed: int
-    online: bool
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """``train iterative``: the run settings alone."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,33 @@ class RefineConfig:
 
 
 @dataclass(frozen=True)
+class DetailLossWeights:
+    """Weights of the detail network's loss (:class:`training.detail_net.DetailLoss` explains each term)."""
+
+    displacement: float
+    gradient: float
+    photometric: float
+    smoothness: float
+
+
+@dataclass(frozen=True)
+class DetailConfig(RunConfig):
+    """``train detail`` and the detail stage of ``refine``: the image-space detail network
+    (:mod:`training.detail_net`), its training data (:mod:`training.detail_data`) and its run
+    (:mod:`training.detail`; ``batch`` counts crops). ``weights``: the trained network ``refine`` uses (the
+    stage is skipped without the file); ``crop``: training crops' side in pixels of the SfS frame
+    (``refine.resolution``); ``crops_per_face``: crops cut from each rendered face; ``channels``: feature
+    maps per U-Net level; ``highpass_sigma_px``: the high-pass input's blur."""
+
+    weights: str
+    crop: int
+    crops_per_face: int
+    channels: tuple[int, ...]
+    highpass_sigma_px: float
+    loss: DetailLossWeights
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig
     sampling: SamplingConfig
@@ -173,6 +210,7 @@ class Config:
     train: TrainConfig
     evaluate: EvaluateConfig
     refine: RefineConfig
+    detail: DetailConfig
 
     def to_dict(self) -> dict:
         return _to_plain(self)
@@ -298,6 +336,17 @@ def override(cfg: Any, dotted_key: str, value: Any, _prefix: str = "") -> Any:
         return dataclasses.replace(cfg, **{head: override(getattr(cfg, head), rest, value, f"{_prefix}{head}.")})
     tp = typing.get_type_hints(type(cfg))[head]
     return dataclasses.replace(cfg, **{head: _coerce(value, tp, _prefix + dotted_key)})
+
+
+def optional_file(cfg: Config, given: str | None, default: str) -> Path | None:
+    """A weights file: the path the user ``given`` (it must exist: ``FileNotFoundError``), else the config's
+    ``default`` path when that file exists, else None (the stage that needs it is skipped)."""
+    path = cfg.resolve_path(given or default)
+    if path.exists():
+        return path
+    if given is not None:
+        raise FileNotFoundError(f"weights file {given} not found")
+    return None
 
 
 def config_from_dict(data: dict) -> Config:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from facesynth.cli_util import config_option, load_cfg, user_errors
+from training.errors import CheckpointError
 
 from .detect import ReconstructionInputError
 from .fit import FitError
@@ -20,10 +21,10 @@ def load_predictor(weights: str | None, cfg, device: str = "auto"):
     ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
     given by the user must exist.
     """
-    path = cfg.resolve_path(weights or cfg.refine.weights)
-    if not path.exists():
-        if weights is not None:
-            raise FileNotFoundError(f"weights file {weights} not found")
+    from facesynth.config import optional_file
+
+    path = optional_file(cfg, weights, cfg.refine.weights)
+    if path is None:
         return None, None
     from training.train import load_network
 
@@ -36,7 +37,25 @@ def load_predictor(weights: str | None, cfg, device: str = "auto"):
     return torch_predictor(net, dev, net.image_size), str(path)
 
 
-@click.group(help="Reconstruct faces from photos: coarse morphable-model fit, texture, shape from shading.")
+def load_detail_predictor(weights: str | None, cfg, device: str = "auto"):
+    """The detail network as a :data:`training.detail_net.DetailPredictor` and its path, or (None, None) when
+    no weights exist. ``weights`` None means ``detail.weights`` of the config if that file exists; a path given
+    by the user must exist."""
+    from facesynth.config import optional_file
+
+    path = optional_file(cfg, weights, cfg.detail.weights)
+    if path is None:
+        return None, None
+    import torch
+
+    from training.detail_net import load_detail_network, torch_detail_predictor
+
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    return torch_detail_predictor(load_detail_network(path, map_location=dev), dev), str(path)
+
+
+@click.group(help="Reconstruct faces from photos: coarse morphable-model fit, texture, detail network, "
+                  "shape from shading.")
 def main():
     pass
 
@@ -52,10 +71,14 @@ def main():
 @click.option("--iterations", type=int, default=None, help="iterative network passes" + _d("refine.iterations"))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--all", "all_faces", is_flag=True, help="every face (one folder each), not only the largest")
-@click.option("--no-sfs", is_flag=True, help="skip shape from shading (refined = coarse)")
+@click.option("--detail-weights", type=click.Path(dir_okay=False), default=None,
+              help="detail network weights (the stage is skipped when absent)" + _d("detail.weights"))
+@click.option("--no-detail", is_flag=True, help="skip the detail network")
+@click.option("--no-sfs", is_flag=True, help="skip shape from shading (refined = coarse [+ detail])")
 @click.option("--force", is_flag=True, help="overwrite earlier outputs in --out")
-@user_errors(ReconstructionInputError, FitError)
-def sfs(image, config, out, weights, resolution, iterations, device, all_faces, no_sfs, force):
+@user_errors(ReconstructionInputError, FitError, CheckpointError)
+def sfs(image, config, out, weights, resolution, iterations, device, detail_weights, no_detail, all_faces, no_sfs,
+        force):
     from morphable.model import load_model
 
     from .detect import detect_faces, load_image
@@ -81,27 +104,38 @@ def sfs(image, config, out, weights, resolution, iterations, device, all_faces, 
                 raise ReconstructionInputError(f"{d / clash[0]} exists: use --force to overwrite or another --out")
     model = load_model(cfg.resolve_path(cfg.model.path))
     predict, used = load_predictor(weights, cfg, device)
+    detail, detail_used = (None, None) if no_detail else load_detail_predictor(detail_weights, cfg, device)
+    detail_note = ("detail off (--no-detail)" if no_detail else f"detail {detail_used}" if detail else
+                   f"detail skipped (no {cfg.detail.weights})")
     for det, d in zip(faces, dirs):
         rec = reconstruct_face(photo, det, model, cfg, predict, resolution, iterations,
-                               refit_pose=cfg.refine.refit_pose, sfs=not no_sfs, sfs_params=cfg.refine.sfs)
-        write_outputs(rec, photo, det, model, d, {"weights": used, "image": str(image)})
-        click.echo(f"{d}: {rec.coarse_method}, {int(rec.visible.sum())} visible vertices, "
+                               refit_pose=cfg.refine.refit_pose, sfs=not no_sfs, sfs_params=cfg.refine.sfs,
+                               detail=detail)
+        write_outputs(rec, photo, det, model, d, {"weights": used, "detail_weights": detail_used, "image": str(image)})
+        click.echo(f"{d}: {rec.coarse_method}, {detail_note}, {int(rec.visible.sum())} visible vertices, "
                    + ", ".join(f"{k} {v:.2f}" for k, v in rec.timings.items()))
 
 
-@main.command(help="Measure SfS on synthetic faces with known fine detail (one JSON object on stdout).")
+@main.command(help="Measure the detail network and SfS on synthetic faces with known fine detail (one JSON "
+                   "object on stdout).")
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="shards made with datagen.detail; default: generate --n faces on the fly")
 @click.option("--n", type=int, default=20, show_default=True, help="faces (on the fly, or at most from --data)")
 @click.option("--coarse", type=click.Choice(["true", "landmarks"]), default="true", show_default=True,
               help="coarse start: the true smooth face, or the landmark fit")
+@click.option("--detail-weights", type=click.Path(dir_okay=False), default=None,
+              help="detail network weights (without them only coarse and sfs are reported)" + _d("detail.weights"))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @config_option
-@user_errors(ReconstructionInputError)
-def evaluate(data, n, coarse, config):
+@user_errors(ReconstructionInputError, CheckpointError)
+def evaluate(data, n, coarse, detail_weights, device, config):
     from .evaluate import evaluate_sfs
 
     cfg = load_cfg(config, {})
-    click.echo(json.dumps(evaluate_sfs(cfg, data, n, coarse), indent=1))
+    detail, used = load_detail_predictor(detail_weights, cfg, device)
+    report = evaluate_sfs(cfg, data, n, coarse, detail=detail)
+    report["detail_weights"] = used
+    click.echo(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
     params.json                            coefficients (named), pose, lighting, landmarks, timings
     depth.png, normals.png                 coarse | refined, side by side
     overlay.png                            photo | coarse shading | refined shading | coarse mesh over the photo
+    detail.png                             (when the detail network ran) its depth offset, diverging colours:
+                                           blue deeper (grooves), red nearer, full colour at +-params.json's
+                                           detail.png_scale_mm
 """
 from __future__ import annotations
 
@@ -24,10 +27,27 @@ from .texture import atlas_uv, bake_uv_texture
 
 OUTPUT_FILES = ("coarse.obj", "coarse.mtl", "coarse_texture.png", "refined.obj", "refined.mtl",
                 "refined_texture.png", "params.json", "depth.png", "normals.png", "overlay.png")
+#: Written only when their stage ran (a stale one is removed).
+OPTIONAL_FILES = ("detail.png",)
 
 
 def existing_outputs(out_dir: Path) -> list[str]:
-    return [f for f in OUTPUT_FILES if (out_dir / f).exists()]
+    return [f for f in OUTPUT_FILES + OPTIONAL_FILES if (out_dir / f).exists()]
+
+
+def diverging(values: np.ndarray, mask: np.ndarray, scale: float) -> np.ndarray:
+    """(H, W) values -> (H, W, 3) float colours: white at 0, blue at -scale, red at +scale (clipped), black
+    outside ``mask``."""
+    v = np.clip(values / max(scale, 1e-12), -1.0, 1.0)[..., None]
+    white, blue, red = np.ones(3), np.array([0.13, 0.35, 0.85]), np.array([0.85, 0.15, 0.12])
+    rgb = np.where(v < 0, white + (-v) * (blue - white), white + v * (red - white))
+    return np.where(mask[..., None], rgb, 0.0).astype(np.float32)
+
+
+def _nice_scale(x: float) -> float:
+    """The smallest of 1, 2, 5 x 10^k at least ``x`` (a legend-friendly colour scale)."""
+    k = 10.0 ** np.floor(np.log10(max(x, 1e-6)))
+    return float(next(m * k for m in (1, 2, 5, 10) if m * k >= x))
 
 
 def _depth_vis(depth: np.ndarray, mask: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -79,6 +99,16 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
     blend = _dots(_dots(blend, det_lm, (1.0, 0.2, 0.1)), frame_lm)
     save_png(out_dir / "overlay.png", contact_sheet([rec.sfs_image, coarse_shade, refined_shade, blend], 4))
 
+    detail = None
+    if rec.detail_displacement is not None:
+        d = rec.detail_displacement[m] if m.any() else np.zeros(1)
+        detail = {"png_scale_mm": _nice_scale(float(np.percentile(np.abs(d), 99))),
+                  "min_mm": float(d.min()), "max_mm": float(d.max())}
+        save_png(out_dir / "detail.png", contact_sheet([diverging(rec.detail_displacement, m,
+                                                                  detail["png_scale_mm"])], 1))
+    elif (out_dir / "detail.png").exists():
+        (out_dir / "detail.png").unlink()  # from an earlier run with the detail stage
+
     ident, expr = model.split(rec.alpha)
     params = {
         "coarse_method": rec.coarse_method,
@@ -93,13 +123,16 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
         "detection": {"box": det.box.tolist(), "score": det.score},
         "visible_vertices": int(rec.visible.sum()),
         "timings_s": rec.timings,
+        "detail": detail,
         "units": "mm, model frame: y up, face along +z; pixels: x right, y down",
         "legend": {"overlay.png": "photo | coarse shading | refined shading | coarse mesh over photo "
                                   "(red: detected landmarks, green: model landmarks)",
-                   "depth.png": "coarse | refined", "normals.png": "coarse | refined"},
+                   "depth.png": "coarse | refined", "normals.png": "coarse | refined",
+                   "detail.png": "detail network's depth offset (mm along the view axis): blue deeper, red nearer, "
+                                 "full colour at +-detail.png_scale_mm"},
         **(extra_params or {}),
     }
     tmp = out_dir / "params.json.tmp"
     tmp.write_text(json.dumps(params, indent=1))
     os.replace(tmp, out_dir / "params.json")
-    return [out_dir / f for f in OUTPUT_FILES]
+    return [out_dir / f for f in OUTPUT_FILES + (OPTIONAL_FILES if detail is not None else ())]

@@ -1,5 +1,5 @@
 """Photo in, meshes out: detection -> landmark pose -> iterative network (or the landmark fit) -> texture ->
-shape from shading on the coarse depth.
+detail network (adds what the morphable model cannot hold) -> shape from shading on the coarse depth.
 
 Frames (all weak-perspective, sharing the face's rotation; see :mod:`render.camera`):
 
@@ -80,6 +80,7 @@ class Reconstruction:
     refined_normals: np.ndarray | None = None
     sh: np.ndarray | None = None
     albedo: np.ndarray | None = None
+    detail_displacement: np.ndarray | None = None  # (R, R) mm depth offset of the detail network (0 outside)
     timings: dict = field(default_factory=dict)
 
 
@@ -106,10 +107,45 @@ def narrow_face_mask(model, frags) -> np.ndarray:
     return narrow[frags.face_id]
 
 
+def network_fit(predict, photo: np.ndarray, landmarks: np.ndarray, model, cfg, iterations: int = 3,
+                refit_pose: bool = True) -> tuple[list, Pose]:
+    """The iterative network on one face of a photo, in the network frame.
+
+    Args:
+        predict: :data:`reconstruct.iterative.Predictor` (its ``image_size``, when set, is the network
+            frame it was trained with; else ``cfg.render.image_size``).
+        photo: (H, W, 3) or (H, W) float in [0, 1], the photo frame.
+        landmarks: (68, 2) landmarks in photo pixels (the jaw line is left out of the pose fits).
+        iterations: network passes; refit_pose: re-fit the pose to the landmarks of each new shape.
+    Returns:
+        ([(alpha_t (K,), pose_t in the network frame)] per pass, the final shape's pose in the photo frame).
+    """
+    from facesynth.config import override
+
+    from .iterative import iterative_fit
+
+    if getattr(predict, "image_size", None):  # the network frame is the one it was trained with
+        cfg = override(cfg, "render.image_size", int(predict.image_size))
+    w = landmark_weights(0.0)
+    lm3d = lambda a: model.landmarks(a).astype(np.float64)  # noqa: E731
+    pose = fit_pose(landmarks, lm3d(np.zeros(model.n_coeffs, np.float32)), w)
+    net_pose = network_pose(model, pose.rotation, cfg)
+    gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, frame_map(pose, net_pose),
+                         cfg.render.image_size)
+    renderer = FaceRenderer.from_config(model, cfg.render, backend="numba")
+
+    def refit(a):
+        p = fit_pose(landmarks, lm3d(a), w)
+        return network_pose(model, p.rotation, cfg)
+
+    steps = iterative_fit(predict, gray, net_pose, renderer, iterations, refit_pose=refit if refit_pose else None)
+    return steps, fit_pose(landmarks, lm3d(steps[-1][0]), w)
+
+
 def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None, resolution: int = 256,
                      iterations: int = 3, refit_pose: bool = True, sfs: bool = True,
-                     sfs_params=None) -> Reconstruction:
-    """Reconstruct one detected face.
+                     sfs_params=None, detail=None) -> Reconstruction:
+    """Reconstruct one detected face: coarse fit -> texture -> (detail network) -> (shape from shading).
 
     Args:
         photo: (H, W, 3) uint8 RGB, full resolution.
@@ -120,36 +156,19 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None
         resolution: SfS working resolution (pixels over the face).
         iterations: network passes.
         refit_pose: re-fit the pose to the landmarks of each new shape.
+        sfs: run shape from shading; sfs_params: its :class:`reconstruct.sfs.SfSParams`.
+        detail: the detail network as a :data:`training.detail_net.DetailPredictor`, or None. Its depth
+            offset (mm, inside the face mask) is added to the coarse depth, and SfS starts from the sum.
     """
     timings = {}
     t0 = time.perf_counter()
     img = photo.astype(np.float32) / 255.0
-    w = landmark_weights(0.0)
-    lm3d = lambda a: model.landmarks(a).astype(np.float64)  # noqa: E731
-    alpha_lm, pose_lm = fit_landmarks(model, det.landmarks)
     if predict is None:
-        alpha, pose = alpha_lm, pose_lm
+        alpha, pose = fit_landmarks(model, det.landmarks)
         its, method = [], "landmark_fit"
     else:
-        from facesynth.config import override
-
-        from .iterative import iterative_fit
-
-        if getattr(predict, "image_size", None):  # the network frame is the one it was trained with
-            cfg = override(cfg, "render.image_size", int(predict.image_size))
-        pose = fit_pose(det.landmarks, lm3d(np.zeros(model.n_coeffs, np.float32)), w)
-        net_pose = network_pose(model, pose.rotation, cfg)
-        fmap = frame_map(pose, net_pose)
-        gray = warp_to_frame(to_gray(img), fmap, cfg.render.image_size)
-        renderer = FaceRenderer.from_config(model, cfg.render, backend="numba")
-
-        def refit(a):
-            p = fit_pose(det.landmarks, lm3d(a), w)
-            return network_pose(model, p.rotation, cfg)
-
-        steps = iterative_fit(predict, gray, net_pose, renderer, iterations, refit_pose=refit if refit_pose else None)
+        steps, pose = network_fit(predict, img, det.landmarks, model, cfg, iterations, refit_pose)
         alpha = steps[-1][0]
-        pose = fit_pose(det.landmarks, lm3d(alpha), w)
         its, method = [a.tolist() for a, _ in steps], "iterative_network"
     timings["coarse_s"] = time.perf_counter() - t0
 
@@ -169,12 +188,25 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None
     rec.sfs_image = warp_to_frame(img, frame_map(pose, frame), resolution)
     rec.sfs_mask = narrow_face_mask(model, coarse.fragments)
     rec.coarse_depth, rec.coarse_normals = coarse.depth, coarse.normals
+    depth0 = coarse.depth
+    if detail is not None:
+        t2 = time.perf_counter()
+        rec.detail_displacement = np.where(rec.sfs_mask, detail(rec.sfs_image, coarse.normals, rec.sfs_mask,
+                                                                1.0 / frame.scale), 0.0).astype(np.float32)
+        depth0 = coarse.depth + rec.detail_displacement
+        timings["detail_s"] = time.perf_counter() - t2
+        if not sfs:  # the refined mesh is the coarse one with the detail
+            from .sfs import depth_to_normals
+
+            rec.refined_depth = depth0
+            rec.refined_normals = np.where(rec.sfs_mask[..., None], depth_to_normals(depth0, 1.0 / frame.scale),
+                                           0.0).astype(np.float32)
     if sfs:
         from .sfs import sfs_refine
 
-        t2 = time.perf_counter()
-        res = sfs_refine(rec.sfs_image, coarse.depth, rec.sfs_mask, 1.0 / frame.scale, sfs_params)
-        timings["sfs_s"] = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        res = sfs_refine(rec.sfs_image, depth0, rec.sfs_mask, 1.0 / frame.scale, sfs_params)
+        timings["sfs_s"] = time.perf_counter() - t3
         rec.refined_depth, rec.refined_normals = res.depth, res.normals
         rec.sh, rec.albedo = res.sh, res.albedo
     return rec

@@ -16,7 +16,7 @@ import numpy as np
 
 from .camera import Pose, project, rotate_normals
 from .raster import Fragments, fragments_from_ids, make_rasterizer
-from .shading import phong_shade, shading_image, to_gray
+from .shading import displaced_normals, phong_shade, shading_image, to_gray
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,8 @@ class FaceRenderer:
 
     def _displace(self, frags: Fragments, normals: np.ndarray, pose: Pose, displacement_uv: np.ndarray):
         """Displace the surface by D(uv) along its normal, per pixel: depth + d / n_z, and the normal of the
-        displaced height field n' ~ n / n_z - (dz_d/dx, dz_d/dy, 0) (camera frame, mm)."""
+        displaced height field n' ~ n / n_z - (dz_d/dx, dz_d/dy, 0) (camera frame, mm;
+        :func:`render.shading.displaced_normals`)."""
         d = self.sample_uv_map(self.face_uv(frags), displacement_uv)
         nz = np.maximum(normals[..., 2], 0.3)
         dz = np.where(frags.mask, d / nz, 0.0)
@@ -133,10 +134,7 @@ class FaceRenderer:
         gy, gx = np.gradient(dz)  # per pixel; rows go down the image, camera y goes up
         inner = binary_erosion(frags.mask)  # no slope across the silhouette, where dz drops to 0
         gx, gy = np.where(inner, gx * pose.scale, 0.0), np.where(inner, -gy * pose.scale, 0.0)
-        n = normals / nz[..., None]
-        n = np.stack([n[..., 0] - gx, n[..., 1] - gy, n[..., 2]], -1)
-        n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-        n = np.where(frags.mask[..., None], n, 0.0).astype(np.float32)
+        n = np.where(frags.mask[..., None], displaced_normals(normals, gx, gy), 0.0).astype(np.float32)
         return (frags.depth + dz).astype(np.float32), n, d
 
     def render_face(self, alpha: np.ndarray, pose: Pose, albedo: np.ndarray, light: Light,

@@ -42,32 +42,77 @@ SH_CONSTANTS = np.array(
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as PIL's convert("L")
 
 
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _relu(x):
+    return x.clamp(min=0.0) if _is_torch(x) else np.maximum(x, 0.0)
+
+
 def phong_shade(
-    normals: np.ndarray,
-    albedo: np.ndarray,
-    light_dir: np.ndarray,
-    k_ambient: float,
-    k_diffuse: float,
-    k_specular: float,
-    shininess: float,
-) -> np.ndarray:
-    """Phong reflectance.
+    normals,
+    albedo,
+    light_dir,
+    k_ambient,
+    k_diffuse,
+    k_specular,
+    shininess,
+):
+    """Phong reflectance (numpy arrays or torch tensors, differentiable in torch).
 
     Args:
         normals: (..., 3) unit normals, camera frame.
         albedo: (..., C) albedo in [0, 1] (C = 3 for colour, 1 for gray).
-        light_dir: (3,) unit vector from the surface towards the light, camera frame.
-        k_ambient, k_diffuse, k_specular, shininess: scalars.
+        light_dir: (3,) unit vector from the surface towards the light, camera frame; or one per image,
+            broadcast against the normals, e.g. (B, 1, 1, 3) for (B, H, W, 3) normals.
+        k_ambient, k_diffuse, k_specular, shininess: scalars, or arrays broadcast against the normals'
+            leading dimensions, e.g. (B, 1, 1).
     Returns:
         (..., C) intensity, not clipped.
     """
-    l = np.asarray(light_dir, np.float32)
-    n_dot_l = normals @ l
-    diffuse = np.maximum(n_dot_l, 0.0)
+    if _is_torch(normals):
+        import torch
+
+        l = torch.as_tensor(light_dir, dtype=normals.dtype, device=normals.device)
+        n_dot_l = (normals * l).sum(-1)
+    else:
+        l = np.asarray(light_dir, np.float32)
+        n_dot_l = normals @ l if l.ndim == 1 else (normals * l).sum(-1)
+    diffuse = _relu(n_dot_l)
     # r.v with v = (0, 0, 1): r_z = 2 (n.l) n_z - l_z
-    r_dot_v = 2.0 * n_dot_l * normals[..., 2] - l[2]
-    spec = np.where(n_dot_l > 0, np.maximum(r_dot_v, 0.0) ** shininess, 0.0)
+    r_dot_v = 2.0 * n_dot_l * normals[..., 2] - l[..., 2]
+    spec = (n_dot_l > 0) * _relu(r_dot_v) ** shininess
     return (k_ambient + k_diffuse * diffuse)[..., None] * albedo + (k_specular * spec)[..., None]
+
+
+def displaced_normals(normals, slope_x, slope_y, min_nz: float = 0.3):
+    """Normals of a surface displaced along the camera axis by a height field h (numpy or torch).
+
+    To first order the displaced surface z + h has the normal ``n / n_z - (dh/dx, dh/dy, 0)``, normalised
+    (``n_z`` clamped at ``min_nz`` so that grazing pixels do not blow up). The renderer displaces detail
+    this way (:meth:`render.renderer.FaceRenderer.render_face` with ``displacement_uv``) and the detail
+    network's photometric loss re-renders its prediction with it.
+
+    Args:
+        normals: (..., 3) camera-frame unit normals of the smooth surface.
+        slope_x, slope_y: (...) dh/dx and dh/dy, mm per mm, camera frame (x right, y up: an image row
+            going down is -y).
+    Returns:
+        (..., 3) unit normals.
+    """
+    if _is_torch(normals):
+        import torch
+
+        nz = normals[..., 2].clamp(min=min_nz)
+        n = normals / nz[..., None]
+        n = torch.stack([n[..., 0] - slope_x, n[..., 1] - slope_y, n[..., 2]], -1)
+        return n / torch.linalg.norm(n, dim=-1, keepdim=True).clamp(min=1e-12)
+    nz = np.maximum(normals[..., 2], min_nz)
+    n = normals / nz[..., None]
+    n = np.stack([n[..., 0] - slope_x, n[..., 1] - slope_y, n[..., 2]], -1)
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+    return n
 
 
 def shading_image(normals: np.ndarray, mask: np.ndarray, ambient: float, diffuse: float) -> np.ndarray:

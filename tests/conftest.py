@@ -44,3 +44,17 @@ def ict_dir() -> Path:
     if not (path / "generic_neutral_mesh.obj").exists():
         pytest.skip(f"ICT-FaceKit FaceXModel folder not found at {path} (set ICT_FACEKIT_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def dying():
+    """``dying(loader, n)``: a loader function whose stream raises KeyboardInterrupt when batch ``n`` is
+    due (a run killed after n steps), for resume tests."""
+    def wrap(loader, n: int):
+        def dying_loader(*args, **kwargs):
+            for i, b in enumerate(loader(*args, **kwargs)):
+                if i == n:
+                    raise KeyboardInterrupt
+                yield b
+        return dying_loader
+    return wrap

@@ -145,14 +145,31 @@ def test_light_is_unit_frontal_and_spread(cfg):
 
 
 def test_u_is_zero_with_its_probability(cfg):
-    p = cfg.datagen.u_zero_prob
+    p, pm = cfg.datagen.u_zero_prob, 0.3
     rng = np.random.default_rng(3)
-    u = np.array([sample_u(rng, p) for _ in range(N)])
+    draws = [sample_u(rng, p, pm) for _ in range(N)]
+    u = np.array([d[0] for d in draws])
+    mean = np.array([d[1] for d in draws])
     assert abs(np.mean(u == 0) - p) < _tol(p, N)
+    assert abs(np.mean(mean) - pm) < _tol(pm, N) and not np.any(mean & (u == 0))
     nz = u[u != 0]
     assert nz.min() > 0 and nz.max() <= 1
     assert abs(nz.mean() - 0.5) < 5 * np.sqrt(1 / 12 / len(nz))
-    assert np.all(np.array([sample_u(rng, 1.0) for _ in range(50)]) == 0)
+    assert all(sample_u(rng, 1.0, 0.5)[0] == 0 for _ in range(50))
+    # mean_start_prob 0 draws the same u as before the option existed: same dataset for the same seed
+    r1, r2 = np.random.default_rng(9), np.random.default_rng(9)
+    assert [sample_u(r1, p, 0.0)[0] for _ in range(20)] == [sample_u(r2, p, 0.4)[0] for _ in range(20)]
+
+
+def test_mean_start_puts_a_t_on_the_path_from_the_mean_face(model, cfg):
+    from facesynth.config import override
+
+    c = override(cfg, "datagen.mean_start_prob", 1.0)
+    s = draw_scene(0, 3, model, c)
+    assert np.all(s.alpha_rand == 0)
+    np.testing.assert_allclose(s.alpha_t, (1 - s.u) * s.alpha_gt, atol=1e-6)
+    c0 = override(cfg, "datagen.mean_start_prob", 0.0)
+    assert np.any(draw_scene(0, 3, model, c0).alpha_rand != 0)
 
 
 def test_pose_angles_follow_the_config(model, cfg):

@@ -1,5 +1,6 @@
-"""``train``: the iterative network (a thin click layer over :mod:`training.train` and
-:mod:`training.evaluate`). Every flag defaults to the ``pipeline.yaml`` value shown in its help."""
+"""``train``: the iterative network and the detail network (a thin click layer over :mod:`training.train`,
+:mod:`training.detail` and :mod:`training.evaluate`). Every flag defaults to the ``pipeline.yaml`` value
+shown in its help."""
 from __future__ import annotations
 
 import json
@@ -13,36 +14,78 @@ from facesynth.cli_util import yaml_default as _d
 from .train import CheckpointError, TrainingError
 
 
-@click.group(help="Train the iterative network on synthetic faces and evaluate it.")
+@click.group(help="Train the iterative network and the detail network on synthetic faces; evaluate.")
 def main():
     pass
 
 
+#: The keys of a training section every training command overrides with a flag of the same name.
+RUN_KEYS = ("data", "online", "out", "steps", "batch", "lr", "device", "workers", "seed")
+
+
+def run_options(section: str, data_help: str, online_help: str, batch_help: str, seed_help: str):
+    """The options every training command shares: ``--config``, one flag per :data:`RUN_KEYS` key of
+    ``section`` (its help shows the pipeline.yaml value) and ``--quiet``."""
+    options = [
+        config_option,
+        click.option("--data", type=click.Path(file_okay=False), default=None, help=data_help + _d(f"{section}.data")),
+        click.option("--online", is_flag=True, default=None, help=online_help + _d(f"{section}.online")),
+        click.option("--out", type=click.Path(file_okay=False), default=None, help="run folder" + _d(f"{section}.out")),
+        click.option("--steps", type=int, default=None, help="optimiser steps in all" + _d(f"{section}.steps")),
+        click.option("--batch", type=int, default=None, help=batch_help + _d(f"{section}.batch")),
+        click.option("--lr", type=float, default=None, help="Adam learning rate" + _d(f"{section}.lr")),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+                     help="auto: cuda if available" + _d(f"{section}.device")),
+        click.option("--workers", type=int, default=None, help="data workers" + _d(f"{section}.workers")),
+        click.option("--seed", type=int, default=None, help=seed_help + _d(f"{section}.seed")),
+        click.option("--quiet", is_flag=True, help="no progress bar"),
+    ]
+
+    def deco(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return deco
+
+
+def run_config(section: str, config, values: dict):
+    """The config with the training flags of :func:`run_options` applied to ``section`` (``--data`` means
+    not online)."""
+    if values["data"] is not None and values["online"]:
+        raise click.UsageError("give either --data or --online")
+    values = dict(values, online=False if values["data"] is not None else values["online"])
+    return load_cfg(config, {f"{section}.{k}": values[k] for k in RUN_KEYS})
+
+
 @main.command(help="Train (or resume: the same command again) the iterative network; run folder --out.")
-@config_option
-@click.option("--data", type=click.Path(file_okay=False), default=None, help="shard folder" + _d("train.data"))
-@click.option("--online", is_flag=True, default=None, help="generate samples on the fly" + _d("train.online"))
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="run folder" + _d("train.out"))
-@click.option("--steps", type=int, default=None, help="optimiser steps in all" + _d("train.steps"))
-@click.option("--batch", type=int, default=None, help="samples per step (per GPU)" + _d("train.batch"))
-@click.option("--lr", type=float, default=None, help="Adam learning rate" + _d("train.lr"))
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="auto: cuda if available" + _d("train.device"))
-@click.option("--workers", type=int, default=None, help="data workers" + _d("train.workers"))
-@click.option("--seed", type=int, default=None, help="initialisation and shuffle seed" + _d("train.seed"))
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@run_options("train", "shard folder", "generate samples on the fly", "samples per step (per GPU)",
+             "initialisation and shuffle seed")
 @user_errors(TrainingError, CheckpointError)
-def iterative(config, data, online, out, steps, batch, lr, device, workers, seed, quiet):
+def iterative(config, quiet, **run):
     from .train import train_iterative
 
-    if data is not None and online:
-        raise click.UsageError("give either --data or --online")
-    cfg = load_cfg(config, {"train.data": data, "train.online": False if data is not None else online,
-                            "train.out": out, "train.steps": steps, "train.batch": batch, "train.lr": lr,
-                            "train.device": device, "train.workers": workers, "train.seed": seed})
-    result = train_iterative(cfg, progress=not quiet)
+    result = train_iterative(run_config("train", config, run), progress=not quiet)
     click.echo(f"step {result['step']}: train loss {result['train_loss']:.4g} mm², validation loss "
                f"{result['val_loss']:.4g} mm²; checkpoint {result['checkpoint']}")
+
+
+@main.command(help="Train (or resume: the same command again) the detail network; run folder --out.")
+@run_options("detail", "shards made with datagen.detail: true", "generate faces on the fly",
+             "crops per step (per GPU)", "faces, crops and initialisation seed")
+@click.option("--coarse-weights", type=click.Path(dir_okay=False), default=None,
+              help="iterative-network weights for the coarse start [default: refine.weights if that file exists, "
+                   "else the landmark fit]")
+@user_errors(TrainingError, CheckpointError)
+def detail(config, quiet, coarse_weights, **run):
+    from .detail import coarse_source, train_detail
+
+    cfg = run_config("detail", config, run)
+    weights = coarse_source(cfg, coarse_weights)
+    click.echo(f"coarse start: {'landmark fit' if weights is None else f'iterative network {weights}'}; data: "
+               f"{'on the fly' if cfg.detail.online else cfg.detail.data}", err=True)
+    result = train_detail(cfg, coarse_weights=coarse_weights, progress=not quiet)
+    click.echo(f"step {result['step']}: train loss {result['train_loss']:.4g}, validation loss "
+               f"{result['val_loss']:.4g}; checkpoint {result['checkpoint']} (refine reads {cfg.detail.weights})")
 
 
 @main.command(help="3D error of the iterative network on synthetic faces; prints one JSON object.")

@@ -110,8 +110,10 @@ class OnlineDataset(IterableDataset):
             first = self.start_index + (self.rank + self.world * j) * B
             if first >= stop:
                 return
-            yield collate([self.record(i) for i in range(first, int(min(first + B, stop)))])
+            yield self.collate([self.record(i) for i in range(first, int(min(first + B, stop)))])
             j += W
+
+    collate = staticmethod(collate)  # records -> a batch; subclasses with other records bring their own
 
 
 def online_loader(cfg, seed: int, batch_size: int, start_index: int = 0, workers: int = 0, rank: int = 0,
@@ -121,6 +123,11 @@ def online_loader(cfg, seed: int, batch_size: int, start_index: int = 0, workers
     ``spawn``: start workers with spawn instead of fork (use it once CUDA or a GL context lives in this
     process: neither survives a fork safely)."""
     ds = OnlineDataset(cfg, seed, start_index, batch_size=batch_size, rank=rank, world=world)
+    return batch_loader(ds, workers, pin_memory, spawn)
+
+
+def batch_loader(ds: IterableDataset, workers: int = 0, pin_memory: bool = False, spawn: bool = False) -> DataLoader:
+    """A DataLoader over a dataset that yields whole batches (:class:`OnlineDataset` with ``batch_size``)."""
     return DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       prefetch_factor=4 if workers else None,
                       multiprocessing_context="spawn" if spawn and workers else None)
@@ -134,8 +141,9 @@ def shard_loader(data_dir, batch_size: int, skip_batches: int = 0, seed: int = 0
         yield {k: torch.as_tensor(np.asarray(batch[k])) for k in ("input", "alpha_gt", "alpha_t", "index")}
 
 
-def fixed_batches(cfg, seed: int, n: int, batch_size: int) -> list[dict]:
+def fixed_batches(cfg, seed: int, n: int, batch_size: int, dataset: type = OnlineDataset, **kwargs) -> list[dict]:
     """The first ``n`` samples of dataset ``seed``, generated once in this process, as batches (a fixed
-    held-out set for validation)."""
-    ds = OnlineDataset(cfg, seed, 0, stop_index=n, batch_size=batch_size)
+    held-out set for validation); ``dataset``: an :class:`OnlineDataset` class, ``kwargs`` its other
+    arguments."""
+    ds = dataset(cfg, seed, 0, stop_index=n, batch_size=batch_size, **kwargs)
     return list(ds)

@@ -1,0 +1,270 @@
+"""The detail network: a small U-Net that adds to a coarse face what the morphable model cannot hold
+(wrinkles, folds), as a depth offset in the SfS frame (Richardson et al. 2017, "FineNet", in image space).
+
+Why image space and this frame: the SfS stage already works in a square frame of ``refine.resolution`` pixels
+over the face (256 px, about 0.67 mm per pixel), so a 0.5 mm deep wrinkle 2-4 mm wide spans several pixels;
+the offset adds to the coarse depth that SfS refines, with no UV unwrap and no visibility bookkeeping; the
+network is fully convolutional, so it trains on crops and runs on the whole frame.
+
+Input (:func:`detail_features`), (6, H, W) float32 per image, all in the SfS frame and 0 outside the mask:
+
+    0  gray image / its median inside the mask, minus 1 (removes the light's and the skin's overall scale)
+    1  high-pass of channel 0: minus its Gaussian blur (``detail.highpass_sigma_px``, over the mask only)
+    2-4 the coarse normals (camera frame: x right, y up, z towards the camera)
+    5  the mask (1 inside the face)
+
+Output (:class:`DetailNet`): (B, 1, H, W) float32 depth offset in mm along the camera axis (larger = nearer,
+as depth maps), 0 outside the mask. The network predicts it in pixel units (the image shows slopes, and a
+slope times the pixel size is a depth), and the output is that times ``pixel_mm``, so the same weights hold
+at another resolution.
+
+Loss (:class:`DetailLoss`) and the predictor ``refine`` uses (:func:`torch_detail_predictor`) live here too;
+training is :mod:`training.detail`, its data :mod:`training.detail_data`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from render.shading import displaced_normals, phong_shade, to_gray
+
+#: detail(image (H, W, 3) or (H, W) float in [0, 1], coarse normals (H, W, 3), mask (H, W) bool,
+#: pixel_mm) -> (H, W) float32 mm depth offset, 0 outside the mask.
+DetailPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
+IN_CHANNELS = 6
+
+
+def detail_features(image: np.ndarray, coarse_normals: np.ndarray, mask: np.ndarray,
+                    highpass_sigma_px: float = 2.0) -> np.ndarray:
+    """The network's input channels (module docstring).
+
+    Args:
+        image: (H, W, 3) RGB or (H, W) gray in [0, 1], the SfS frame.
+        coarse_normals: (H, W, 3) camera-frame unit normals of the coarse face.
+        mask: (H, W) bool face pixels.
+        highpass_sigma_px: blur of the high-pass channel, pixels.
+    Returns:
+        (6, H, W) float32.
+    """
+    from reconstruct.sfs import _masked_blur
+
+    mask = np.asarray(mask, bool)
+    if image.shape[:2] != mask.shape or coarse_normals.shape != mask.shape + (3,):
+        raise ValueError(f"expected image (H, W[, 3]), normals (H, W, 3) and mask (H, W); got {image.shape}, "
+                         f"{coarse_normals.shape}, {mask.shape}")
+    gray = to_gray(image) if image.ndim == 3 else np.asarray(image, np.float32)
+    if not mask.any():
+        return np.zeros((IN_CHANNELS,) + mask.shape, np.float32)
+    g = np.where(mask, gray / max(float(np.median(gray[mask])), 1e-3) - 1.0, 0.0)
+    high = np.where(mask, g - _masked_blur(g, mask, highpass_sigma_px), 0.0)
+    n = np.where(mask[..., None], coarse_normals, 0.0)
+    return np.concatenate([g[None], high[None], np.moveaxis(n, -1, 0), mask[None]]).astype(np.float32)
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    """Two 3x3 convolutions, each with BatchNorm and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class DetailNet(nn.Module):
+    """U-Net: per level two 3x3 conv-BN-ReLU, 2x2 max-pooling down, 2x2 transposed convolutions up with skip
+    connections, a 1x1 convolution to one map. BatchNorm, not GroupNorm: in eval mode its statistics are
+    fixed, so a crop and the whole frame see the same per-pixel function (GroupNorm would normalise by each
+    image's own statistics, which differ between a training crop and a full frame).
+
+    Args:
+        channels: feature maps per level, e.g. (16, 32, 64, 128) (0.47 M parameters).
+    Shapes:
+        x (B, 6, H, W) from :func:`detail_features` (any H, W: padded to a multiple of 2^(levels-1));
+        pixel_mm (B,) tensor or a float -> (B, 1, H, W) depth offset in mm, 0 where x's mask channel is 0.
+    """
+
+    def __init__(self, channels=(16, 32, 64, 128)):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if len(channels) < 2 or min(channels) < 1:
+            raise ValueError(f"channels must list at least two positive widths; got {channels}")
+        self.channels = channels
+        self.down = nn.ModuleList([_block(IN_CHANNELS, channels[0])] +
+                                  [_block(a, b) for a, b in zip(channels[:-1], channels[1:])])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(channels[:-1], channels[1:])])
+        self.merge = nn.ModuleList([_block(2 * a, a) for a in channels[:-1]])
+        self.head = nn.Conv2d(channels[0], 1, 1)
+        nn.init.zeros_(self.head.weight)  # starts at "no detail": the coarse depth unchanged
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_config(cls, cfg) -> "DetailNet":
+        return cls(cfg.detail.channels)
+
+    def forward(self, x: torch.Tensor, pixel_mm) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != IN_CHANNELS:
+            raise ValueError(f"expected x (B, {IN_CHANNELS}, H, W); got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        k = 2 ** (len(self.channels) - 1)
+        ph, pw = -H % k, -W % k
+        h = F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h if i == 0 else F.max_pool2d(h, 2))
+            skips.append(h)
+        for i in reversed(range(len(self.up))):
+            h = self.merge[i](torch.cat([self.up[i](h), skips[i]], 1))
+        out = self.head(h)[..., :H, :W].float()
+        px = torch.as_tensor(pixel_mm, dtype=out.dtype, device=out.device).reshape(-1, 1, 1, 1)
+        return out * px * x[:, 5:6].float()
+
+
+# ----------------------------------------------------------------------------------------- loss
+def _interior(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) float: mask pixels whose 3x3 neighbourhood is inside the mask and the image."""
+    inner = 1.0 - F.max_pool2d(1.0 - mask, 3, stride=1, padding=1)
+    edge = torch.zeros_like(mask)
+    edge[..., 1:-1, 1:-1] = 1.0
+    return inner * edge
+
+
+def _masked_mean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (x * w).sum() / w.sum().clamp(min=1.0)
+
+
+def central_slopes(depth: torch.Tensor, pixel_mm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, H, W) depth (mm) -> camera-frame slopes d/dx, d/dy (mm/mm) by central differences, 0 on the
+    image border (as ``numpy.gradient`` inside; rows go down, camera y goes up)."""
+    px = pixel_mm.reshape(-1, 1, 1, 1)
+    sx, sy = torch.zeros_like(depth), torch.zeros_like(depth)
+    sx[..., :, 1:-1] = (depth[..., :, 2:] - depth[..., :, :-2]) / (2 * px)
+    sy[..., 1:-1, :] = -(depth[..., 2:, :] - depth[..., :-2, :]) / (2 * px)
+    return sx, sy
+
+
+class DetailLoss(nn.Module):
+    """Loss of a predicted depth offset against the true detail (mm), with the weights of ``detail.loss``::
+
+        L = w_d  mean_M |p - t|                                      displacement, mm
+          + w_g  mean_{pairs in M} |D p - D t| / pixel_mm             slopes (forward differences), mm/mm
+          + w_p  mean_{M'} mean_c |clip(I(p)) - image|                photometric, intensity
+          + w_s  mean_{M'} |Lap p|                                    smoothness (5-point Laplacian), mm
+
+    M is the mask, M' its interior (3x3 erosion: every stencil inside the face). I(p) re-renders the sample
+    with its own Phong light and per-pixel albedo (:func:`render.shading.phong_shade`) on the normals of the
+    smooth true surface displaced by p (:func:`render.shading.displaced_normals`, the renderer's own
+    displacement model), so at p = t it reproduces the rendered image exactly (up to 8-bit/JPEG rounding from
+    shards).
+
+    Default weights (``pipeline.yaml``) and why. On the first training faces (256 px frame, landmark-fit
+    coarse start), a network that predicts no detail scores displacement 0.054-0.057 mm, gradient
+    0.054-0.057, photometric 0.002-0.007, smoothness 0; the truth scores 0, 0, 1e-7 and 0.08-0.10 (pores):
+
+    - displacement 1: the reference; it pins the offset's level and low frequencies, which shading hardly
+      sees;
+    - gradient 1: slopes are what normals, shading and the look of a wrinkle depend on; a groove of depth d
+      and width w has slopes about d / w, of the order of d in mm for our 2-4 mm wide wrinkles, and the two
+      terms measure alike (above), so equal weights give them an equal say;
+    - photometric 4: the same slope errors seen through the image (albedo x k_d x the light's component
+      across the slope), about ten times smaller than the slope term, so 4 gives it a third to a half of
+      the slope term's say: it weights the slopes the image shows (and their sign under the sample's
+      light) and is the term a fine-tuning on real photos could keep, having no ground truth; not more,
+      because dark albedo and grazing light make it weak and ambiguous;
+    - smoothness 0.02: damps pixel-scale noise (the checkerboard mode of central differences) at a few
+      percent of the displacement term; larger would flatten real grooves (the truth itself scores 0.1).
+
+    Batch keys (tensors): ``target`` (B, 1, H, W) mm, ``mask`` (B, 1, H, W) float, ``normals`` (B, 3, H, W)
+    smooth true normals, ``albedo`` (B, 3, H, W), ``image`` (B, 3, H, W) the render, ``light`` (B, 7): the
+    direction (3), k_a, k_d, k_s, shininess, ``pixel_mm`` (B,).
+    """
+
+    def __init__(self, displacement: float = 1.0, gradient: float = 1.0, photometric: float = 4.0,
+                 smoothness: float = 0.02):
+        super().__init__()
+        self.weights = {"displacement": float(displacement), "gradient": float(gradient),
+                        "photometric": float(photometric), "smoothness": float(smoothness)}
+
+    @classmethod
+    def from_config(cls, cfg) -> "DetailLoss":
+        w = cfg.detail.loss
+        return cls(w.displacement, w.gradient, w.photometric, w.smoothness)
+
+    def terms(self, pred: torch.Tensor, batch: dict) -> dict:
+        """Each term (unweighted) as a scalar tensor."""
+        pred = pred.float()
+        t, m, px = batch["target"], batch["mask"], batch["pixel_mm"].float()
+        if pred.shape != t.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(t.shape)} differ")
+        pxb = px.reshape(-1, 1, 1, 1)
+        inner = _interior(m)
+        e = pred - t
+        mx, my = m[..., :, 1:] * m[..., :, :-1], m[..., 1:, :] * m[..., :-1, :]
+        gx = (e[..., :, 1:] - e[..., :, :-1]).abs() / pxb  # slope errors between mask neighbours, mm/mm
+        gy = (e[..., 1:, :] - e[..., :-1, :]).abs() / pxb
+        grad = ((gx * mx).sum() + (gy * my).sum()) / (mx.sum() + my.sum()).clamp(min=1.0)
+        lap = torch.zeros_like(pred)
+        lap[..., 1:-1, 1:-1] = (pred[..., 2:, 1:-1] + pred[..., :-2, 1:-1] + pred[..., 1:-1, 2:]
+                                + pred[..., 1:-1, :-2] - 4 * pred[..., 1:-1, 1:-1])
+        return {"displacement": _masked_mean(e.abs(), m), "gradient": grad,
+                "photometric": _masked_mean((self.render(pred, batch) - batch["image"]).abs().mean(1, keepdim=True),
+                                            inner),
+                "smoothness": _masked_mean(lap.abs(), inner)}
+
+    @staticmethod
+    def render(pred: torch.Tensor, batch: dict) -> torch.Tensor:
+        """(B, 3, H, W) the sample re-rendered with the smooth true surface displaced by ``pred`` (mm)."""
+        sx, sy = central_slopes(pred.float(), batch["pixel_mm"].float())
+        n = displaced_normals(batch["normals"].permute(0, 2, 3, 1), sx[:, 0], sy[:, 0])  # (B, H, W, 3)
+        light = batch["light"].float()
+        k = [light[:, i].reshape(-1, 1, 1) for i in range(3, 7)]
+        shade = phong_shade(n, batch["albedo"].permute(0, 2, 3, 1), light[:, None, None, :3], *k)
+        return shade.clamp(0.0, 1.0).permute(0, 3, 1, 2)
+
+    def forward(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The weighted sum (scalar)."""
+        terms = self.terms(pred, batch)
+        return sum(self.weights[k] * v for k, v in terms.items())
+
+
+# ----------------------------------------------------------------------------------------- inference
+FORMAT = "facesynth-detail/1"
+
+
+def load_detail_network(path: str | Path, map_location="cpu") -> DetailNet:
+    """The trained detail network of a checkpoint (``train detail``), built from the config saved in it, in
+    eval mode; ``highpass_sigma_px`` is kept as an attribute (the features it was trained with)."""
+    from facesynth.config import config_from_dict
+
+    from .loop import read_checkpoint
+
+    ckpt = read_checkpoint(path, FORMAT, "detail-network", map_location)
+    cfg = config_from_dict(ckpt["config"])
+    net = DetailNet.from_config(cfg)
+    net.load_state_dict(ckpt["model"])
+    net.highpass_sigma_px = cfg.detail.highpass_sigma_px
+    return net.to(map_location).eval()
+
+
+def torch_detail_predictor(net: DetailNet, device: str = "cpu", highpass_sigma_px: float | None = None,
+                           channels_last: bool | None = None) -> DetailPredictor:
+    """Wrap a :class:`DetailNet` (eval mode, no grad) as a :data:`DetailPredictor` for a whole frame.
+
+    ``channels_last``: default on CUDA only (on a 2-core CPU it gained nothing for one 256 x 256 frame:
+    0.96x, ``benchmarks/detail.py``); ``highpass_sigma_px``: default the one the network was trained with."""
+    net = net.to(device).eval()
+    channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    sigma = highpass_sigma_px or getattr(net, "highpass_sigma_px", 2.0)
+
+    @torch.no_grad()
+    def predict(image, coarse_normals, mask, pixel_mm):
+        x = torch.from_numpy(detail_features(image, coarse_normals, mask, sigma)[None]).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return net(x, float(pixel_mm))[0, 0].float().cpu().numpy()
+
+    return predict
