@@ -113,6 +113,26 @@ def test_run_folder(uninterrupted):
     assert all(float(r["samples_per_s"]) > 0 for r in rows)
 
 
+def test_export_keeps_the_network_and_drops_the_optimiser(uninterrupted, tmp_path):
+    import json
+
+    run, _ = uninterrupted
+    prov = tmp_path / "prov.json"
+    prov.write_text(json.dumps({"samples": 16}))
+    out = tmp_path / "w.pt"
+    result = CliRunner().invoke(cli, ["export", str(run / "ckpt.pt"), str(out), "--provenance", str(prov)])
+    assert result.exit_code == 0, result.output
+    w = load_checkpoint(out)
+    assert "optimizer" not in w and "rng" not in w and w["provenance"] == {"samples": 16} and w["step"] == 4
+    a, b = load_network(run / "ckpt.pt"), load_network(out)
+    x, alpha = torch.rand(2, 2, SIZE, SIZE), torch.randn(2, a.n_coeffs if hasattr(a, "n_coeffs") else 153)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x, alpha), b(x, alpha))
+    assert b.image_size == SIZE
+    bad = CliRunner().invoke(cli, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")])
+    assert bad.exit_code != 0 and "not found" in bad.output and "Traceback" not in bad.output
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(small_cfg, uninterrupted, tmp_path, monkeypatch,
                                                            dying):
     """Killed after step 3 (checkpoint at 2): the same call again resumes at 2 and ends where the

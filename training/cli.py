@@ -91,7 +91,7 @@ def detail(config, quiet, coarse_weights, **run):
 @main.command(help="3D error of the iterative network on synthetic faces; prints one JSON object.")
 @config_option
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="checkpoint [default: <train.out>/ckpt.pt]")
+              help="weights or checkpoint [default: refine.weights (shipped), else <train.out>/ckpt.pt]")
 @click.option("--data", type=click.Path(file_okay=False), default=None, help="shard folder (default: --online)")
 @click.option("--online", is_flag=True, help="generate the faces (seed datagen.seed + 2000003)")
 @click.option("--n", type=int, default=None, help="faces" + _d("evaluate.n"))
@@ -119,7 +119,12 @@ def evaluate(config, weights, data, online, n, iterations, pose_source, out, dev
     for key in ("n", "iterations"):
         if getattr(cfg.evaluate, key) < 1:
             raise click.ClickException(f"--{key} must be >= 1; got {getattr(cfg.evaluate, key)}")
-    path = Path(weights) if weights is not None else cfg.resolve_path(cfg.train.out) / "ckpt.pt"
+    if weights is not None:
+        path = Path(weights)
+    else:  # the shipped weights, else the default run folder's checkpoint
+        path = cfg.resolve_path(cfg.refine.weights)
+        if not path.exists():
+            path = cfg.resolve_path(cfg.train.out) / "ckpt.pt"
     dev = resolve_device(cfg.train.device)
     ckpt = load_checkpoint(path, map_location="cpu")
     trained = config_from_dict(ckpt["config"])
@@ -138,6 +143,25 @@ def evaluate(config, weights, data, online, n, iterations, pose_source, out, dev
     click.echo(f"error maps: {png}", err=True)
     click.echo(json.dumps(report))
 
+
+
+@main.command(help="Write a checkpoint's weights without the optimiser state (what ships in data/).")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--provenance", "provenance_json", type=click.Path(dir_okay=False), default=None,
+              help="a JSON file stored in the weights under 'provenance' (run, data size, evaluation)")
+@user_errors(TrainingError, CheckpointError)
+def export(checkpoint, out, provenance_json):
+    from .loop import export_weights
+
+    prov = None
+    if provenance_json is not None:
+        try:
+            prov = json.loads(Path(provenance_json).read_text())
+        except (OSError, ValueError) as e:
+            raise click.ClickException(f"{provenance_json}: not a readable JSON file ({e})")
+    info = export_weights(checkpoint, out, prov)
+    click.echo(f"{out}: {info['format']}, step {info.get('step')}, {Path(out).stat().st_size / 1e6:.1f} MB")
 
 if __name__ == "__main__":
     main()

@@ -127,20 +127,44 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _load(path: Path, map_location):
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for a foreign or truncated file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first})") from None
+
+
 def read_checkpoint(path: str | Path, fmt: str, what: str, map_location="cpu") -> dict:
     """Read a checkpoint of format ``fmt`` (e.g. ``facesynth-iterative/1``); :class:`CheckpointError` if the
     file is not one (``what`` names the expected kind in the message)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a foreign or truncated file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first})") from None
+    ckpt = _load(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise CheckpointError(f"{path} is not a facesynth {what} checkpoint")
     return ckpt
+
+
+#: What a shipped weights file keeps of a checkpoint (no optimiser, RNG or data position: not resumable).
+WEIGHTS_KEYS = ("format", "config", "model", "step", "train_loss", "val_loss", "init_from")
+
+
+def export_weights(src: str | Path, dst: str | Path, provenance: dict | None = None) -> dict:
+    """Write the weights of checkpoint ``src`` (either network's format) to ``dst`` atomically, without the
+    optimiser state (a quarter of the size), with ``provenance`` (e.g. the run, data size, evaluation) kept
+    under that key. Returns what was written, less the tensors."""
+    path = Path(src)
+    ckpt = _load(path, "cpu")
+    if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("facesynth-"):
+        raise CheckpointError(f"{path} is not a facesynth checkpoint")
+    out = {k: ckpt[k] for k in WEIGHTS_KEYS if k in ckpt}
+    out["provenance"] = dict(provenance or {})
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dst, out)
+    return {k: v for k, v in out.items() if k != "model"}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
