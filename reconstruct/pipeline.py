@@ -25,7 +25,7 @@ from render.camera import Pose, project
 from render.renderer import FaceRenderer, Light
 from render.shading import to_gray
 
-from .detect import Detection
+from .detect import Detection, ReconstructionInputError
 from .fit import fit_landmarks, fit_pose, landmark_weights
 
 FRONTAL = Light(np.array([0.0, 0.0, 1.0], np.float32), 0.15, 0.85, 0.0, 10.0)
@@ -205,7 +205,11 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None
         from .sfs import sfs_refine
 
         t3 = time.perf_counter()
-        res = sfs_refine(rec.sfs_image, depth0, rec.sfs_mask, 1.0 / frame.scale, sfs_params)
+        try:
+            res = sfs_refine(rec.sfs_image, depth0, rec.sfs_mask, 1.0 / frame.scale, sfs_params)
+        except ValueError as e:  # e.g. a face all saturated or black: no shading to use
+            raise ReconstructionInputError(f"shape from shading cannot run on this face ({e}); "
+                                           "try --no-sfs") from None
         timings["sfs_s"] = time.perf_counter() - t3
         rec.refined_depth, rec.refined_normals = res.depth, res.normals
         rec.sh, rec.albedo = res.sh, res.albedo
