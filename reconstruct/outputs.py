@@ -4,7 +4,8 @@
     refined.obj/.mtl + refined_texture.png the mesh of the refined depth map (SfS), textured by the photo
     params.json                            coefficients (named), pose, lighting, landmarks, timings
     depth.png, normals.png                 coarse | refined, side by side
-    overlay.png                            photo | coarse shading | refined shading | coarse mesh over the photo
+    overlay.png                            photo | coarse shading | [+ detail net shading |] refined shading |
+                                           coarse mesh over the photo
     detail.png                             (when the detail network ran) its depth offset, diverging colours:
                                            blue deeper (grooves), red nearer, full colour at +-params.json's
                                            detail.png_scale_mm
@@ -97,7 +98,15 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
     det_lm = frame_map(rec.pose_photo, rec.sfs_frame).forward(det.landmarks)
     blend = np.where(m[..., None], 0.45 * rec.sfs_image + 0.55 * coarse_shade[..., None], rec.sfs_image)
     blend = _dots(_dots(blend, det_lm, (1.0, 0.2, 0.1)), frame_lm)
-    save_png(out_dir / "overlay.png", contact_sheet([rec.sfs_image, coarse_shade, refined_shade, blend], 4))
+    panels = [rec.sfs_image, coarse_shade]
+    if rec.detail_displacement is not None:  # what the detail network alone adds, before SfS
+        from .sfs import depth_to_normals
+
+        dn = depth_to_normals(np.where(m, rec.coarse_depth + rec.detail_displacement, rec.coarse_depth),
+                              1.0 / rec.sfs_frame.scale)
+        panels.append(shading_image(np.where(m[..., None], dn, 0.0), m, 0.15, 0.85))
+    panels += [refined_shade, blend]
+    save_png(out_dir / "overlay.png", contact_sheet(panels, len(panels)))
 
     detail = None
     if rec.detail_displacement is not None:
@@ -125,7 +134,8 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
         "timings_s": rec.timings,
         "detail": detail,
         "units": "mm, model frame: y up, face along +z; pixels: x right, y down",
-        "legend": {"overlay.png": "photo | coarse shading | refined shading | coarse mesh over photo "
+        "legend": {"overlay.png": "photo | coarse shading | [coarse + detail network shading, when it ran |] "
+                                  "refined shading | coarse mesh over photo "
                                   "(red: detected landmarks, green: model landmarks)",
                    "depth.png": "coarse | refined", "normals.png": "coarse | refined",
                    "detail.png": "detail network's depth offset (mm along the view axis): blue deeper, red nearer, "
