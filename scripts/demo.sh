@@ -14,4 +14,4 @@ echo "   wrote $OUT/preview.png, $OUT/stats.png, $OUT/stats.json"
 
 echo "== 2. refine: the sample photo to a textured, refined mesh"
 refine sfs data/astronaut.png --out "$OUT/astronaut" --force
-echo "   look at $OUT/astronaut/overlay.png (photo | coarse | refined | mesh over the photo)"
+echo "   look at $OUT/astronaut/overlay.png (photo | coarse | + detail net | refined | mesh over the photo)"
