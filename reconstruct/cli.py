@@ -7,12 +7,20 @@ from pathlib import Path
 import click
 
 from facesynth.cli_util import config_option, load_cfg, user_errors
-from training.errors import CheckpointError
+from training.errors import CheckpointError, TrainingError
 
 from .detect import ReconstructionInputError
 from .fit import FitError
 
 from facesynth.cli_util import yaml_default as _d
+
+
+def _device(device: str) -> str:
+    """``auto`` -> cuda when available, else cpu (:func:`training.loop.resolve_device`, which also refuses
+    cuda without a CUDA device)."""
+    from training.loop import resolve_device
+
+    return str(resolve_device(device))
 
 
 def load_predictor(weights: str | None, cfg, device: str = "auto"):
@@ -30,9 +38,7 @@ def load_predictor(weights: str | None, cfg, device: str = "auto"):
 
     from .iterative import torch_predictor
 
-    import torch
-
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = _device(device)
     net = load_network(path, map_location=dev)
     return torch_predictor(net, dev, net.image_size), str(path)
 
@@ -46,11 +52,9 @@ def load_detail_predictor(weights: str | None, cfg, device: str = "auto"):
     path = optional_file(cfg, weights, cfg.detail.weights)
     if path is None:
         return None, None
-    import torch
-
     from training.detail_net import load_detail_network, torch_detail_predictor
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = _device(device)
     return torch_detail_predictor(load_detail_network(path, map_location=dev), dev), str(path)
 
 
@@ -76,7 +80,7 @@ def main():
 @click.option("--no-detail", is_flag=True, help="skip the detail network")
 @click.option("--no-sfs", is_flag=True, help="skip shape from shading (refined = coarse [+ detail])")
 @click.option("--force", is_flag=True, help="overwrite earlier outputs in --out")
-@user_errors(ReconstructionInputError, FitError, CheckpointError)
+@user_errors(ReconstructionInputError, FitError, CheckpointError, TrainingError)
 def sfs(image, config, out, weights, resolution, iterations, device, detail_weights, no_detail, all_faces, no_sfs,
         force):
     from morphable.model import load_model
@@ -127,7 +131,7 @@ def sfs(image, config, out, weights, resolution, iterations, device, detail_weig
               help="detail network weights (without them only coarse and sfs are reported)" + _d("detail.weights"))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @config_option
-@user_errors(ReconstructionInputError, CheckpointError)
+@user_errors(ReconstructionInputError, CheckpointError, TrainingError)
 def evaluate(data, n, coarse, detail_weights, device, config):
     from .evaluate import evaluate_sfs
 

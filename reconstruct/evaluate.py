@@ -40,16 +40,15 @@ def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip((a * b).sum(-1), -1.0, 1.0)))
 
 
-def _metrics(est_depth, est_normals, true_depth, true_normals, mask, wrinkles, textured, pixel_mm) -> dict:
+def _metrics(est_depth, true_depth, mask, wrinkles, textured, pixel_mm) -> dict:
     """Metrics of one estimate. Normals are compared as the geometric normals of the depth maps, by the same
     central differences for the estimate and the truth (:func:`reconstruct.sfs.depth_to_normals`), over the
     mask eroded by 2 pixels (no stencil crosses the silhouette): a renderer's interpolated vertex normals
     are not the normals of the surface it rasterises, and comparing them with a depth map's normals would
-    charge every depth-map method about 1.2 degrees for the representation alone. ``est_normals`` and
-    ``true_normals`` are not used (kept for callers' symmetry)."""
+    charge every depth-map method about 1.2 degrees for the representation alone."""
     from scipy.ndimage import binary_erosion
 
-    from .sfs import depth_to_normals
+    from .sfs import depth_to_normals, masked_blur
 
     est_normals = depth_to_normals(np.where(mask, est_depth, true_depth), pixel_mm)
     true_normals = depth_to_normals(true_depth, pixel_mm)
@@ -57,8 +56,7 @@ def _metrics(est_depth, est_normals, true_depth, true_normals, mask, wrinkles, t
     ang = _angle(est_normals, true_normals)
     dd = (est_depth - true_depth)[mask]
     sigma = 3.0 / pixel_mm
-    hp = lambda d: d - gaussian_filter(np.where(mask, d, 0), sigma) / np.maximum(  # noqa: E731
-        gaussian_filter(mask.astype(np.float64), sigma), 1e-6)
+    hp = lambda d: d - masked_blur(d, mask, sigma)  # noqa: E731
     hp_err = (hp(est_depth) - hp(true_depth))[mask]
     return {
         "normal_deg_mean": float(ang[mask].mean()),
@@ -117,8 +115,8 @@ def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resoluti
                     depths[stage] = sfs_refine(img, starts[start], mask, sc.pixel_mm, sfs_params).depth
                     seconds["sfs"].append(time.perf_counter() - t0)
             for stage in stages:
-                rows[stage + tag].append(_metrics(depths[stage], None, sc.truth.depth, None, mask, sc.wrinkles,
-                                                  textured, sc.pixel_mm))
+                rows[stage + tag].append(_metrics(depths[stage], sc.truth.depth, mask, sc.wrinkles, textured,
+                                                  sc.pixel_mm))
     if count == 0:
         raise FileNotFoundError(f"no faces to evaluate in {data_dir}")
     report = {stage: _mean(rows[stage]) for stage in stages}

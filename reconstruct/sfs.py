@@ -402,7 +402,7 @@ def _check_inputs(image, depth0, mask, pixel_mm):
     return image, depth0, mask
 
 
-def _masked_blur(x: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
+def masked_blur(x: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur (sigma pixels) of ``x`` over the pixels of ``mask`` only (normalised convolution)."""
     m = mask.astype(np.float64)
     return ndimage.gaussian_filter(np.where(mask, x, 0.0), sigma) / np.maximum(ndimage.gaussian_filter(m, sigma), 1e-6)
@@ -485,7 +485,7 @@ def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm
         sh = sh_least_squares(n_cur[shade_mask], img[shade_mask], albedo[shade_mask])
         target = img
         if params.residual_lowpass_mm > 0:
-            target = img - _masked_blur(img - albedo * np.einsum("...k,k->...", Y, sh), shade_mask,
+            target = img - masked_blur(img - albedo * np.einsum("...k,k->...", Y, sh), shade_mask,
                                         params.residual_lowpass_mm / pixel_mm)
 
         prob = _DepthProblem(target, albedo, sh, shade_mask, msk, zeta0, params)

@@ -26,14 +26,15 @@ from reconstruct.synthetic import detail_frame_config
 from .data import batch_loader, fixed_batches
 from .detail_data import DetailDataset
 from .detail_net import FORMAT, DetailLoss, DetailNet
-from .loop import BatchFactory, Job, TrainingError, autocast, data_workers, eval_mode, run_training, start_run
+from .loop import BatchFactory, Job, TrainingError, autocast, data_workers, held_out_loss, run_training, start_run
 
 #: Validation faces come from this seed offset of ``detail.seed`` (never used for training).
 VAL_SEED_OFFSET = 1_000_003
 #: Config keys that may differ between a run and its resume (they do not change the steps taken); the
 #: ``train`` section and ``refine`` belong to other stages (the coarse start is checked by itself).
 RESUME_MAY_CHANGE = ("detail.steps", "detail.out", "detail.device", "detail.workers", "detail.checkpoint_every",
-                     "detail.val_every", "detail.val_samples", "detail.lr", "detail.weights", "render.backend", "render.gl_platform", "train.", "refine.",
+                     "detail.val_every", "detail.val_samples", "detail.lr", "detail.weights", "render.backend",
+                     "render.gl_platform", "train.", "refine.",
                      "evaluate.iterations", "evaluate.error_maps", "evaluate.n")
 
 
@@ -47,19 +48,6 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "index"}
     out["input"] = out["input"].contiguous(memory_format=torch.channels_last)
     return out
-
-
-def estimate_loss(net, loss_fn, batches: list[dict], device: torch.device) -> float:
-    """Mean detail loss over the held-out batches, in eval mode (BN running statistics)."""
-    total, n = 0.0, 0
-    with eval_mode(net):
-        for batch in batches:
-            b = _to_device(batch, device)
-            with autocast(device):
-                pred = net(b["input"], b["pixel_mm"])
-            total += loss_fn(pred.float(), b).item() * len(pred)
-            n += len(pred)
-    return total / max(n, 1)
 
 
 def train_detail(cfg, out_dir: str | Path | None = None, batches: BatchFactory | None = None,
@@ -114,7 +102,7 @@ def train_detail(cfg, out_dir: str | Path | None = None, batches: BatchFactory |
     def validation():
         val_set = fixed_batches(val_cfg, dc.seed + VAL_SEED_OFFSET, dc.val_samples, dc.batch, DetailDataset,
                                 coarse_weights=weights)
-        return lambda n: estimate_loss(n, loss_fn, val_set, dev)
+        return lambda n: held_out_loss(n, val_set, lambda b: step_loss(n, b))
 
     def step_loss(model, b: dict):
         b = _to_device(b, dev)

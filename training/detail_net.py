@@ -51,7 +51,7 @@ def detail_features(image: np.ndarray, coarse_normals: np.ndarray, mask: np.ndar
     Returns:
         (6, H, W) float32.
     """
-    from reconstruct.sfs import _masked_blur
+    from reconstruct.sfs import masked_blur
 
     mask = np.asarray(mask, bool)
     if image.shape[:2] != mask.shape or coarse_normals.shape != mask.shape + (3,):
@@ -61,7 +61,7 @@ def detail_features(image: np.ndarray, coarse_normals: np.ndarray, mask: np.ndar
     if not mask.any():
         return np.zeros((IN_CHANNELS,) + mask.shape, np.float32)
     g = np.where(mask, gray / max(float(np.median(gray[mask])), 1e-3) - 1.0, 0.0)
-    high = np.where(mask, g - _masked_blur(g, mask, highpass_sigma_px), 0.0)
+    high = np.where(mask, g - masked_blur(g, mask, highpass_sigma_px), 0.0)
     n = np.where(mask[..., None], coarse_normals, 0.0)
     return np.concatenate([g[None], high[None], np.moveaxis(n, -1, 0), mask[None]]).astype(np.float32)
 

@@ -99,6 +99,18 @@ def eval_mode(net: torch.nn.Module):
         net.train(was_training)
 
 
+def held_out_loss(net: torch.nn.Module, batches, forward) -> float:
+    """Mean loss per sample over held-out ``batches`` in :func:`eval_mode`; ``forward(batch) -> (mean loss of
+    the batch, its size)`` (a trainer's step loss)."""
+    total, n = 0.0, 0
+    with eval_mode(net):
+        for batch in batches:
+            loss, size = forward(batch)
+            total += loss.item() * size
+            n += size
+    return total / max(n, 1)
+
+
 # ----------------------------------------------------------------------------------------- checkpoints
 def rng_state() -> dict:
     """Every RNG the run could use, in a form ``torch.load(weights_only=True)`` accepts."""

@@ -24,7 +24,7 @@ from facesynth.config import config_from_dict
 
 from .data import fixed_batches, online_loader, shard_loader
 from .loop import (BatchFactory, CheckpointError, Job, TrainingError, autocast, data_workers,  # noqa: F401
-                   eval_mode, read_checkpoint, resolve_device, run_training, save_checkpoint, start_run)
+                   held_out_loss, read_checkpoint, resolve_device, run_training, save_checkpoint, start_run)
 from .loss import GeometryLoss
 from .network import IterativeNet
 
@@ -61,19 +61,6 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[t
         x = x.contiguous(memory_format=torch.channels_last)
     return (x, batch["alpha_t"].to(device, non_blocking=True).float(),
             batch["alpha_gt"].to(device, non_blocking=True).float())
-
-
-def estimate_loss(net, loss_fn, batches: list[dict], device: torch.device, channels_last: bool) -> float:
-    """Mean geometry loss (mm^2) over the held-out batches, in eval mode (BN running statistics)."""
-    total, n = 0.0, 0
-    with eval_mode(net):
-        for batch in batches:
-            x, a_t, a_gt = to_device(batch, device, channels_last)
-            with autocast(device):
-                pred = net(x, a_t)
-            total += loss_fn.per_sample(pred.float(), a_gt).sum().item()
-            n += len(x)
-    return total / max(n, 1)
 
 
 def default_batches(cfg, batch: int, rank: int, world: int, workers: int, pin_memory: bool) -> BatchFactory:
@@ -139,7 +126,13 @@ def train_iterative(cfg, out_dir: str | Path | None = None, batches: BatchFactor
 
     def validation():
         val["set"] = fixed_batches(cfg, cfg.datagen.seed + VAL_SEED_OFFSET, tc.val_samples, tc.batch)
-        return lambda n: estimate_loss(n, loss_fn, val["set"], dev, True)
+        return lambda n: held_out_loss(n, val["set"], lambda b: forward(n, b))
+
+    def forward(model, b: dict):
+        x, a_t, a_gt = to_device(b, dev, True)
+        with autocast(dev):
+            pred = model(x, a_t)
+        return loss_fn(pred.float(), a_gt), len(x)
 
     def step_loss(model, b: dict):
         if val["first"] and val.get("set"):  # rank 0: the training data must match the config's input
@@ -148,12 +141,9 @@ def train_iterative(cfg, out_dir: str | Path | None = None, batches: BatchFactor
                 raise TrainingError(f"training batches have inputs {tuple(b['input'].shape[1:])} but the config "
                                     f"(render.image_size, datagen.color_input) gives {expected}")
         val["first"] = False
-        x, a_t, a_gt = to_device(b, dev, True)
-        with autocast(dev):
-            pred = model(x, a_t)
-        return loss_fn(pred.float(), a_gt), len(x)
+        return forward(model, b)
 
-    job = Job(FORMAT, "iterative-network", "train iterative", "geometry loss (mm², mean squared vertex error)", RESUME_MAY_CHANGE,
-              net, step_loss, validation, factory,
+    job = Job(FORMAT, "iterative-network", "train iterative", "geometry loss (mm², mean squared vertex error)",
+              RESUME_MAY_CHANGE, net, step_loss, validation, factory,
               lambda step: data_position(cfg, step, tc.batch, run.world, custom))
     return run_training(run, job, progress)
