@@ -64,7 +64,7 @@ def naive_renderer(model, size: int):
 def profile_numba(model, cfg, scenes, albedos, n: int, top: int = 14) -> list:
     """cProfile of n (render_face + render_shading) pairs: [(function, ms per pair (own time),
     ms per pair (cumulative), calls per pair)] of the top functions by own time."""
-    r = FaceRenderer(model, cfg.render.image_size, "numba")
+    r = FaceRenderer.from_config(model, cfg.render, backend="numba")
     s = scenes[0]
     r.render_face(s.alpha_gt, s.pose, albedos[0], s.light, s.background)  # compile / load the kernels
     prof = cProfile.Profile()
@@ -92,7 +92,7 @@ def stage_times(model, cfg, scenes, albedos, n: int) -> dict:
     from render.raster import fragments_from_ids
     from render.shading import phong_shade, to_gray
 
-    r = FaceRenderer(model, cfg.render.image_size, "numba")
+    r = FaceRenderer.from_config(model, cfg.render, backend="numba")
     t = dict.fromkeys(["vertices", "project", "rasterize", "fragments", "vertex_normals", "interp_normals",
                        "interp_albedo", "phong", "composite"], 0.0)
     for i in range(n + 1):
@@ -153,10 +153,10 @@ def main() -> None:
             return r.render_shading(s.alpha_t, s.pose)
         return f
 
-    renderers = {"numba": FaceRenderer(model, size, "numba")}
+    renderers = {"numba": FaceRenderer.from_config(model, cfg.render, image_size=size, backend="numba")}
     if not args.no_gl:
         try:
-            renderers["gl"] = FaceRenderer(model, size, "gl", "osmesa")
+            renderers["gl"] = FaceRenderer(model, size, "gl", "osmesa", cfg.render.shading_ambient, cfg.render.shading_diffuse)
         except Exception as e:  # no OSMesa here: report it and go on without GL
             emit({"benchmark": "render", "what": "gl backend unavailable", "error": f"{type(e).__name__}: {e}"})
     before = {name: r.render_shading(scenes[0].alpha_t, scenes[0].pose)[1] for name, r in renderers.items()}

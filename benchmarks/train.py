@@ -29,7 +29,7 @@ from benchmarks.common import emit as common_emit  # noqa: E402
 from facesynth.config import load_config  # noqa: E402
 from training.data import online_loader  # noqa: E402
 from training.loss import GeometryLoss  # noqa: E402
-from training.network import IterativeNet  # noqa: E402
+from coarse.network import IterativeNet  # noqa: E402
 from training.train import autocast, resolve_device, to_device  # noqa: E402
 
 

@@ -9,8 +9,8 @@ import click
 from facesynth.cli_util import config_option, load_cfg, user_errors
 from training.errors import CheckpointError, TrainingError
 
-from .detect import ReconstructionInputError
-from .fit import FitError
+from coarse.detect import ReconstructionInputError
+from coarse.fit import FitError
 
 from facesynth.cli_util import yaml_default as _d
 
@@ -36,7 +36,7 @@ def load_predictor(weights: str | None, cfg, device: str = "auto"):
         return None, None
     from training.train import load_network
 
-    from .iterative import torch_predictor
+    from coarse.iterative import torch_predictor
 
     dev = _device(device)
     net = load_network(path, map_location=dev)
@@ -85,7 +85,7 @@ def sfs(image, config, out, weights, resolution, iterations, device, detail_weig
         force):
     from morphable.model import load_model
 
-    from .detect import detect_faces, load_image
+    from coarse.detect import detect_faces, load_image
     from .outputs import existing_outputs, write_outputs
     from .pipeline import reconstruct_face
 

@@ -2,7 +2,7 @@
 known fine detail.
 
 For each face (drawn by the data generator with ``datagen.detail`` on, in a square frame of the SfS
-resolution: :mod:`reconstruct.synthetic`), the coarse start is either the true smooth face (``coarse="true"``:
+resolution: :mod:`datagen.synthetic`), the coarse start is either the true smooth face (``coarse="true"``:
 measures what comes after alone) or the landmark fit (``"landmarks"``: the pipeline without a network). Each
 stage (:data:`STAGES`) is measured on the same faces: ``coarse``, ``sfs`` (SfS from the coarse depth),
 ``detail`` (coarse + the detail network's offset) and ``detail_sfs`` (SfS from that); the last two only with
@@ -77,19 +77,19 @@ def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resoluti
     """Run the evaluation (see the module docstring); returns the JSON-ready report.
 
     On-the-fly faces are drawn with the face filling a ``resolution`` frame
-    (:func:`reconstruct.synthetic.detail_frame_config`); ``data_dir`` reads a dataset made with
+    (:func:`datagen.synthetic.detail_frame_config`); ``data_dir`` reads a dataset made with
     ``datagen.detail`` (at its own image size, given by the config's ``render.image_size``). ``detail``: the
     detail network (:data:`training.detail_net.DetailPredictor`), or None to report coarse and SfS only.
     """
     from morphable.model import load_model
 
     from .sfs import sfs_refine
-    from .synthetic import detail_faces, detail_frame_config, render_scene
+    from datagen.synthetic import detail_faces, detail_frame_config, render_scene
 
     sfs_params = cfg.refine.sfs if sfs_params is None else sfs_params
     cfg = override(cfg, "datagen.detail", True) if data_dir is not None else detail_frame_config(cfg, resolution)
     model = load_model(cfg.resolve_path(cfg.model.path))
-    renderer = FaceRenderer(model, cfg.render.image_size, backend="numba")
+    renderer = FaceRenderer.from_config(model, cfg.render, backend="numba")
     stages = STAGES if detail is not None else STAGES[:2]
     rows = {stage + tag: [] for stage in stages for tag in ("", "_smooth")}
     seconds = {"sfs": [], "detail": []}

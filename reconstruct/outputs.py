@@ -93,7 +93,7 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
     coarse_shade = shading_image(rec.coarse_normals, m, 0.15, 0.85)
     refined_shade = shading_image(rn, m, 0.15, 0.85)
     frame_lm = project(model.landmarks(rec.alpha), rec.sfs_frame)[:, :2]
-    from .pipeline import frame_map
+    from coarse.frame import frame_map
 
     det_lm = frame_map(rec.pose_photo, rec.sfs_frame).forward(det.landmarks)
     blend = np.where(m[..., None], 0.45 * rec.sfs_image + 0.55 * coarse_shade[..., None], rec.sfs_image)

@@ -18,48 +18,13 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, map_coordinates
 
-from datagen.scene import centred_pose
-from render.camera import Pose, project
-from render.renderer import FaceRenderer, Light
-from render.shading import to_gray
-
-from .detect import Detection, ReconstructionInputError
-from .fit import fit_landmarks, fit_pose, landmark_weights
-
-FRONTAL = Light(np.array([0.0, 0.0, 1.0], np.float32), 0.15, 0.85, 0.0, 10.0)
-
-
-@dataclass(frozen=True)
-class FrameMap:
-    """x_dst = k (x_src - t_src) + t_dst (per axis, pixels) between two frames of the same rotation."""
-
-    k: float
-    t_src: np.ndarray
-    t_dst: np.ndarray
-
-    def forward(self, pts: np.ndarray) -> np.ndarray:
-        return self.k * (pts - self.t_src) + self.t_dst
-
-
-def frame_map(src: Pose, dst: Pose) -> FrameMap:
-    return FrameMap(dst.scale / src.scale, np.asarray(src.translation), np.asarray(dst.translation))
-
-
-def warp_to_frame(image: np.ndarray, fmap: FrameMap, size: int) -> np.ndarray:
-    """Resample ``image`` (H, W[, C]) float into a (size, size[, C]) frame (bilinear; blurred first when
-    shrinking, against aliasing)."""
-    j, i = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
-    x = (j - fmap.t_dst[0]) / fmap.k + fmap.t_src[0]
-    y = (i - fmap.t_dst[1]) / fmap.k + fmap.t_src[1]
-    coords = np.stack([y - 0.5, x - 0.5])
-    sigma = 0.5 / fmap.k - 0.5 if fmap.k < 1.0 else 0.0
-    chans = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[-1])]
-    out = [map_coordinates(gaussian_filter(c, sigma) if sigma > 0.3 else c, coords, order=1, mode="nearest")
-           for c in chans]
-    return (out[0] if image.ndim == 2 else np.stack(out, -1)).astype(np.float32)
-
+from coarse.detect import Detection, ReconstructionInputError
+from coarse.fit import fit_landmarks
+from coarse.frame import frame_map, sfs_frame_pose, warp_to_frame
+from coarse.iterative import network_fit
+from render.camera import Pose
+from render.renderer import FaceRenderer
 
 @dataclass
 class Reconstruction:
@@ -84,64 +49,6 @@ class Reconstruction:
     timings: dict = field(default_factory=dict)
 
 
-def network_pose(model, rotation: np.ndarray, cfg) -> Pose:
-    """The network frame's pose: the training distribution's mean scale, face centred."""
-    size = cfg.render.image_size
-    return centred_pose(model, rotation, cfg.sampling.pose.scale_mean * size, size)
-
-
-def sfs_frame_pose(model, verts: np.ndarray, pose_photo: Pose, resolution: int, margin: float = 0.06) -> Pose:
-    """A square frame of ``resolution`` pixels around the projected narrow face area."""
-    p = project(verts[model.regions["narrow_face"]], pose_photo)[:, :2]
-    lo, hi = p.min(0), p.max(0)
-    k = resolution * (1 - 2 * margin) / max(float((hi - lo).max()), 1e-6)
-    centre = (lo + hi) / 2
-    t = k * (np.asarray(pose_photo.translation) - centre) + resolution / 2
-    return Pose(pose_photo.scale * k, pose_photo.rotation, t)
-
-
-def narrow_face_mask(model, frags) -> np.ndarray:
-    """(H, W) bool: pixels whose triangle lies in the narrow face area (no ears, neck, eyes or mouth)."""
-    narrow = np.zeros(len(model.triangles) + 1, bool)
-    narrow[:-1] = np.all(model.triangles < len(model.regions["narrow_face"]), axis=1)
-    return narrow[frags.face_id]
-
-
-def network_fit(predict, photo: np.ndarray, landmarks: np.ndarray, model, cfg, iterations: int = 3,
-                refit_pose: bool = True) -> tuple[list, Pose]:
-    """The iterative network on one face of a photo, in the network frame.
-
-    Args:
-        predict: :data:`reconstruct.iterative.Predictor` (its ``image_size``, when set, is the network
-            frame it was trained with; else ``cfg.render.image_size``).
-        photo: (H, W, 3) or (H, W) float in [0, 1], the photo frame.
-        landmarks: (68, 2) landmarks in photo pixels (the jaw line is left out of the pose fits).
-        iterations: network passes; refit_pose: re-fit the pose to the landmarks of each new shape.
-    Returns:
-        ([(alpha_t (K,), pose_t in the network frame)] per pass, the final shape's pose in the photo frame).
-    """
-    from facesynth.config import override
-
-    from .iterative import iterative_fit
-
-    if getattr(predict, "image_size", None):  # the network frame is the one it was trained with
-        cfg = override(cfg, "render.image_size", int(predict.image_size))
-    w = landmark_weights(0.0)
-    lm3d = lambda a: model.landmarks(a).astype(np.float64)  # noqa: E731
-    pose = fit_pose(landmarks, lm3d(np.zeros(model.n_coeffs, np.float32)), w)
-    net_pose = network_pose(model, pose.rotation, cfg)
-    gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, frame_map(pose, net_pose),
-                         cfg.render.image_size)
-    renderer = FaceRenderer.from_config(model, cfg.render, backend="numba")
-
-    def refit(a):
-        p = fit_pose(landmarks, lm3d(a), w)
-        return network_pose(model, p.rotation, cfg)
-
-    steps = iterative_fit(predict, gray, net_pose, renderer, iterations, refit_pose=refit if refit_pose else None)
-    return steps, fit_pose(landmarks, lm3d(steps[-1][0]), w)
-
-
 def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None, resolution: int = 256,
                      iterations: int = 3, refit_pose: bool = True, sfs: bool = True,
                      sfs_params=None, detail=None) -> Reconstruction:
@@ -151,7 +58,7 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None
         photo: (H, W, 3) uint8 RGB, full resolution.
         det: its detection (landmarks in photo pixels).
         model: the face model; cfg: the config.
-        predict: the iterative network as a :data:`reconstruct.iterative.Predictor`, or None for the
+        predict: the iterative network as a :data:`coarse.iterative.Predictor`, or None for the
             landmark fit alone.
         resolution: SfS working resolution (pixels over the face).
         iterations: network passes.
@@ -182,11 +89,11 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None
 
     # coarse depth and normals in the SfS frame
     frame = sfs_frame_pose(model, verts, pose, resolution)
-    r = FaceRenderer(model, resolution, backend="numba")
-    coarse = r.render_face(alpha, frame, np.ones((model.n_vertices, 3), np.float32), FRONTAL, verts=verts)
+    r = FaceRenderer.from_config(model, cfg.render, image_size=resolution, backend="numba")
+    coarse = r.render_face(alpha, frame, np.ones((model.n_vertices, 3), np.float32), r.shading_light, verts=verts)
     rec.sfs_frame = frame
     rec.sfs_image = warp_to_frame(img, frame_map(pose, frame), resolution)
-    rec.sfs_mask = narrow_face_mask(model, coarse.fragments)
+    rec.sfs_mask = r.narrow_face_mask(coarse.fragments)
     rec.coarse_depth, rec.coarse_normals = coarse.depth, coarse.normals
     depth0 = coarse.depth
     if detail is not None:

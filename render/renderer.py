@@ -71,8 +71,8 @@ class FaceRenderer:
         shading_ambient, shading_diffuse: constants of the shading image.
     """
 
-    def __init__(self, model, image_size: int = 200, backend: str = "auto", gl_platform: str = "auto",
-                 shading_ambient: float = 0.15, shading_diffuse: float = 0.85):
+    def __init__(self, model, image_size: int, backend: str, gl_platform: str, shading_ambient: float,
+                 shading_diffuse: float):
         self.model = model
         self.size = image_size
         self.rasterizer = make_rasterizer(backend, image_size, image_size, gl_platform)
@@ -80,9 +80,24 @@ class FaceRenderer:
         self.shading_diffuse = shading_diffuse
 
     @classmethod
-    def from_config(cls, model, render_cfg, backend: str | None = None) -> "FaceRenderer":
-        return cls(model, render_cfg.image_size, backend or render_cfg.backend, render_cfg.gl_platform,
-                   render_cfg.shading_ambient, render_cfg.shading_diffuse)
+    def from_config(cls, model, render_cfg, image_size: int | None = None, backend: str | None = None
+                    ) -> "FaceRenderer":
+        """A renderer of the ``render`` config section; ``image_size``/``backend`` override its values."""
+        return cls(model, image_size or render_cfg.image_size, backend or render_cfg.backend,
+                   render_cfg.gl_platform, render_cfg.shading_ambient, render_cfg.shading_diffuse)
+
+    @property
+    def shading_light(self) -> Light:
+        """The shading image's light as a Phong :class:`Light`: frontal, ``shading_ambient + shading_diffuse
+        max(0, n_z)`` on a unit albedo, no highlight (the coarse face as the pipeline renders it)."""
+        return Light(np.array([0.0, 0.0, 1.0], np.float32), self.shading_ambient, self.shading_diffuse, 0.0, 1.0)
+
+    def narrow_face_mask(self, frags: Fragments) -> np.ndarray:
+        """(H, W) bool: pixels whose triangle lies in the narrow face area (no ears, neck, eyes or mouth)."""
+        model = self.model
+        narrow = np.zeros(len(model.triangles) + 1, bool)
+        narrow[:-1] = np.all(model.triangles < len(model.regions["narrow_face"]), axis=1)
+        return narrow[frags.face_id]
 
     @property
     def backend(self) -> str:

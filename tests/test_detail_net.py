@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from facesynth.config import load_config
-from reconstruct.synthetic import detail_frame_config, draw_face, render_scene
+from datagen.synthetic import detail_frame_config, draw_face, render_scene
 from training.detail_data import DetailDataset, collate, face_example, random_crops
 from training.detail_net import FORMAT, DetailLoss, DetailNet, detail_features, load_detail_network
 
@@ -47,7 +47,7 @@ def scene(model):
     from render.renderer import FaceRenderer
 
     cfg = detail_frame_config(load_config(overrides={"datagen.detail_uv_size": 256}), 128)
-    renderer = FaceRenderer(model, 128, backend="numba")
+    renderer = FaceRenderer.from_config(model, cfg.render, image_size=128, backend="numba")
     face = draw_face(cfg, model, 0, 3)
     return render_scene(face, model, renderer, "landmarks", np.random.default_rng(0), cfg, smooth=True), renderer
 
@@ -189,7 +189,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(small_cfg, tmp_path,
 @pytest.fixture(scope="module")
 def photo(scene):
     """The 128 px render as a photo and its true landmarks as the detection."""
-    from reconstruct.detect import Detection
+    from coarse.detect import Detection
 
     sc, _ = scene
     return (sc.truth.rgb * 255).round().astype(np.uint8), Detection(np.array([0, 0, 128, 128.0]),

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from facesynth.config import REPO_ROOT
-from reconstruct.detect import (FaceTooSmallError, NoFaceError, ReconstructionInputError, detect_faces,
+from coarse.detect import (FaceTooSmallError, NoFaceError, ReconstructionInputError, detect_faces,
                                 load_image)
 
 ASTRONAUT = REPO_ROOT / "data" / "astronaut.png"

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from facesynth.config import load_config
 from training.evaluate import evaluate, online_faces
 from training.metrics import coefficient_errors, similarity_align, summarize, vertex_errors
-from training.network import IterativeNet
+from coarse.network import IterativeNet
 
 SIZE = 64
 REPORT_KEYS = {"mean_face", "iterations", "landmark_fit", "samples", "pose_source"}

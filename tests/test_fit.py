@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from morphable.sampling import sample_shape
-from reconstruct.fit import CONTOUR, FitError, fit_landmarks, fit_pose
+from coarse.fit import CONTOUR, FitError, fit_landmarks, fit_pose
 from render.camera import Pose, euler_to_rotation, project
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.network import BasicBlock, IterativeNet, count_parameters
+from coarse.network import BasicBlock, IterativeNet, count_parameters
 
 K = 153
 

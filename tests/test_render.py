@@ -25,7 +25,7 @@ def frontal_pose(model, cfg, size: int, yaw: float = 0.0, pitch: float = 0.0, ro
 
 @pytest.fixture(scope="module")
 def numba_renderer(model, cfg):
-    return FaceRenderer(model, cfg.render.image_size, "numba")
+    return FaceRenderer.from_config(model, cfg.render, backend="numba")
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def phong_reference(n, albedo, light_dir, ka, kd, ks, shininess):
 def test_phong_pixels_on_a_sphere():
     R_MM, SIZE, SCALE = 15.0, 80, 2.0
     sphere = SphereModel(R_MM)
-    renderer = FaceRenderer(sphere, SIZE, "numba")
+    renderer = FaceRenderer(sphere, SIZE, "numba", "auto", 0.15, 0.85)
     rotation = euler_to_rotation(0.5, -0.3, 0.2)  # a sphere looks the same in any pose, its normals turn
     pose = Pose(SCALE, rotation, np.array([41.0, 37.5]))
     light_dir = np.array([0.45, 0.35, 0.82])
@@ -245,7 +245,7 @@ def test_shading_image_matches_the_face_normals(model, cfg, numba_renderer, scen
 @pytest.fixture(scope="module")
 def gl_renderer(model, cfg):
     try:
-        r = FaceRenderer(model, cfg.render.image_size, "gl", "auto")
+        r = FaceRenderer.from_config(model, cfg.render, backend="gl")
     except Exception as e:  # no OSMesa / EGL library, or no context: a skip, not a failure
         pytest.skip(f"no OpenGL context: {type(e).__name__}: {e}")
     yield r

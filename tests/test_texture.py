@@ -13,7 +13,7 @@ def test_projected_texture_reproduces_the_rendered_albedo_where_visible(model, c
     s = draw_scene(0, 5, model, cfg)
     albedo = s.head_albedo(model)
     flat_light = Light(np.array([0.0, 0.0, 1.0], np.float32), 1.0, 0.0, 0.0, 10.0)  # image = albedo
-    r = FaceRenderer(model, cfg.render.image_size, backend="numba")
+    r = FaceRenderer.from_config(model, cfg.render, backend="numba")
     verts = model.vertices(s.alpha_gt)
     img = r.render_face(s.alpha_gt, s.pose, albedo, flat_light, s.background, verts=verts).rgb
     colors, visible = vertex_texture(model, np.clip(img, 0, 1), verts, s.pose)

@@ -17,7 +17,7 @@ from training import train as train_module
 from training.cli import main as cli
 from training.data import OnlineDataset, fixed_batches
 from training.loss import GeometryLoss
-from training.network import IterativeNet
+from coarse.network import IterativeNet
 from training.train import (TrainingError, default_batches, load_checkpoint, load_network,
                             train_iterative)
 

@@ -108,7 +108,7 @@ def evaluate(config, weights, data, online, n, iterations, pose_source, out, dev
 
     from .evaluate import evaluate as run_evaluation
     from .evaluate import online_faces, shard_faces
-    from .network import IterativeNet
+    from coarse.network import IterativeNet
     from .train import load_checkpoint, resolve_device
 
     if data is not None and online:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from facesynth.config import optional_file, override
-from reconstruct.synthetic import detail_frame_config
+from datagen.synthetic import detail_frame_config
 
 from .data import batch_loader, fixed_batches
 from .detail_data import DetailDataset

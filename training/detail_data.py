@@ -1,4 +1,4 @@
-"""Training data of the detail network: synthetic faces in the SfS frame (:mod:`reconstruct.synthetic`), each
+"""Training data of the detail network: synthetic faces in the SfS frame (:mod:`datagen.synthetic`), each
 rendered once and cut into ``detail.crops_per_face`` random crops of ``detail.crop`` pixels.
 
 One face gives one full-frame example (:func:`face_example`):
@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from reconstruct.synthetic import DetailScene, draw_face, render_scene, shard_face
+from datagen.synthetic import DetailScene, draw_face, render_scene, shard_face
 
 from .data import OnlineDataset
 from .detail_net import detail_features
@@ -93,7 +93,7 @@ class DetailDataset(OnlineDataset):
     """Crops of the detail stream ``seed`` (module docstring), generated where they are iterated.
 
     Args:
-        cfg: the full config, framed for detail (:func:`reconstruct.synthetic.detail_frame_config`; from
+        cfg: the full config, framed for detail (:func:`datagen.synthetic.detail_frame_config`; from
             shards, its ``render.image_size`` is the shards'); ``detail.crop``, ``detail.crops_per_face``,
             ``detail.highpass_sigma_px`` and ``evaluate.landmark_noise_px`` are used.
         seed, start_index, stop_index, batch_size, rank, world: as :class:`training.data.OnlineDataset`,
@@ -123,7 +123,7 @@ class DetailDataset(OnlineDataset):
             if self.coarse_weights is not None:
                 from torch.utils.data import get_worker_info
 
-                from reconstruct.iterative import torch_predictor
+                from coarse.iterative import torch_predictor
 
                 from .train import load_network
 

@@ -1,16 +1,16 @@
 """Evaluation of the iterative network on synthetic faces with known geometry (``train evaluate``).
 
-Per face, the real inference of the paper (:func:`reconstruct.iterative.iterative_fit`): start from the mean
+Per face, the real inference of the paper (:func:`coarse.iterative.iterative_fit`): start from the mean
 face a_0 = 0, render its shading image and silhouette under the face's pose, mask the unmasked gray photo
 with it, predict a_1, re-render, ... for ``iterations`` passes. The pose is the true one (``pose_source
 ="true"``) or fitted to the projected true landmarks plus Gaussian noise of ``evaluate.landmark_noise_px``
-pixels (``"landmarks"``: :func:`reconstruct.fit.fit_pose` of the mean face's landmarks, refitted to the
+pixels (``"landmarks"``: :func:`coarse.fit.fit_pose` of the mean face's landmarks, refitted to the
 current estimate's landmarks after each pass).
 
 Error (:mod:`training.metrics`): similarity alignment to the true geometry, then the per-vertex Euclidean
 distance in mm over ``narrow_face``; a face's error is the mean over its vertices; the report gives the
 mean and the median over faces of: the mean face, each iteration, and the paper's baseline
-(:func:`reconstruct.fit.fit_landmarks` of the same noisy landmarks).
+(:func:`coarse.fit.fit_landmarks` of the same noisy landmarks).
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def as_predictor(net, device: str = "cpu") -> Callable[[np.ndarray, np.ndarray],
     import torch
 
     if isinstance(net, torch.nn.Module):
-        from reconstruct.iterative import torch_predictor
+        from coarse.iterative import torch_predictor
 
         return torch_predictor(net, device)
     if not callable(net):
@@ -91,7 +91,7 @@ def evaluate(model_net, data: Iterable[EvalFace], cfg, iterations: int | None = 
     """Iterative inference on faces with known geometry, and its 3D error.
 
     Args:
-        model_net: the network (:class:`training.network.IterativeNet`, any ``nn.Module`` with
+        model_net: the network (:class:`coarse.network.IterativeNet`, any ``nn.Module`` with
             ``forward(x (B, C, H, W), alpha_t (B, K)) -> (B, K)``), or a numpy predictor.
         data: faces (:func:`online_faces`, :func:`shard_faces`).
         cfg: the full config (model path, render constants, ``evaluate.*``).
@@ -107,8 +107,8 @@ def evaluate(model_net, data: Iterable[EvalFace], cfg, iterations: int | None = 
         ``landmark_fit`` without ``landmark_baseline``).
     """
     from morphable.model import load_model
-    from reconstruct.fit import fit_landmarks, fit_pose, landmark_weights
-    from reconstruct.iterative import iterative_fit
+    from coarse.fit import fit_landmarks, fit_pose, landmark_weights
+    from coarse.iterative import iterative_fit
     from render.renderer import FaceRenderer
 
     if pose_source not in ("true", "landmarks"):

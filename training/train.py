@@ -26,7 +26,7 @@ from .data import fixed_batches, online_loader, shard_loader
 from .loop import (BatchFactory, CheckpointError, Job, TrainingError, autocast, data_workers,  # noqa: F401
                    held_out_loss, read_checkpoint, resolve_device, run_training, save_checkpoint, start_run)
 from .loss import GeometryLoss
-from .network import IterativeNet
+from coarse.network import IterativeNet
 
 #: Validation samples come from this seed offset of ``datagen.seed`` (never used for training).
 VAL_SEED_OFFSET = 1_000_003

@@ -4,7 +4,7 @@
 
 - :func:`detail_frame_config`: the generator's settings for such faces: ``datagen.detail`` on, a square
   image of the SfS resolution (``refine.resolution``) that the face fills (``sampling.pose.scale_mean``
-  0.0058: about 0.67 mm per pixel at 256 px, as :func:`reconstruct.pipeline.sfs_frame_pose` frames a
+  0.0058: about 0.67 mm per pixel at 256 px, as :func:`coarse.frame.sfs_frame_pose` frames a
   photo), yaw spread 15 degrees;
 - :class:`DetailFace`: one face's parameters and detail ground truth, drawn on the fly (:func:`draw_face`)
   or read from shards made with ``datagen.detail`` (:func:`shard_face`); :func:`detail_faces` yields either;
@@ -22,13 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datagen.scene import draw_scene
+from .generate import DatagenError
+from .scene import draw_scene
 from facesynth.config import override
 from render.camera import Pose
 from render.renderer import FaceRender, Light
 
-from .detect import ReconstructionInputError
-from .pipeline import FRONTAL, narrow_face_mask
 
 #: Pixels per mm per pixel of image size of a face that fills the SfS frame (0.67 mm per pixel at 256 px).
 FRAME_SCALE = 0.0058
@@ -84,7 +83,7 @@ def shard_face(rec: dict, model, size: int, data_dir=None) -> DetailFace:
     if "detail_uv" not in rec:
         raise FileNotFoundError(f"{data_dir} was made without datagen.detail: no fine-detail ground truth")
     if rec["rgb"].shape[0] != size:
-        raise ReconstructionInputError(f"{data_dir} has {rec['rgb'].shape[0]} px images; use --config with "
+        raise DatagenError(f"{data_dir} has {rec['rgb'].shape[0]} px images; use --config with "
                                        f"render.image_size: {rec['rgb'].shape[0]}")
     p = rec["params"]
     skin = model.albedo_model.albedo(np.asarray(p["albedo"], np.float32))[0]
@@ -120,20 +119,20 @@ def coarse_alpha(face: DetailFace, truth: FaceRender, model, cfg, coarse: str, r
     coarse: ``"true"`` (the true smooth face: measures what comes after alone), ``"landmarks"`` (the
     landmark fit of landmarks with ``evaluate.landmark_noise_px`` noise, jaw line included: synthetic
     landmarks do come from the jaw vertices) or ``"network"`` (the iterative network ``predict``, run as
-    :func:`reconstruct.pipeline.network_fit` runs it on a photo, the truth render being the photo;
+    :func:`coarse.iterative.network_fit` runs it on a photo, the truth render being the photo;
     ``iterations`` passes, default ``refine.iterations``).
     """
     if coarse == "true":
         return face.alpha_gt
     lm = noisy_landmarks(truth, cfg.evaluate.landmark_noise_px, rng)
     if coarse == "landmarks":
-        from .fit import fit_landmarks
+        from coarse.fit import fit_landmarks
 
         return fit_landmarks(model, lm, contour_weight=1.0)[0]
     if coarse == "network":
         if predict is None:
             raise ValueError("coarse 'network' needs a predictor")
-        from .pipeline import network_fit
+        from coarse.iterative import network_fit
 
         steps, _ = network_fit(predict, truth.rgb, lm, model, cfg, iterations or cfg.refine.iterations,
                                cfg.refine.refit_pose)
@@ -188,8 +187,8 @@ def render_scene(face: DetailFace, model, renderer, coarse: str = "landmarks", r
     flat = face.albedo.copy()
     region = model.regions["face"]
     flat[region] = np.median(face.albedo[region], axis=0)
-    c = renderer.render_face(alpha_c, face.pose, flat, FRONTAL)
-    mask = narrow_face_mask(model, truth.fragments) & c.mask
+    c = renderer.render_face(alpha_c, face.pose, flat, renderer.shading_light)
+    mask = renderer.narrow_face_mask(truth.fragments) & c.mask
     if face.wrinkles_space == "image":
         wrinkles = face.wrinkles
     else:
