@@ -1,6 +1,6 @@
 """Helpers every benchmark imports: a description of the machine and one JSON line per result.
 
-    from benchmarks.common import emit, rate
+    from benchmarks.common import Meter, emit, rate
     emit({"benchmark": "render", "what": "render_face numba", "renders_per_s": rate(fn, 50)})
 
 prints ``{"benchmark": "render", "machine": "AMD EPYC, 2 cores, ...", "what": ..., ...}`` with floats
@@ -72,6 +72,32 @@ def emit(record: dict) -> None:
     out.update({k: v for k, v in record.items() if k not in out})
     print(json.dumps(_round(out)), flush=True)
     sys.stdout.flush()
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process, its threads and its finished, waited-for children."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class Meter:
+    """Wall-clock and CPU seconds (:func:`cpu_seconds`) of a ``with`` block: ``m.wall``, ``m.cpu``.
+
+    On cores shared with other jobs a wall-clock rate depends on the share this process got; a rate per CPU
+    second does not (it is the per-core figure)."""
+
+    def __enter__(self) -> "Meter":
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
+
+    def rates(self, n: int) -> tuple[float, float]:
+        """(per wall-clock second, per CPU second) for ``n`` items."""
+        return n / self.wall, n / max(self.cpu, 1e-9)
 
 
 def rate(fn: Callable[[int], Any], n: int, warmup: int = 1) -> float:

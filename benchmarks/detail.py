@@ -102,9 +102,9 @@ def main() -> None:
                                                                                 else ""),
                   "seconds_per_image": sec, "ratio_vs_baseline": base / sec})
 
-    sfs_refine(image, coarse, mask, px)  # warm-up (operator cache)
+    sfs_refine(image, coarse, mask, px, cfg.refine.sfs)  # warm-up (operator cache)
     emit({**common, "what": "sfs_refine, same frame size (reference)", "device": "cpu", "seconds_per_image":
-          min(median_seconds(lambda: sfs_refine(image, coarse, mask, px), max(1, args.repeats // 2))
+          min(median_seconds(lambda: sfs_refine(image, coarse, mask, px, cfg.refine.sfs), max(1, args.repeats // 2))
               for _ in range(args.rounds))})
 
 

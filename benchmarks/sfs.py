@@ -13,6 +13,7 @@ Prints one JSON line (:func:`benchmarks.common.emit`): {"benchmark": "sfs", "mac
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,31 +24,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import emit  # noqa: E402
-from reconstruct.sfs import SfSParams, depth_to_normals, sfs_refine  # noqa: E402
-from render.shading import sh_directional, sh_shade  # noqa: E402
+from facesynth.config import load_config  # noqa: E402
+from reconstruct.sfs import depth_to_normals, sfs_refine  # noqa: E402
+from reconstruct.sfs_scene import dome_scene  # noqa: E402
 
 
 def scene(n: int, seed: int = 0):
-    """(image, coarse depth (0 outside), mask, pixel_mm, true normals); 57 mm wide dome at any n."""
-    px = 64 * 0.5 / n
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:n, 0:n] + 0.5
-    x, y = (xx - n / 2) * px, (n / 2 - yy) * px
-    R = n * px * 0.45
-    r2 = x ** 2 + y ** 2
-    mask = r2 < R ** 2
-    dome = np.sqrt(np.maximum(2.0 * R ** 2 - r2, 0.0))
-    bumps = np.zeros_like(dome)
-    for _ in range(8):
-        cx, cy = rng.uniform(-0.6 * R, 0.6 * R, 2)
-        s, a = rng.uniform(1.0, 2.0), rng.uniform(0.3, 1.0) * rng.choice([-1, 1])
-        bumps += a * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
-    bumps += 0.4 * np.sin(x * 2 * np.pi / 4.0) * np.exp(-((y + 0.3 * R) ** 2) / (2 * 2.0 ** 2))
-    n_true = depth_to_normals(dome + bumps, px)
-    albedo = np.full((n, n), 0.7)
-    albedo[(x - 0.3 * R) ** 2 + (y - 0.3 * R) ** 2 < (0.2 * R) ** 2] = 0.45
-    image = np.clip(sh_shade(n_true, albedo, sh_directional([0.4, 0.5, 0.77], 0.8, 0.3)), 0.0, 1.0)
-    return image, np.where(mask, dome, 0.0), mask, px, n_true
+    """(image, coarse depth (0 outside), mask, pixel_mm, true normals) of
+    :func:`reconstruct.sfs_scene.dome_scene`; 57 mm wide dome at any n."""
+    s = dome_scene(n, 64 * 0.5 / n, seed)
+    return s.image, s.coarse, s.mask, s.pixel_mm, s.normals
 
 
 def _error_deg(normals: np.ndarray, n_true: np.ndarray, mask: np.ndarray) -> float:
@@ -64,11 +50,12 @@ def _error_deg(normals: np.ndarray, n_true: np.ndarray, mask: np.ndarray) -> flo
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="also time the spsolve baseline")
 def main(size: int, repeats: int, baseline: bool) -> None:
     image, coarse, mask, px, n_true = scene(size)
-    sfs_refine(image, coarse, mask, px)  # warm-up (operator cache, imports)
+    params = load_config().refine.sfs
+    sfs_refine(image, coarse, mask, px, params)  # warm-up (operator cache, imports)
     times, res = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        res = sfs_refine(image, coarse, mask, px)
+        res = sfs_refine(image, coarse, mask, px, params)
         times.append(time.perf_counter() - t0)
     out = {"benchmark": "sfs", "resolution": size, "mask_fraction": round(float(mask.mean()), 3),
            "seconds": round(min(times), 4), "seconds_median": round(float(np.median(times)), 4),
@@ -77,7 +64,7 @@ def main(size: int, repeats: int, baseline: bool) -> None:
            "normal_error_deg": round(_error_deg(res.normals, n_true, mask), 3)}
     if baseline:
         t0 = time.perf_counter()
-        ref = sfs_refine(image, coarse, mask, px, SfSParams(solver="direct"))
+        ref = sfs_refine(image, coarse, mask, px, dataclasses.replace(params, solver="direct"))
         out["baseline_direct_seconds"] = round(time.perf_counter() - t0, 4)
         out["baseline_direct_normal_error_deg"] = round(_error_deg(ref.normals, n_true, mask), 3)
         out["speedup_vs_direct"] = round(out["baseline_direct_seconds"] / out["seconds"], 2)

@@ -5,9 +5,11 @@ right, y down, the centre of pixel (row i, column j) at (x, y) = (j + 0.5, i + 0
 indices, so its points are shifted by half a pixel into this frame.
 
 The 68 landmarks are in the Multi-PIE order of ``FaceModel.landmarks68`` (0-16 jaw line, 17-26 brows, 27-35
-nose, 36-47 eyes, 48-67 mouth). The detector is dlib's HOG frontal-face detector and the landmark model is
-``shape_predictor_68_face_landmarks.dat`` shipped inside the installed ``face_recognition_models`` package
-(located without importing it: its ``__init__`` needs ``pkg_resources``). Nothing is downloaded at run time.
+nose, 36-47 eyes, 48-67 mouth). Detection is a cascade of dlib's detectors (:func:`detect_faces`): the HOG
+frontal-face detector, then the CNN face detector ``mmod_human_face_detector.dat``, then HOG on the photo
+turned by a few angles; the landmark model is ``shape_predictor_68_face_landmarks.dat``. Both model files ship
+inside the installed ``face_recognition_models`` package (located without importing it: its ``__init__``
+needs ``pkg_resources``). Nothing is downloaded at run time.
 
 Errors: every problem with the input (unreadable file, no face, face too small) raises a subclass of
 :class:`ReconstructionInputError` (a ``ValueError``) with a one-line message.
@@ -22,9 +24,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facesynth.config import DetectConfig
+
 #: Eye landmarks (Multi-PIE): right eye of the person (image left) 36-41, left eye 42-47.
 RIGHT_EYE = slice(36, 42)
 LEFT_EYE = slice(42, 48)
+
+#: Side (pixels of the scanned image) of the smallest face dlib's HOG and CNN detectors find: both scan
+#: windows of about 80 px and only search downscaled copies, so a face must be this wide where it is scanned.
+WINDOW_PX = 80
 
 
 class ReconstructionInputError(ValueError):
@@ -43,14 +51,29 @@ class FaceTooSmallError(ReconstructionInputError):
 class Detection:
     """One detected face, in full-image pixels (image frame: x right, y down, pixel edges at integers).
 
-    box: (4,) float64 (x0, y0, x1, y1), the detector's square around the face (x1, y1 exclusive edges).
+    box: (4,) float64 (x0, y0, x1, y1), the square around the face (x1, y1 exclusive edges) that the landmarks
+        were predicted in: an upright HOG detection's own box, else HOG's box in the face's upright crop; when
+        that crop was turned (``rotation_deg`` != 0), the square of the same side about its centre.
     landmarks: (68, 2) float64 pixel x, y of the Multi-PIE landmarks.
-    score: dlib HOG detection score (larger = more confident; real faces typically score > 0.5).
+    score: the confidence of the detector that accepted the face; its scale depends on ``detector``:
+        ``hog``: dlib's HOG + linear SVM score (distance past the SVM's margin; > 0 is a detection at dlib's
+        own threshold, upright frontal faces mostly score 0.5-2.5); accepted at ``hog_sure_score`` or more.
+        ``hog+cnn``: a weaker HOG box that the CNN confirmed on a crop around it; the score is the CNN's.
+        ``cnn``: dlib's MMOD CNN detection score (> 0 is dlib's own threshold; faces mostly score 0.3-1.2).
+        A ``-rotated`` suffix (``hog-rotated``, ``hog+cnn-rotated``): found only in a turned copy of the photo;
+        the scores are those above.
+        ``given``: made by a caller, not by :func:`detect_faces` (e.g. known landmarks).
+    detector: which stage found the face (above).
+    rotation_deg: the landmarks were predicted in the photo turned counter-clockwise (as displayed) by this
+        angle, degrees, where the face stood most upright (about minus its roll, to the nearest step of
+        ``rotations_deg``; 0 upright); box and landmarks are in the unturned photo.
     """
 
     box: np.ndarray
     landmarks: np.ndarray
     score: float
+    detector: str = "given"
+    rotation_deg: float = 0.0
 
     @property
     def interocular(self) -> float:
@@ -121,15 +144,25 @@ def _to_rgb8(im: Image.Image) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- detection
-def shape_predictor_path() -> Path:
-    """Path of dlib's 68-landmark model inside the installed ``face_recognition_models`` package."""
+def _model_path(name: str) -> Path:
+    """Path of a dlib model file inside the installed ``face_recognition_models`` package."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("package face_recognition_models is not installed (it holds dlib's landmark model)")
-    path = Path(spec.submodule_search_locations[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+        raise RuntimeError("package face_recognition_models is not installed (it holds dlib's face models)")
+    path = Path(spec.submodule_search_locations[0]) / "models" / name
     if not path.is_file():
-        raise RuntimeError(f"dlib landmark model missing: {path}")
+        raise RuntimeError(f"dlib model missing: {path}")
     return path
+
+
+def shape_predictor_path() -> Path:
+    """Path of dlib's 68-landmark model inside the installed ``face_recognition_models`` package."""
+    return _model_path("shape_predictor_68_face_landmarks.dat")
+
+
+def cnn_detector_path() -> Path:
+    """Path of dlib's CNN (MMOD) face detector inside the installed ``face_recognition_models`` package."""
+    return _model_path("mmod_human_face_detector.dat")
 
 
 @lru_cache(maxsize=1)
@@ -137,6 +170,13 @@ def _dlib_models():
     import dlib
 
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(shape_predictor_path()))
+
+
+@lru_cache(maxsize=1)
+def _cnn_model():
+    import dlib
+
+    return dlib.cnn_face_detection_model_v1(str(cnn_detector_path()))
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -151,58 +191,237 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def detect_faces(image: np.ndarray, max_side: int = 1024, min_score: float = 0.5,
-                 min_interocular_px: float = 20.0) -> list[Detection]:
-    """Find faces and their 68 landmarks.
+@dataclass(frozen=True)
+class _Found:
+    """A detector's accepted box in the image it was given (image frame), before landmarks."""
 
-    The detector runs on a copy whose longer side is at most ``max_side`` pixels (huge photos are scaled
-    down; small ones are upsampled by dlib's pyramid, up to 4x, so that the detection image reaches about
-    ``max_side``; dlib's smallest face is 80 px there). Boxes are mapped back and the landmarks are
-    predicted on the full-resolution image.
+    box: np.ndarray
+    score: float
+    detector: str
+
+
+def _resized(image: np.ndarray, scale: float) -> tuple[np.ndarray, float, float]:
+    """``image`` scaled by about ``scale`` (bilinear, antialiased when shrinking) and the exact x, y factors."""
+    H, W = image.shape[:2]
+    size = (max(1, round(W * scale)), max(1, round(H * scale)))
+    if size == (W, H):
+        return image, 1.0, 1.0
+    work = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    return work, size[0] / W, size[1] / H
+
+
+def _edges(rect, fx: float, fy: float) -> np.ndarray:
+    """A dlib rectangle (inclusive pixel indices) in an image scaled by (fx, fy) -> (x0, y0, x1, y1) edges."""
+    return np.array([rect.left() / fx, rect.top() / fy, (rect.right() + 1) / fx, (rect.bottom() + 1) / fy])
+
+
+def _hog(image: np.ndarray, p: DetectConfig) -> tuple[list[_Found], float | None]:
+    """HOG at the search scale; boxes under ``hog_sure_score`` must be confirmed by the CNN.
+
+    Returns the accepted boxes and the best score of the unconfirmed ones (None when there were none).
+    """
+    detector, _ = _dlib_models()
+    H, W = image.shape[:2]
+    work, fx, fy = _resized(image, min(WINDOW_PX / p.min_face_px, p.max_search_side / max(H, W)))
+    rects, scores, _ = detector.run(work, 0, p.hog_min_score)
+    found, rejected = [], []
+    for rect, score in zip(rects, scores):
+        box = _edges(rect, fx, fy)
+        if score >= p.hog_sure_score:
+            found.append(_Found(box, float(score), "hog"))
+            continue
+        confirmed = _confirm(image, box, p.cnn_min_score) if p.cnn_sides else None
+        if confirmed is None:
+            rejected.append(float(score))
+        else:
+            found.append(_Found(box, confirmed, "hog+cnn"))
+    return found, max(rejected, default=None)
+
+
+#: The CNN confirms a weak HOG box on a crop of twice its side scaled to this many pixels (the box then spans
+#: 100 px, above the CNN's ~80-px window; 0.2-0.3 s on one core).
+_CONFIRM_CROP_PX = 200
+
+
+def _confirm(image: np.ndarray, box: np.ndarray, min_score: float) -> float | None:
+    """The CNN on a crop about ``box`` (image frame): the best score, at least ``min_score``, of a face it finds
+    centred inside ``box``, or None."""
+    cx, cy, side = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, box[2] - box[0]
+    crop_box = tuple(int(round(v)) for v in (cx - side, cy - side, cx + side, cy + side))
+    crop = Image.fromarray(image).crop(crop_box)  # black outside the image
+    crop = np.asarray(crop.resize((_CONFIRM_CROP_PX, _CONFIRM_CROP_PX), Image.Resampling.BILINEAR))
+    f = _CONFIRM_CROP_PX / (crop_box[2] - crop_box[0])
+    best = None
+    for d in _cnn_model()(crop, 0):
+        b = _edges(d.rect, f, f) + np.array(crop_box[:2] * 2)
+        inside = box[0] < (b[0] + b[2]) / 2 < box[2] and box[1] < (b[1] + b[3]) / 2 < box[3]
+        if inside and d.confidence >= min_score and (best is None or d.confidence > best):
+            best = float(d.confidence)
+    return best
+
+
+def _cnn(image: np.ndarray, p: DetectConfig) -> list[_Found]:
+    """The CNN at each of ``cnn_sides`` in turn (never scaled past HOG's search scale) until one finds faces."""
+    H, W = image.shape[:2]
+    tried = set()
+    for side in p.cnn_sides:
+        work, fx, fy = _resized(image, min(WINDOW_PX / p.min_face_px, side / max(H, W)))
+        if work.shape in tried:
+            continue
+        tried.add(work.shape)
+        found = [_Found(_edges(d.rect, fx, fy), float(d.confidence), "cnn")
+                 for d in _cnn_model()(work, 0) if d.confidence >= p.cnn_min_score]
+        if found:
+            return found
+    return []
+
+
+def _turn(image: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` turned counter-clockwise (as displayed) by ``angle_deg`` about its centre, on a canvas that
+    holds all of it (black corners), and the (2, 3) affine map of image-frame points into the turned image."""
+    H, W = image.shape[:2]
+    t = np.deg2rad(angle_deg)
+    c, s = np.cos(t), np.sin(t)
+    R = np.array([[c, s], [-s, c]])  # y down: counter-clockwise on screen
+    Wt = int(np.ceil(abs(c) * W + abs(s) * H - 1e-6))
+    Ht = int(np.ceil(abs(s) * W + abs(c) * H - 1e-6))
+    A = np.hstack([R, (np.array([Wt, Ht]) / 2 - R @ np.array([W, H]) / 2)[:, None]])
+    inv = np.linalg.inv(np.vstack([A, [0, 0, 1]]))[:2]  # turned -> photo, what Pillow samples with
+    turned = Image.fromarray(image).transform((Wt, Ht), Image.Transform.AFFINE, tuple(inv.ravel()),
+                                              Image.Resampling.BILINEAR)
+    return np.asarray(turned), A
+
+
+def _landmarks(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """dlib's 68 points for the face in ``box`` (image frame), (68, 2) float64 image-frame pixels."""
+    import dlib
+
+    _, predictor = _dlib_models()
+    r = dlib.rectangle(*(int(round(v)) for v in box[:2]), *(int(round(v)) - 1 for v in box[2:]))
+    return np.array([(q.x, q.y) for q in predictor(image, r).parts()], np.float64) + 0.5  # index -> image frame
+
+
+def _square(centre: np.ndarray, side: float) -> np.ndarray:
+    """(4,) x0, y0, x1, y1 of the square of ``side`` about ``centre``."""
+    return np.concatenate([centre - side / 2, centre + side / 2])
+
+
+def detect_faces(image: np.ndarray, params: DetectConfig | None = None) -> list[Detection]:
+    """Find faces and their 68 landmarks with a cascade of dlib's detectors; the first stage that finds a face
+    large enough (``min_interocular_px``) ends it.
+
+    Stages (``params``, the ``detect`` section of ``pipeline.yaml``, says which run and their thresholds):
+      1. ``hog``: the HOG detector at dlib's own threshold ``hog_min_score`` on a copy scaled so that a face
+         ``min_face_px`` wide spans :data:`WINDOW_PX` (small photos are upsampled, big ones searched at full
+         resolution or more), the copy's longer side at most ``max_search_side``; boxes scoring under
+         ``hog_sure_score`` are kept only when the CNN confirms them on a crop around the box (``hog+cnn``).
+      2. ``cnn``: the CNN detector on copies whose longer side is each of ``cnn_sides`` in turn (never scaled
+         past stage 1's scale), keeping scores of at least ``cnn_min_score``.
+      3. ``hog-rotated``: stage 1 on the photo turned by each of ``rotations_deg``.
+    Then each face is turned upright: HOG on a crop about it turned by 0 and each of ``rotations_deg`` picks
+    the angle and the box (the CNN finds faces rolled by up to ~90 degrees, the predictor wants them within
+    ~30), and the 68 landmarks are predicted in the full-resolution photo turned by that angle, then turned
+    back. :class:`Detection` says what each detector's score means.
 
     Args:
         image: (H, W, 3) uint8 RGB (or (H, W) gray), e.g. from :func:`load_image`.
-        max_side: longest side of the detection image, pixels.
-        min_score: HOG score threshold (the astronaut photo's mission patch scores 0.12, her face 1.2).
-        min_interocular_px: faces whose eye centres are closer than this (pixels) are dropped as too small
-            for the landmark fit and the shape-from-shading detail.
+        params: detection settings; None reads them from ``pipeline.yaml``.
     Returns:
-        Detections, largest box first.
+        The detections of the first successful stage with an inter-ocular distance of at least
+        ``min_interocular_px``, largest box first.
     Raises:
-        NoFaceError: nothing scores above ``min_score``.
+        NoFaceError: no stage found a face.
         FaceTooSmallError: faces were found but all have an inter-ocular distance below ``min_interocular_px``.
         ReconstructionInputError: ``image`` has the wrong shape or dtype.
     """
-    import dlib
+    if params is None:
+        from facesynth.config import load_config
 
+        params = load_config().detect
     image = _check_image(image)
     H, W = image.shape[:2]
-    detector, predictor = _dlib_models()
-    f = min(1.0, max_side / max(H, W))
-    work = image
-    if f < 1.0:
-        size = (max(1, round(W * f)), max(1, round(H * f)))
-        work = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-    fx, fy = work.shape[1] / W, work.shape[0] / H
-    upsample = int(np.clip(np.floor(np.log2(max_side / max(work.shape[:2]))), 0, 2))
-    rects, scores, _ = detector.run(work, upsample, 0.0)
-
-    found: list[Detection] = []
-    for rect, score in zip(rects, scores):
-        if score < min_score:
-            continue
-        box = np.array([rect.left() / fx, rect.top() / fy, (rect.right() + 1) / fx, (rect.bottom() + 1) / fy])
-        r = dlib.rectangle(int(round(box[0])), int(round(box[1])), int(round(box[2])) - 1, int(round(box[3])) - 1)
-        shape = predictor(image, r)
-        pts = np.array([(p.x, p.y) for p in shape.parts()], np.float64) + 0.5  # pixel index -> image frame
-        found.append(Detection(box, pts, float(score)))
-    if not found:
-        best = f" (best score {max(scores):.2f} < min_score {min_score})" if len(scores) else ""
-        raise NoFaceError(f"no face found in the {W}x{H} image{best}")
-    big = [d for d in found if d.interocular >= min_interocular_px]
-    if not big:
-        iod = max(d.interocular for d in found)
+    stages = [("hog", 0.0)] + ([("cnn", 0.0)] if params.cnn_sides else []) + [
+        ("hog", float(a)) for a in params.rotations_deg if a % 360]
+    small: list[Detection] = []
+    weak: list[float] = []
+    for kind, angle in stages:
+        work, A = (image, None) if angle == 0 else _turn(image, angle)
+        if kind == "hog":
+            found, best_weak = _hog(work, params)
+            weak += [] if best_weak is None else [best_weak]
+        else:
+            found = _cnn(work, params)
+        dets = [_detection(image, f, angle, A, params) for f in found]
+        big = [d for d in dets if d.interocular >= params.min_interocular_px]
+        if big:
+            return sorted(big, key=lambda d: d.area, reverse=True)
+        small += dets
+    if small:
+        iod = max(d.interocular for d in small)
         raise FaceTooSmallError(
-            f"face too small: inter-ocular distance {iod:.1f} px < {min_interocular_px:.0f} px; "
+            f"face too small: inter-ocular distance {iod:.1f} px < {params.min_interocular_px:.0f} px; "
             "use a larger or closer photo of the face")
-    return sorted(big, key=lambda d: d.area, reverse=True)
+    names = ", ".join(dict.fromkeys("HOG" if k == "hog" and a == 0 else "CNN" if k == "cnn" else "turned HOG"
+                                    for k, a in stages))
+    best = f"; best HOG score {max(weak):.2f} not confirmed by the CNN" if weak and params.cnn_sides else (
+        f"; best HOG score {max(weak):.2f} < hog_sure_score {params.hog_sure_score}" if weak else "")
+    raise NoFaceError(f"no face found in the {W}x{H} image (faces from {params.min_face_px:.0f} px wide "
+                      f"searched with {names}{best})")
+
+
+#: The roll search scales the face's square to this side (pixels; above HOG's 80-px window).
+_ROLL_SEARCH_BOX_PX = 100
+
+
+def _roll_search(photo: np.ndarray, centre: np.ndarray, side: float,
+                 angles: tuple[float, ...]) -> tuple[float, np.ndarray, float] | None:
+    """Turn the face in the square (``side``, ``centre``, photo frame) upright: HOG at any score (down to -1) on a
+    crop about it, turned by 0 and each of ``angles`` (degrees, counter-clockwise); its best-scoring box near
+    the crop's centre. The CNN finds faces rolled by up to ~90 degrees and HOG's own boxes of faces rolled by
+    ~30 degrees sit askew, while the landmark predictor wants an upright box.
+
+    Returns (angle, centre (2,) in the photo frame, side in photo pixels) of that box, or None (no HOG box).
+    """
+    detector, _ = _dlib_models()
+    n = _ROLL_SEARCH_BOX_PX
+    x0, y0 = np.round(centre - 1.5 * side).astype(int)
+    x1, y1 = np.round(centre + 1.5 * side).astype(int)
+    patch = np.asarray(Image.fromarray(photo).crop((x0, y0, x1, y1)).resize((3 * n, 3 * n), Image.Resampling.BILINEAR))
+    f = np.array([3 * n / (x1 - x0), 3 * n / (y1 - y0)])  # photo -> patch: (p - (x0, y0)) * f
+    best = None
+    for angle in (0.0, *angles):
+        turned, A = _turn(patch, angle)
+        mid = A[:, :2] @ np.full(2, 1.5 * n) + A[:, 2]
+        ox, oy = np.round(mid).astype(int) - n
+        rects, scores, _ = detector.run(np.ascontiguousarray(turned[oy:oy + 2 * n, ox:ox + 2 * n]), 0, -1.0)
+        for rect, score in zip(rects, scores):
+            b = _edges(rect, 1.0, 1.0) + np.array([ox, oy, ox, oy])
+            c = (b[:2] + b[2:]) / 2
+            if np.linalg.norm(c - mid) < n / 2 and (best is None or score > best[0]):
+                best = (score, float(angle), ((c - A[:, 2]) @ A[:, :2]) / f + (x0, y0), (b[2] - b[0]) / f[0])
+    return None if best is None else best[1:]
+
+
+def _detection(photo: np.ndarray, found: _Found, angle: float, A: np.ndarray | None,
+               p: DetectConfig) -> Detection:
+    """Landmarks for a box found in the photo turned by ``angle`` (``A``: (2, 3) photo -> turned; None for the
+    photo itself). :func:`_roll_search` picks the angle and square the 68 points are predicted in, except for
+    an upright HOG box it finds upright (then the detector's own box); the points come back into the photo.
+    The returned box is that square in the photo (for a turned one, the square of the same side about its
+    turned-back centre)."""
+    side = found.box[2] - found.box[0]
+    centre = (found.box[:2] + found.box[2:]) / 2
+    if A is not None:
+        centre = (centre - A[:, 2]) @ A[:, :2]  # A's rotation part R: R^-1 = R^T
+    upright = _roll_search(photo, centre, side, p.rotations_deg)
+    keep = upright is None or (A is None and found.detector != "cnn" and upright[0] == 0)
+    if not keep:
+        angle, centre, side = upright
+    if angle == 0:
+        box = found.box if keep else _square(centre, side)
+        pts = _landmarks(photo, box)
+    else:
+        turned, T = _turn(photo, angle)
+        pts = (_landmarks(turned, _square(T[:, :2] @ centre + T[:, 2], side)) - T[:, 2]) @ T[:, :2]
+        box = _square(centre, side)
+    return Detection(box, pts, found.score, found.detector + ("-rotated" if A is not None else ""), angle)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import lsq_linear
+from scipy.spatial.transform import Rotation
 from threadpoolctl import threadpool_limits
 
 from render.camera import Pose
@@ -97,23 +98,13 @@ def fit_pose(points2d: np.ndarray, points3d: np.ndarray, weights: np.ndarray | N
         J[:, 0, 4] = J[:, 1, 5] = 1.0
         Jw = (sw[:, :, None] * J).reshape(-1, 6)
         step = np.linalg.lstsq(Jw, -(sw * r).reshape(-1), rcond=None)[0]
-        R = _rodrigues(step[:3]) @ R
+        R = Rotation.from_rotvec(step[:3]).as_matrix() @ R
         s, b = s + step[3], b + step[4:]
         if np.abs(step[:3]).max() < 1e-10 and abs(step[3]) < 1e-10 * s:
             break
     if s <= 0:
         raise FitError("pose fit diverged to a non-positive scale")
     return Pose(float(s), R, np.array([b[0], -b[1]]))
-
-
-def _rodrigues(omega: np.ndarray) -> np.ndarray:
-    """(3,) rotation vector -> (3, 3) rotation matrix."""
-    theta = float(np.linalg.norm(omega))
-    if theta < 1e-15:
-        return np.eye(3)
-    k = omega / theta
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * K @ K
 
 
 # ---------------------------------------------------------------------------------------------- shape
@@ -198,4 +189,84 @@ def fit_landmarks(model, points2d: np.ndarray, n_iter: int = 5, reg_identity: fl
             y_aug = np.r_[y, np.zeros(K)]
             alpha = np.clip(lsq_linear(A_aug, y_aug, bounds=(lower, upper), method="bvls").x, lower, upper)
             pose = fit_pose(pts, mean + basis @ alpha, w)
+    return alpha.astype(np.float32), pose
+
+
+# ---------------------------------------------------------------------------------------------- MAP fit
+def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | None = None,
+            pose: Pose | None = None, detector: str | None = None) -> tuple[np.ndarray, Pose]:
+    """MAP fit of shape and pose to a detector's 68 points, with the detector's calibrated error.
+
+    Minimises, alternating pose (:func:`fit_pose`) and shape (bounded linear least squares)::
+
+        sum_k || (x_k - proj_k(a)) / (s sigma_k) ||^2 + ||a_id / identity_std||^2
+              + ||(a_exp - expression_mean) / expression_std||^2,        0 <= a_exp <= 1
+
+    where ``proj_k`` puts landmark k where the detector is expected to (:class:`coarse.landmarks.LandmarkModel`:
+    its surface point or silhouette vertex, plus its offset), ``s`` is the pose scale (px/mm) and
+    ``sigma_k`` the detector's scatter in mm (``sigma_mm * sigma_scale``). With weak evidence the prior wins:
+    the mean face and a neutral expression stay.
+
+    Args:
+        model: :class:`morphable.model.FaceModel`.
+        points2d: (68, 2) detected pixel x, y (image frame, y down), Multi-PIE order.
+        landmarks: :class:`coarse.landmarks.LandmarkModel` of the detector.
+        prior: the prior and noise model, the ``fit`` config section (:class:`facesynth.config.FitConfig`):
+            ``identity_std`` (identity ~ N(0, std^2); the model's modes are N(0, 1)); ``expression_mean``,
+            ``expression_std`` (each expression weight ~ N(mean, std^2) cut to [0, 1]: a negative mean is a
+            sparsity (L1) pull towards neutral, as an L1 weight lambda with a Gaussian of std sigma is the
+            Gaussian centred at -lambda sigma^2 on [0, inf)); ``sigma_scale`` (x the calibrated scatter);
+            ``sigma_min_mm`` (its floor); ``contour_weight`` (x the jaw line's weight); ``iterations``
+            (pose/shape alternations).
+        n_identity: fit only the first ``n_identity`` identity modes (the rest stay 0); default all.
+        pose: initial pose (default: fitted to the mean face).
+        detector: which detector found the face (its scatter, :meth:`coarse.landmarks.LandmarkModel.sigma`).
+    Returns:
+        (alpha (K,) float32, identity first; the final Pose).
+    Raises:
+        FitError: wrong shapes, NaN/inf, or a degenerate pose.
+    """
+    pts = np.asarray(points2d, np.float64)
+    if pts.shape != (68, 2) or not np.isfinite(pts).all():
+        raise FitError(f"expected (68, 2) finite landmarks; got shape {pts.shape}")
+    K, n_id = model.n_coeffs, model.n_identity
+    n_fit = n_id if n_identity is None else int(n_identity)
+    if not 0 <= n_fit <= n_id:
+        raise FitError(f"n_identity must lie in [0, {n_id}]; got {n_fit}")
+    sigma = np.maximum(landmarks.sigma(detector) * prior.sigma_scale, prior.sigma_min_mm)
+    w = 1.0 / sigma ** 2
+    w[CONTOUR] *= prior.contour_weight
+    sw = np.sqrt(w)[:, None]
+    keep = w > 0
+    free = np.r_[np.arange(n_fit), np.arange(n_id, K)]
+    n_exp = K - n_id
+    prior_std = np.r_[np.full(n_fit, prior.identity_std), np.full(n_exp, prior.expression_std)]
+    prior_mean = np.r_[np.zeros(n_fit), np.full(n_exp, prior.expression_mean)]
+    lower = np.r_[np.full(n_fit, -np.inf), np.zeros(n_exp)]
+    upper = np.r_[np.full(n_fit, np.inf), np.ones(n_exp)]
+
+    alpha = np.zeros(K)
+    if pose is None:
+        mean, _ = landmarks.vertex_rows(model, alpha, np.eye(3))
+        pose = fit_pose(pts, mean, w)
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(max(1, prior.iterations)):
+            mean, basis = landmarks.vertex_rows(model, alpha, pose.rotation)
+            # the detector's offset, moved from the image to the points: pixels -> corrected pixels
+            target_px = pts - pose.scale * landmarks.offset_mm
+            pose = fit_pose(target_px, mean + basis @ alpha, w)
+            R2 = np.asarray(pose.rotation, np.float64)[:2]
+            b = np.array([pose.translation[0], -pose.translation[1]])
+            u = np.stack([target_px[:, 0], -target_px[:, 1]], axis=1)
+            target = (u - b) / pose.scale - mean @ R2.T  # (68, 2) mm
+            A = np.einsum("ij,njk->nik", R2, basis[:, :, free])
+            A = (sw[:, :, None] * A)[keep].reshape(-1, len(free))
+            y = (sw * target)[keep].reshape(-1)
+            A_aug = np.vstack([A, np.diag(1.0 / prior_std)])
+            y_aug = np.r_[y, prior_mean / prior_std]
+            sol = lsq_linear(A_aug, y_aug, bounds=(lower, upper), method="bvls").x
+            alpha = np.zeros(K)
+            alpha[free] = np.clip(sol, lower, upper)
+        mean, basis = landmarks.vertex_rows(model, alpha, pose.rotation)
+        pose = fit_pose(pts - pose.scale * landmarks.offset_mm, mean + basis @ alpha, w)
     return alpha.astype(np.float32), pose

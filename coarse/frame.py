@@ -51,10 +51,22 @@ def warp_to_frame(image: np.ndarray, fmap: FrameMap, size: int) -> np.ndarray:
     return (out[0] if image.ndim == 2 else np.stack(out, -1)).astype(np.float32)
 
 
-def network_pose(model, rotation: np.ndarray, cfg) -> Pose:
-    """The network frame's pose: the training distribution's mean scale, face centred."""
-    size = cfg.render.image_size
-    return centred_pose(model, rotation, cfg.sampling.pose.scale_mean * size, size)
+@dataclass(frozen=True)
+class NetworkFrame:
+    """The frame the iterative network sees a face in: ``size`` x ``size`` pixels, the face centred at the
+    training distribution's mean scale ``scale_mean`` (pixels per mm per pixel of image size)."""
+
+    size: int
+    scale_mean: float
+
+    @staticmethod
+    def from_config(cfg) -> "NetworkFrame":
+        """The frame of a training config (``render.image_size``, ``sampling.pose.scale_mean``)."""
+        return NetworkFrame(int(cfg.render.image_size), float(cfg.sampling.pose.scale_mean))
+
+    def pose(self, model, rotation: np.ndarray) -> Pose:
+        """The face under ``rotation`` (3, 3), centred in this frame at the mean scale."""
+        return centred_pose(model, rotation, self.scale_mean * self.size, self.size)
 
 
 def sfs_frame_pose(model, verts: np.ndarray, pose_photo: Pose, resolution: int, margin: float = 0.06) -> Pose:

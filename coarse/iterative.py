@@ -15,17 +15,14 @@ from render.renderer import FaceRenderer
 from render.shading import to_gray
 
 from .fit import fit_pose, landmark_weights
-from .frame import frame_map, network_pose, warp_to_frame
+from .frame import NetworkFrame, frame_map, warp_to_frame
 
 #: predict(inputs (B, C + 1, H, W) float32, alpha_t (B, K) float32) -> alpha_{t+1} (B, K) float32
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def torch_predictor(net, device: str = "cpu", image_size: int | None = None) -> Predictor:
-    """Wrap an :class:`coarse.network.IterativeNet` (eval mode, no grad) as a :data:`Predictor`.
-
-    ``image_size``: the network frame it was trained with (``render.image_size`` of its checkpoint), kept as
-    ``predict.image_size`` so that callers render and crop at that size."""
+def torch_predictor(net, device: str = "cpu") -> Predictor:
+    """Wrap an :class:`coarse.network.IterativeNet` (eval mode, no grad) as a :data:`Predictor`."""
     import torch
 
     net = net.to(device).eval()
@@ -36,7 +33,6 @@ def torch_predictor(net, device: str = "cpu", image_size: int | None = None) -> 
         at = torch.from_numpy(np.ascontiguousarray(alpha, np.float32)).to(device)
         return net(xt, at).float().cpu().numpy()
 
-    predict.image_size = image_size
     return predict
 
 
@@ -72,34 +68,34 @@ def iterative_fit(predict: Predictor, image: np.ndarray, pose: Pose, renderer, i
     return out
 
 
-def network_fit(predict, photo: np.ndarray, landmarks: np.ndarray, model, cfg, iterations: int = 3,
-                refit_pose: bool = True) -> tuple[list, Pose]:
+def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, landmarks: np.ndarray, model,
+                render_cfg, iterations: int = 3, refit_pose: bool = True, pose: Pose | None = None
+                ) -> tuple[list, Pose]:
     """The iterative network on one face of a photo, in the network frame.
 
     Args:
-        predict: :data:`coarse.iterative.Predictor` (its ``image_size``, when set, is the network
-            frame it was trained with; else ``cfg.render.image_size``).
+        predict: the network (:data:`Predictor`); frame: the network frame it was trained with.
         photo: (H, W, 3) or (H, W) float in [0, 1], the photo frame.
         landmarks: (68, 2) landmarks in photo pixels (the jaw line is left out of the pose fits).
+        model: the face model; render_cfg: the ``render`` config section (shading constants, backend).
         iterations: network passes; refit_pose: re-fit the pose to the landmarks of each new shape.
+        pose: the face's pose in the photo frame when it is known (evaluation with the true pose: no pose
+            fits); default fitted to the landmarks.
     Returns:
         ([(alpha_t (K,), pose_t in the network frame)] per pass, the final shape's pose in the photo frame).
     """
-    from facesynth.config import override
-
-    if getattr(predict, "image_size", None):  # the network frame is the one it was trained with
-        cfg = override(cfg, "render.image_size", int(predict.image_size))
     w = landmark_weights(0.0)
     lm3d = lambda a: model.landmarks(a).astype(np.float64)  # noqa: E731
-    pose = fit_pose(landmarks, lm3d(np.zeros(model.n_coeffs, np.float32)), w)
-    net_pose = network_pose(model, pose.rotation, cfg)
-    gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, frame_map(pose, net_pose),
-                         cfg.render.image_size)
-    renderer = FaceRenderer.from_config(model, cfg.render, backend="numba")
+    known = pose is not None
+    if not known:
+        pose = fit_pose(landmarks, lm3d(np.zeros(model.n_coeffs, np.float32)), w)
+    net_pose = frame.pose(model, pose.rotation)
+    gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, frame_map(pose, net_pose), frame.size)
+    renderer = FaceRenderer.from_config(model, render_cfg, image_size=frame.size, backend="numba")
 
     def refit(a):
-        p = fit_pose(landmarks, lm3d(a), w)
-        return network_pose(model, p.rotation, cfg)
+        return frame.pose(model, fit_pose(landmarks, lm3d(a), w).rotation)
 
-    steps = iterative_fit(predict, gray, net_pose, renderer, iterations, refit_pose=refit if refit_pose else None)
-    return steps, fit_pose(landmarks, lm3d(steps[-1][0]), w)
+    steps = iterative_fit(predict, gray, net_pose, renderer, iterations,
+                          refit_pose=refit if refit_pose and not known else None)
+    return steps, pose if known else fit_pose(landmarks, lm3d(steps[-1][0]), w)

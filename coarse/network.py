@@ -21,9 +21,14 @@ similar scales. With K = 153 the network has about 3.2 M parameters.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .frame import NetworkFrame
 
 
 class BasicBlock(nn.Module):
@@ -113,3 +118,47 @@ class IterativeNet(nn.Module):
 def count_parameters(net: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------- weights
+#: The checkpoint format of ``train iterative`` (and of the shipped ``data/iterative_weights.pt``).
+FORMAT = "facesynth-iterative/1"
+
+
+@dataclass(frozen=True)
+class IterativeWeights:
+    """A trained iterative network and what inference needs to feed it as it was trained.
+
+    net: the :class:`IterativeNet`, eval mode, on the device it was loaded to; frame: the network frame of
+    its training data (:class:`coarse.frame.NetworkFrame`); color_input: colour (True) or gray image input;
+    config: its training config (:class:`facesynth.config.Config`); step: training steps taken;
+    path: the file; provenance: what the file says of how it was made ({} for a raw checkpoint).
+    """
+
+    net: IterativeNet
+    frame: NetworkFrame
+    color_input: bool
+    config: object
+    step: int
+    path: str
+    provenance: dict
+
+    def predictor(self, device: str = "cpu"):
+        """The network as a numpy :data:`coarse.iterative.Predictor` on ``device``."""
+        from .iterative import torch_predictor
+
+        return torch_predictor(self.net, device)
+
+
+def load_iterative(path: str | Path, device: str = "cpu") -> IterativeWeights:
+    """Load a ``train iterative`` checkpoint or exported weights file (:class:`facesynth.checkpoint.CheckpointError`
+    when it is not one), built from the config saved in it."""
+    from facesynth.checkpoint import read_checkpoint
+    from facesynth.config import config_from_dict
+
+    ckpt = read_checkpoint(path, FORMAT, "iterative-network", map_location=device)
+    cfg = config_from_dict(ckpt["config"])
+    net = IterativeNet.from_config(cfg)
+    net.load_state_dict(ckpt["model"])
+    return IterativeWeights(net.to(device).eval(), NetworkFrame.from_config(cfg), bool(cfg.datagen.color_input),
+                            cfg, int(ckpt.get("step", 0)), str(path), dict(ckpt.get("provenance", {})))

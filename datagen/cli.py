@@ -8,7 +8,7 @@ import click
 from facesynth.cli_util import config_option, load_cfg, user_errors
 from facesynth.cli_util import yaml_default as _d
 
-from .generate import DatagenError
+from .generate import MAX_WORKERS_PER_CORE, DatagenError
 
 @click.group(help="Synthetic faces for training: render shards, look at them, check them.")
 def main():
@@ -19,7 +19,8 @@ def main():
 @config_option
 @click.option("--n", type=int, default=None, help="number of samples" + _d("datagen.n"))
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="output folder" + _d("datagen.out"))
-@click.option("--workers", type=int, default=None, help="processes, 0 = one per core" + _d("datagen.workers"))
+@click.option("--workers", type=int, default=None,
+              help=f"processes, 0 = one per core (at most {MAX_WORKERS_PER_CORE} per core)" + _d("datagen.workers"))
 @click.option("--seed", type=int, default=None, help="dataset seed" + _d("datagen.seed"))
 @click.option("--shard-size", type=int, default=None, help="samples per shard" + _d("datagen.shard_size"))
 @click.option("--image-size", type=int, default=None, help="image side in pixels" + _d("render.image_size"))

@@ -27,12 +27,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .shards import count_records, encode_sample, shard_name, write_shard
+from facesynth.io import TMP_MARK, write_json
 
-FORMAT = "facesynth-datagen/1"
+from .shards import ENCODERS, count_records, encode_sample, shard_name, write_shard
+
+#: Shard format. 2: PNGs written by :func:`datagen.shards._png` (Up filter, zlib RLE), geometry from the
+#: 16-bit basis (:meth:`morphable.model.FaceModel.draw_vertices`): same keys and meanings as 1, other bytes.
+FORMAT = "facesynth-datagen/2"
 #: Config sections that change the bytes of a sample (datagen's out, n and workers do not).
 _DATA_SECTIONS = ("model", "sampling", "render", "datagen")
 _NOT_DATA_KEYS = ("out", "n", "workers", "seed")  # the seed is checked on its own
+
+
+#: More worker processes than this many per core only add memory and contention: such a number is a typo.
+MAX_WORKERS_PER_CORE = 8
+MIN_IMAGE_SIZE = 16  # pixels: below this a face is a few pixels
 
 
 class DatagenError(RuntimeError):
@@ -85,12 +94,6 @@ def resolved_backend(cfg) -> str:
     from render.raster import resolve_backend
 
     return resolve_backend(cfg.render.backend, cfg.render.gl_platform)
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def read_manifests(out: Path) -> list[dict]:
@@ -166,8 +169,18 @@ def render_dataset(cfg, plan: RenderPlan, workers: int = 0, progress: bool = Tru
         raise DatagenError(f"--n must be positive, got {plan.n}")
     if plan.shard_size <= 0:
         raise DatagenError(f"--shard-size must be positive, got {plan.shard_size}")
+    if plan.seed < 0:
+        raise DatagenError(f"--seed must be >= 0, got {plan.seed}")
+    if cfg.render.image_size < MIN_IMAGE_SIZE:
+        raise DatagenError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {cfg.render.image_size}")
+    if plan.num_nodes < 1:
+        raise DatagenError(f"--num-nodes must be at least 1, got {plan.num_nodes}")
     if not 0 <= plan.node_rank < plan.num_nodes:
         raise DatagenError(f"--node-rank must lie in [0, {plan.num_nodes}), got {plan.node_rank}")
+    cores = os.cpu_count() or 1
+    if not 0 <= workers <= MAX_WORKERS_PER_CORE * cores:
+        raise DatagenError(f"--workers must lie in [0, {MAX_WORKERS_PER_CORE * cores}] (0: one per core, "
+                           f"{cores} cores here), got {workers}")
     backend = resolved_backend(cfg)
     dcfg = data_config(cfg, backend)
     chash = config_hash(dcfg)
@@ -184,7 +197,7 @@ def render_dataset(cfg, plan: RenderPlan, workers: int = 0, progress: bool = Tru
     mine = plan.my_shards()
     # Stale temporary files of this node's shards come from a killed run: nobody else makes these shards.
     for j in mine:
-        for tmp in out.glob(shard_name(j) + ".tmp-*"):
+        for tmp in out.glob(shard_name(j) + TMP_MARK + "*"):
             tmp.unlink(missing_ok=True)
 
     previous = {}
@@ -205,6 +218,7 @@ def render_dataset(cfg, plan: RenderPlan, workers: int = 0, progress: bool = Tru
 
     manifest = {
         "format": FORMAT,
+        "encoders": ENCODERS,
         "config": cfg.to_dict(),
         "data_config": dcfg,
         "config_hash": chash,
@@ -221,11 +235,10 @@ def render_dataset(cfg, plan: RenderPlan, workers: int = 0, progress: bool = Tru
     def save_manifest():
         manifest["samples_done"] = sum(s["samples"] for s in manifest["shards"].values())
         manifest["complete"] = len(manifest["shards"]) == len(mine)
-        _write_json_atomic(plan.manifest_path, manifest)
+        write_json(plan.manifest_path, manifest, indent=1, sort_keys=True)
 
     total = sum(len(plan.shard_range(j)) for j in todo)
-    workers = workers or os.cpu_count() or 1
-    tmp_suffix = f".tmp-{socket.gethostname()}-{os.getpid()}"
+    workers = workers or cores
     bar = tqdm(total=total, unit="sample", desc=f"datagen node {plan.node_rank}/{plan.num_nodes}",
                disable=not progress, smoothing=0.05)
     pool = None
@@ -244,7 +257,7 @@ def render_dataset(cfg, plan: RenderPlan, workers: int = 0, progress: bool = Tru
                 got = next(results)
                 records.extend(got)
                 bar.update(len(got))
-            size = write_shard(out / shard_name(j), records, tmp_suffix)
+            size = write_shard(out / shard_name(j), records)
             manifest["shards"][shard_name(j)] = {"samples": len(records), "bytes": size}
             save_manifest()
     except OSError as e:
@@ -291,5 +304,5 @@ def merge_manifests(out: Path) -> dict:
             + (f" (first: {missing[0]})" if missing else ""))
     merged = dict(first, node_rank=0, num_nodes=1, shards=shards, complete=True,
                   samples_done=sum(s["samples"] for s in shards.values()), merged_from=first["num_nodes"])
-    _write_json_atomic(out / "manifest.json", merged)
+    write_json(out / "manifest.json", merged, indent=1, sort_keys=True)
     return merged

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
+from facesynth.io import atomic_path, save_png
+
 from .loader import iter_records
-from .sheet import contact_sheet, save_png
+from .sheet import contact_sheet
 
 
 def preview_sheet(data_dir: Path, out: Path, n: int = 16) -> Path:
@@ -68,7 +70,8 @@ def dataset_stats(data_dir: Path, png: Path, limit: int | None = None) -> dict:
     fig.suptitle(f"{data_dir} ({summary['samples']} samples)")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=80)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     summary["png"] = str(png)
     return summary

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from render.shading import shading_image
+
 from .scene import SceneParams, draw_scene
 
 
@@ -42,15 +44,19 @@ class Sample:
 def make_sample(seed: int, index: int, model, cfg, renderer) -> Sample:
     """Generate sample ``index`` of the dataset ``seed`` (deterministic in (seed, index) alone)."""
     scene = draw_scene(seed, index, model, cfg)
-    # Both geometries in one product: the (3V, K) basis is read from memory once.
-    verts_gt, verts_t = model.vertices(np.stack([scene.alpha_gt, scene.alpha_t]))
+    # Both geometries in one product: the 16-bit basis is read from memory once.
+    verts_gt, verts_t = model.draw_vertices(np.stack([scene.alpha_gt, scene.alpha_t]))
     detail = scene.detail
     face = renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light,
                                 scene.background, verts=verts_gt,
                                 displacement_uv=None if detail is None else detail.displacement)
-    shading, mask = renderer.render_shading(scene.alpha_t, scene.pose, verts=verts_t)
+    if detail is None and np.array_equal(verts_t, verts_gt):  # u = 0: one set of fragments serves both
+        mask = face.mask
+        shading = shading_image(face.normals, mask, renderer.shading_ambient, renderer.shading_diffuse)
+    else:
+        shading, mask = renderer.render_shading(scene.alpha_t, scene.pose, verts=verts_t)
     src = face.rgb if cfg.datagen.color_input else face.gray
-    image = np.where(mask[..., None] if src.ndim == 3 else mask, src, 0.0).astype(np.float32)
+    image = src * (mask[..., None] if src.ndim == 3 else mask)
     wrinkles = None
     if detail is not None:
         uv = renderer.face_uv(face.fragments)

@@ -4,9 +4,6 @@ Images are float arrays in [0, 1] ((H, W) gray or (H, W, 3) display RGB); a shee
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
 
@@ -69,19 +66,3 @@ def contact_sheet(tiles: list[np.ndarray], cols: int, pad: int = 2, labels: list
         y, x = pad + r * (h + pad), pad + c * (w + pad)
         sheet[y:y + t.shape[0], x:x + t.shape[1]] = t
     return sheet
-
-
-def save_png(path: str | Path, img: np.ndarray) -> Path:
-    """Write ``img`` ((H, W) or (H, W, 3), uint8 or float in [0, 1]) as a PNG, through a temporary name
-    in the same folder and a rename (readers never see a partial file)."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.asarray(img)
-    if arr.dtype != np.uint8:
-        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path

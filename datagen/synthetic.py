@@ -8,8 +8,6 @@
   photo), yaw spread 15 degrees;
 - :class:`DetailFace`: one face's parameters and detail ground truth, drawn on the fly (:func:`draw_face`)
   or read from shards made with ``datagen.detail`` (:func:`shard_face`); :func:`detail_faces` yields either;
-- :func:`coarse_alpha`: the coarse start the pipeline would have: the true smooth face, the landmark fit of
-  noisy landmarks, or the iterative network;
 - :func:`render_scene`: the truth (detailed), the same face without detail, and the coarse start rendered as
   the pipeline renders it (flat albedo, frontal light), with the face mask.
 
@@ -107,39 +105,6 @@ def detail_faces(cfg, model, size: int, data_dir=None, n: int = 20, seed: int = 
         yield shard_face(rec, model, size, data_dir)
 
 
-def noisy_landmarks(truth: FaceRender, noise_px: float, rng: np.random.Generator) -> np.ndarray:
-    """(68, 2) the true projected landmarks plus Gaussian noise of ``noise_px`` pixels (a detector's error)."""
-    return truth.landmarks + rng.normal(0, noise_px, (68, 2))
-
-
-def coarse_alpha(face: DetailFace, truth: FaceRender, model, cfg, coarse: str, rng: np.random.Generator,
-                 predict=None, iterations: int | None = None) -> np.ndarray:
-    """(K,) coefficients of the coarse start.
-
-    coarse: ``"true"`` (the true smooth face: measures what comes after alone), ``"landmarks"`` (the
-    landmark fit of landmarks with ``evaluate.landmark_noise_px`` noise, jaw line included: synthetic
-    landmarks do come from the jaw vertices) or ``"network"`` (the iterative network ``predict``, run as
-    :func:`coarse.iterative.network_fit` runs it on a photo, the truth render being the photo;
-    ``iterations`` passes, default ``refine.iterations``).
-    """
-    if coarse == "true":
-        return face.alpha_gt
-    lm = noisy_landmarks(truth, cfg.evaluate.landmark_noise_px, rng)
-    if coarse == "landmarks":
-        from coarse.fit import fit_landmarks
-
-        return fit_landmarks(model, lm, contour_weight=1.0)[0]
-    if coarse == "network":
-        if predict is None:
-            raise ValueError("coarse 'network' needs a predictor")
-        from coarse.iterative import network_fit
-
-        steps, _ = network_fit(predict, truth.rgb, lm, model, cfg, iterations or cfg.refine.iterations,
-                               cfg.refine.refit_pose)
-        return steps[-1][0]
-    raise ValueError(f"coarse must be 'true', 'landmarks' or 'network'; got {coarse!r}")
-
-
 @dataclass(frozen=True)
 class DetailScene:
     """One synthetic face rendered in its (H, W) frame.
@@ -170,12 +135,12 @@ class DetailScene:
         return np.where(self.mask, self.truth.depth - self.smooth.depth, 0.0).astype(np.float32)
 
 
-def render_scene(face: DetailFace, model, renderer, coarse: str = "landmarks", rng=None, cfg=None, predict=None,
-                 smooth: bool = False) -> DetailScene:
-    """Render ``face`` (truth, optionally the smooth face, and the coarse start from :func:`coarse_alpha`).
+def render_scene(face: DetailFace, model, renderer, start=None, rng=None, smooth: bool = False) -> DetailScene:
+    """Render ``face``: the truth, optionally the smooth face, and the coarse start.
 
-    ``rng`` draws the landmark noise (default ``numpy.random.default_rng(face.index)``); ``cfg`` is needed for
-    ``coarse`` other than ``"true"``.
+    ``start(face, truth, rng) -> alpha (K,)`` gives the coarse start from the truth render (e.g.
+    :func:`coarse.stage.synthetic_start`); None: the true smooth face. ``rng`` is passed to it (default
+    ``numpy.random.default_rng(face.index)``).
     """
     rng = np.random.default_rng(face.index) if rng is None else rng
     verts_gt = model.vertices(face.alpha_gt)
@@ -183,7 +148,7 @@ def render_scene(face: DetailFace, model, renderer, coarse: str = "landmarks", r
                                  verts=verts_gt, displacement_uv=face.displacement_uv)
     smooth_r = (renderer.render_face(face.alpha_gt, face.pose, face.albedo, face.light, face.background,
                                      verts=verts_gt) if smooth else None)
-    alpha_c = coarse_alpha(face, truth, model, cfg, coarse, rng, predict)
+    alpha_c = face.alpha_gt if start is None else start(face, truth, rng)
     flat = face.albedo.copy()
     region = model.regions["face"]
     flat[region] = np.median(face.albedo[region], axis=0)

@@ -18,8 +18,9 @@ OUT = ROOT / "docs" / "random_faces.png"
 def main(out: str | Path = OUT, seed: int = 0, n: int = 32, cols: int = 8, model_path: str | None = None) -> Path:
     """Render faces 0..n-1 of the dataset ``seed`` and write their contact sheet to ``out``."""
     from datagen.scene import draw_scene
-    from datagen.sheet import contact_sheet, save_png
+    from datagen.sheet import contact_sheet
     from facesynth.config import load_config
+    from facesynth.io import save_png
     from morphable.model import load_model
     from render.renderer import FaceRenderer
 

@@ -8,8 +8,6 @@ one-line message naming the key.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass
@@ -17,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from reconstruct.sfs import SfSParams  # the SfS energy's settings are the dataclass of its module
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "pipeline.yaml"
@@ -156,22 +152,84 @@ class TrainConfig(RunConfig):
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """``train evaluate``: network passes, landmark source and noise, error maps, and the online test faces
+    (photo-like renders: ``image_size`` pixels, yaw ~ N(0, ``yaw_std_deg``) cut at ``max_yaw_deg``)."""
+
     iterations: int
     landmark_noise_px: float
     error_maps: int
     n: int
+    landmarks: str
+    image_size: int
+    yaw_std_deg: float
+    max_yaw_deg: float
+
+
+@dataclass(frozen=True)
+class SfSConfig:
+    """Weights and solver settings of :func:`reconstruct.sfs.sfs_refine` (its module docstring has the energy;
+    pixel units: depth / pixel_mm; intensities in [0, 1]).
+
+    shading_weight: w_s of the shading term.
+    fidelity_weight: lambda inside the mask (per pixel, per pixel-unit^2 of depth change).
+    anchor_weight: lambda outside the mask.
+    smooth_weight: w_l of the Laplacian of the displacement.
+    iterations: Gauss-Newton steps per round.
+    rounds: rounds of (lighting and albedo from the current normals, then Gauss-Newton steps).
+    light_iterations: alternations of SH fit and albedo per round.
+    albedo_smooth, albedo_sigma, albedo_slope_sigma: the albedo smoothing.
+    solver: ``cg`` (Jacobi-preconditioned conjugate gradients) or ``direct`` (sparse LU).
+    cg_rtol, cg_maxiter: CG stopping rule per Gauss-Newton step.
+    margin: pixels kept around the mask's bounding box; the solve runs on that crop, the rest of the image
+        is anchored anyway and returned unchanged.
+    chroma_edge: colour images only: pixels where the chromaticity gradient exceeds this (per pixel) are
+        albedo edges and get no shading term (they keep the coarse shape); 0 switches it off.
+    residual_lowpass_mm: Gaussian sigma (mm) of the low-pass of the shading residual that is removed from the
+        target each round (model error, not shape); 0 switches it off.
+    """
+
+    shading_weight: float
+    fidelity_weight: float
+    anchor_weight: float
+    smooth_weight: float
+    iterations: int
+    rounds: int
+    light_iterations: int
+    albedo_smooth: float
+    albedo_sigma: float
+    albedo_slope_sigma: float
+    solver: str
+    cg_rtol: float
+    cg_maxiter: int
+    margin: int
+    chroma_edge: float
+    residual_lowpass_mm: float
+
+    def __post_init__(self):
+        for name in ("shading_weight", "fidelity_weight", "anchor_weight", "smooth_weight", "albedo_smooth",
+                     "residual_lowpass_mm"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        for name in ("albedo_sigma", "albedo_slope_sigma", "cg_rtol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)}")
+        for name, low in (("iterations", 0), ("rounds", 1), ("light_iterations", 1), ("cg_maxiter", 1), ("margin", 1)):
+            if int(getattr(self, name)) < low:
+                raise ValueError(f"{name} must be an integer >= {low}; got {getattr(self, name)}")
+        if self.solver not in ("cg", "direct"):
+            raise ValueError(f"solver must be 'cg' or 'direct'; got {self.solver!r}")
 
 
 @dataclass(frozen=True)
 class RefineConfig:
     """``refine sfs``: weights of the iterative network (the landmark fit when the file is absent), SfS
-    working resolution, network passes, and the SfS energy (:class:`reconstruct.sfs.SfSParams`)."""
+    working resolution, network passes, and the SfS energy."""
 
     weights: str
     resolution: int
     iterations: int
     refit_pose: bool
-    sfs: "SfSParams"
+    sfs: SfSConfig
 
 
 @dataclass(frozen=True)
@@ -202,6 +260,86 @@ class DetailConfig(RunConfig):
 
 
 @dataclass(frozen=True)
+class ScanEvalConfig:
+    """``refine evaluate-scan`` (:mod:`reconstruct.scan_eval`): renders of a textured scan and the NoW-style
+    score of each stage. ``views`` renders of ``image_size`` pixels (rendered ``supersample`` times larger
+    and averaged down), drawn from ``seed``: yaw evenly over +-``yaw_max_deg``, pitch and roll uniform in
+    +-their maxima; ``cameras`` are [35 mm-equivalent focal length mm, nearest, farthest distance mm], used
+    in turn; a directional light within ``light_max_angle_deg`` of the camera axis of intensity in
+    ``light_intensity`` [min, max] (pyrender units) plus ``ambient`` [min, max]; ``background`` kinds of
+    :mod:`render.background`. Scoring: scan points within ``crop_radius_mm`` of the nose tip,
+    ``icp_iterations`` ICP rounds on ``icp_points`` of them. ``out``: the default output folder."""
+
+    out: str
+    views: int
+    image_size: int
+    supersample: int
+    seed: int
+    yaw_max_deg: float
+    pitch_max_deg: float
+    roll_max_deg: float
+    cameras: tuple[tuple[float, ...], ...]
+    light_max_angle_deg: float
+    light_intensity: tuple[float, ...]
+    ambient: tuple[float, ...]
+    background: tuple[str, ...]
+    crop_radius_mm: float
+    icp_iterations: int
+    icp_points: int
+
+    def __post_init__(self):
+        if self.views < 1 or self.image_size < 16 or self.supersample < 1 or self.icp_points < 3:
+            raise ValueError("views and supersample must be >= 1, image_size >= 16, icp_points >= 3")
+        if not self.cameras or any(len(c) != 3 or not 0 < c[1] <= c[2] or c[0] <= 0 for c in self.cameras):
+            raise ValueError("cameras must be a non-empty list of [focal_mm > 0, near_mm > 0, far_mm >= near_mm]")
+        for name in ("light_intensity", "ambient"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
+                raise ValueError(f"{name} must be [min, max] with 0 <= min <= max")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Face detection of a photo (:func:`coarse.detect.detect_faces` runs the cascade; its ``Detection`` says what
+    each score means). ``min_face_px``: the smallest face searched (detector box side, photo pixels);
+    ``max_search_side``: the longer side of HOG's scaled copy at most this (pixels); ``hog_min_score``: HOG's
+    threshold; ``hog_sure_score``: weaker HOG boxes need the CNN's confirmation; ``cnn_sides``: longer sides
+    (pixels) of the copies the CNN scans in turn, [] switches the CNN off; ``cnn_min_score``: the CNN's
+    threshold; ``rotations_deg``: angles the photo is turned by when nothing upright is found, [] for none;
+    ``min_interocular_px``: smaller faces are refused as too small."""
+
+    min_face_px: float
+    max_search_side: int
+    hog_min_score: float
+    hog_sure_score: float
+    cnn_sides: tuple[int, ...]
+    cnn_min_score: float
+    rotations_deg: tuple[float, ...]
+    min_interocular_px: float
+
+    def __post_init__(self):
+        if not self.min_face_px > 0 or self.max_search_side < 64 or any(s < 64 for s in self.cnn_sides):
+            raise ValueError("min_face_px must be > 0, max_search_side and every cnn_sides entry >= 64")
+        if not self.hog_sure_score >= self.hog_min_score:
+            raise ValueError(f"hog_sure_score must be >= hog_min_score; got {self.hog_sure_score} < {self.hog_min_score}")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The coarse landmark fit (:func:`coarse.fit.fit_map`): the detector's calibrated landmarks and the prior
+    (:func:`coarse.fit.fit_map` explains each value)."""
+
+    landmarks: str
+    identity_std: float
+    expression_mean: float
+    expression_std: float
+    sigma_scale: float
+    sigma_min_mm: float
+    contour_weight: float
+    iterations: int
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig
     sampling: SamplingConfig
@@ -209,17 +347,14 @@ class Config:
     datagen: DatagenConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    detect: DetectConfig
+    fit: FitConfig
     refine: RefineConfig
     detail: DetailConfig
+    scan_eval: ScanEvalConfig
 
     def to_dict(self) -> dict:
         return _to_plain(self)
-
-    def hash(self, sections: tuple[str, ...] | None = None) -> str:
-        d = self.to_dict()
-        if sections is not None:
-            d = {k: d[k] for k in sections}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolve_path(self, p: str) -> Path:
         """Paths in the config are relative to the repository root unless absolute."""
@@ -290,7 +425,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ValueError as e:  # a dataclass that checks its own values (e.g. SfSParams)
+    except ValueError as e:  # a dataclass that checks its own values (e.g. SfSConfig)
         raise ConfigError(f"config section '{prefix.rstrip('.') or 'root'}': {e}") from None
 
 

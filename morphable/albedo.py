@@ -6,50 +6,18 @@ hand-built generative model of skin; :func:`fit_albedo_pca` turns N such draws i
 colours are display RGB in [0, 1] (Phong is applied to them directly, no gamma), one per face-area vertex
 (``model.regions['face']``, Vf = 9409); the layout uses the mean shape (mm, y up, face along +z).
 
-The generative skin model (one draw = one face; all randomness from one ``numpy.random.Generator``)
--------------------------------------------------------------------------------------------------
-1. **Chromophores.** Skin colour is ``rgb = BASE * exp(-(M eps_m + H' eps_h + C eps_c))`` per vertex, a
-   Beer-Lambert layer model with absorption spectra sampled at R, G, B: melanin ``M`` (absorbs most in
-   blue, least in red: light to very dark, brown hue), haemoglobin ``H`` (absorbs green and blue:
-   redness) and a small carotene term ``C`` (absorbs blue: yellowness). Epidermal melanin shields the
-   blood below it: ``H' = H / (1 + MELANIN_SHIELD m)`` with ``m`` the face's melanin, so redness shows
-   less on dark skin.
-2. **Skin tone, evenly over Fitzpatrick I..VI.** A continuous type ``f ~ U[0, 6)`` per face (type k is
-   ``f`` in [k, k + 1)) maps piecewise linearly through :data:`FITZPATRICK_MELANIN` to the face's melanin
-   (times a 6 % log-normal jitter), so each type gets 1/6 of the faces; the anchors make the luma of
-   plain skin fall evenly from 0.78 (~ (0.91, 0.73, 0.68)) to 0.20 (~ (0.29, 0.17, 0.12)).
-   Haemoglobin (U[0.15, 0.38]) and carotene (U[0, 0.35]) are drawn independently.
-3. **Regions** (per-vertex weights in [0, 1] on the mean shape, :class:`SkinLayout`, from the 68
-   landmarks; frontal x-y projection, gated to the front surface by depth; blobs by 3D distance):
-   lips (inside the outer lip contour 48-59, ~2.5 mm smooth edge): extra haemoglobin U[0.7, 1.6] and
-   a melanin factor U[0.85, 1.35]; eyelids (around the eye contours 36-41 / 42-47, Gaussian falloff
-   4 mm below, 9 mm above the eye): darker (periorbital melanin, up to +45 %) and pinker; cheeks (3D
-   Gaussian, 14 mm, below the outer eye corners), nose tip and alae, ears: extra haemoglobin of a
-   per-face strength; eyebrows: a band around a line 3 mm under the brow landmarks 17-26, rounded and a
-   little sparse at the head, 9 mm thick at the arch, tapering to the tail, blended over the skin as hair
-   of a per-face colour (black .. blond, some red or greying; darker skin gets darker hair) at density
-   U[0.45, 0.9]; beard / stubble on a fraction :data:`BEARD_PROB` of faces: upper lip, chin, jaw and
-   lower cheeks under a line from the nose base over the cheeks to the sideburns, lips excluded, soft
-   edges, hair colour at coverage U[0.08, 0.35] (a stubble shadow).
-4. **Blotches and freckles.** Melanin (relative, 3..12 % and 0..7 %) and haemoglobin (absolute) are
-   modulated by smooth random fields on the 3D vertex positions (random Fourier features of Gaussian
-   kernels of length 35 mm and 12 mm), which also vary the cheek redness, brow and beard density.
-   Freckles on 45 % of the faces of types I-II and 12 % of the others: 60..250 Gaussian spots (0.8..1.6
-   mm) of extra melanin centred on random vertices of the nose, upper cheeks and forehead.
+The generative skin model (:func:`sample_skin`; one draw = one face; all randomness from one
+``numpy.random.Generator``): Beer-Lambert chromophores, ``rgb = BASE * exp(-(M eps_m + H' eps_h + C eps_c))``
+per vertex (melanin, haemoglobin shielded by the melanin above it, carotene); a skin tone drawn evenly over
+Fitzpatrick types I..VI (:data:`FITZPATRICK_MELANIN`); regions on the mean shape (:class:`SkinLayout`: lips,
+eyelids, cheeks, nose, ears, eyebrows, beard); smooth random blotches and freckles.
 
 PCA (:func:`fit_albedo_pca`): the N draws (N, 3 Vf) are centred and decomposed through the eigen-
 decomposition of their N x N Gram matrix (the thin SVD ``X = U S V^T``; N << 3 Vf); the basis keeps the
 Ka leading columns ``V_k s_k / sqrt(N - 1)``, so ``a ~ N(0, I)`` reproduces the sample covariance on the
-kept components. The committed model (``python -m morphable.convert``) keeps :data:`N_COMPONENTS` = 60
-of :data:`N_SAMPLES` = 2000 draws: 99.56 % of the total variance (the first component, the skin tone,
-alone has 95 %) and ~ 92 % of the variance left once each face's mean colour is removed (lips, brows,
-eyelids, redness, beard); the fine freckles spread over many small components and mostly do not
-survive. Being linear and Gaussian, the model reproduces the draws' mean and covariance, not their
-non-Gaussian shape: the tone is Gaussian rather than uniform (of plain-skin luma, 5-95 % quantiles 0.22
-.. 0.78; about 12 % of the faces lighter than the generative type I/II boundary and 11 % darker than
-its V/VI boundary, ~ 5 % on each side beyond the generative extremes, 1 % darker than luma 0.11, near
-black), and hue, redness and beard vary independently of the tone (occasional olive or greyish tones,
-a slightly lighter jaw for "negative stubble").
+kept components.
+
+Each step of the skin model, its constants and what the committed PCA keeps: ``docs/tuning.md``.
 """
 from __future__ import annotations
 

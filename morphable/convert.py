@@ -32,6 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from facesynth.io import atomic_path
+
+from .obj import ObjError, read_obj_topology, read_obj_vertices
+
 #: ICT vertex ranges (inclusive start, exclusive end) that the converted model keeps, in order.
 KEPT_RANGES: dict[str, tuple[int, int]] = {
     "face": (0, 9409),
@@ -58,44 +62,12 @@ class ConversionError(ValueError):
     """The ICT folder is missing a file or a file does not match the neutral mesh."""
 
 
-def read_obj_vertices(path: Path) -> np.ndarray:
-    """Read the ``v`` lines of an OBJ file.
-
-    Returns:
-        (V, 3) float64 positions in the file's units.
-    """
-    with open(path, "rb") as f:
-        lines = [ln[2:] for ln in f.read().split(b"\n") if ln.startswith(b"v ")]
-    if not lines:
-        raise ConversionError(f"{path}: no vertices")
-    return np.array(b" ".join(lines).split(), dtype=np.float64).reshape(-1, 3)
-
-
-def read_obj_topology(path: Path, with_polygon: bool = False):
-    """Read the polygons of an OBJ and split them into triangles (fan split, 0-based indices).
-
-    Returns:
-        tris: (F, 3) int64 vertex indices; tri_uv: (F, 3) int64 indices into ``uv``; uv: (T, 2) float64.
-        A quad ``a b c d`` becomes ``a b c`` and ``a c d`` (so triangle 2i, 2i+1 come from one quad).
-        With ``with_polygon``, also (F,) int64: the polygon each triangle comes from.
-    """
-    uv, tris, tri_uv, tri_poly = [], [], [], []
-    n_poly = 0
-    with open(path, "r") as f:
-        for line in f:
-            if line.startswith("vt "):
-                uv.append([float(x) for x in line.split()[1:3]])
-            elif line.startswith("f "):
-                corners = [c.split("/") for c in line.split()[1:]]
-                vi = [int(c[0]) - 1 for c in corners]
-                ti = [int(c[1]) - 1 if len(c) > 1 and c[1] else -1 for c in corners]
-                for k in range(1, len(vi) - 1):
-                    tris.append([vi[0], vi[k], vi[k + 1]])
-                    tri_uv.append([ti[0], ti[k], ti[k + 1]])
-                    tri_poly.append(n_poly)
-                n_poly += 1
-    out = (np.array(tris, np.int64), np.array(tri_uv, np.int64), np.array(uv, np.float64))
-    return out + (np.array(tri_poly, np.int64),) if with_polygon else out
+def _vertices(path: Path) -> np.ndarray:
+    """(V, 3) positions of an ICT OBJ (cm); a file without vertices is a :class:`ConversionError`."""
+    try:
+        return read_obj_vertices(path)
+    except ObjError as e:
+        raise ConversionError(str(e)) from None
 
 
 def convert(ict_dir: str | Path, out_path: str | Path, albedo_samples: int | None = None,
@@ -121,7 +93,7 @@ def convert(ict_dir: str | Path, out_path: str | Path, albedo_samples: int | Non
     expressions = json.loads(index_path.read_text())["expressions"]
     expressions = [e for e in expressions if not e.startswith("PupilDilate")]
 
-    neutral = read_obj_vertices(neutral_path)
+    neutral = _vertices(neutral_path)
     tris_all, tri_uv_all, uv, tri_poly = read_obj_topology(neutral_path, with_polygon=True)
 
     keep = np.concatenate([np.arange(a, b) for a, b in KEPT_RANGES.values()])
@@ -135,7 +107,7 @@ def convert(ict_dir: str | Path, out_path: str | Path, albedo_samples: int | Non
     tri_uv = tri_uv_all[tri_keep]
 
     def mode(name: str) -> np.ndarray:
-        v = read_obj_vertices(ict_dir / f"{name}.obj")
+        v = _vertices(ict_dir / f"{name}.obj")
         if v.shape != neutral.shape:
             raise ConversionError(f"{name}.obj has {len(v)} vertices, the neutral mesh {len(neutral)}")
         return (v - neutral)[keep] * CM_TO_MM
@@ -158,28 +130,27 @@ def convert(ict_dir: str | Path, out_path: str | Path, albedo_samples: int | Non
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["source"] = "ICT-FaceKit light (MIT), FaceXModel"
-        f.attrs["units"] = "mm"
-        f.attrs["frame"] = "y up, face looking along +z"
-        f.attrs["coefficient_order"] = "100 identity modes, then 53 expression blendshapes (expression_names)"
-        comp = dict(compression="gzip", compression_opts=9, shuffle=True)
-        f.create_dataset("mean", data=(neutral[keep] * CM_TO_MM).astype(np.float32), **comp)
-        # (V, 3, K): identity modes first, then expressions.
-        f.create_dataset("basis", data=basis.astype(np.float32), chunks=(min(1024, len(keep)), 3, 1), **comp)
-        f.create_dataset("triangles", data=tris.astype(np.int32), **comp)
-        f.create_dataset("tri_uv", data=tri_uv.astype(np.int32), **comp)
-        f.create_dataset("uv", data=uv.astype(np.float32), **comp)
-        f.create_dataset("landmarks68", data=np.array(MULTIPIE_68, np.int32))
-        f.create_dataset("ict_vertex_index", data=keep.astype(np.int32), **comp)
-        f.create_dataset("expression_names", data=np.array(expressions, dtype="S"))
-        f.create_dataset("identity_names", data=np.array(names[:N_IDENTITY], dtype="S"))
-        g = f.create_group("regions")
-        for name, idx in regions.items():
-            g.create_dataset(name, data=idx.astype(np.int32))
-    _add_albedo(tmp, albedo_samples, albedo_components, albedo_seed)
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["source"] = "ICT-FaceKit light (MIT), FaceXModel"
+            f.attrs["units"] = "mm"
+            f.attrs["frame"] = "y up, face looking along +z"
+            f.attrs["coefficient_order"] = "100 identity modes, then 53 expression blendshapes (expression_names)"
+            comp = dict(compression="gzip", compression_opts=9, shuffle=True)
+            f.create_dataset("mean", data=(neutral[keep] * CM_TO_MM).astype(np.float32), **comp)
+            # (V, 3, K): identity modes first, then expressions.
+            f.create_dataset("basis", data=basis.astype(np.float32), chunks=(min(1024, len(keep)), 3, 1), **comp)
+            f.create_dataset("triangles", data=tris.astype(np.int32), **comp)
+            f.create_dataset("tri_uv", data=tri_uv.astype(np.int32), **comp)
+            f.create_dataset("uv", data=uv.astype(np.float32), **comp)
+            f.create_dataset("landmarks68", data=np.array(MULTIPIE_68, np.int32))
+            f.create_dataset("ict_vertex_index", data=keep.astype(np.int32), **comp)
+            f.create_dataset("expression_names", data=np.array(expressions, dtype="S"))
+            f.create_dataset("identity_names", data=np.array(names[:N_IDENTITY], dtype="S"))
+            g = f.create_group("regions")
+            for name, idx in regions.items():
+                g.create_dataset(name, data=idx.astype(np.int32))
+        _add_albedo(tmp, albedo_samples, albedo_components, albedo_seed)
     return out_path
 
 

@@ -4,6 +4,12 @@ Units: millimetres; frame: y up, face looking along +z (the model frame of ICT-F
 Coefficients ``alpha`` are (B, K) with K = 153: 100 identity weights (N(0, 1)), then 53 expression
 weights in [0, 1] in the order of :attr:`FaceModel.expression_names`. :class:`FaceParams` names the parts,
 so no caller slices fixed offsets by hand.
+
+Two products: :meth:`FaceModel.vertices` (float32 basis, BLAS; any batch, numpy or torch) and
+:meth:`FaceModel.draw_vertices` (a 16-bit copy of the basis, :class:`LinearBasis`), the data generator's:
+the product reads the whole basis for a couple of faces, so it is bound by memory and half the bytes is
+about twice the speed; its error is a few thousandths of a millimetre (``benchmarks/datagen.py`` measures it).
+The numpy kernels are compiled with numba on first use (one thread: one process per core is the model).
 """
 from __future__ import annotations
 
@@ -12,12 +18,62 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
-try:  # torch is optional for the numpy path (datagen workers never need it)
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
+
+
+def _is_torch(x) -> bool:
+    """A torch tensor? (torch is imported only by callers that use it: it would add seconds to the start of
+    every data worker, which never needs it)."""
+    return type(x).__module__.startswith("torch")
+
+
+class LinearBasis:
+    """``x = mean + coeffs @ basis.T`` for a few coefficient vectors at once, the basis stored for speed.
+
+    The basis is kept transposed, (K, N), in int16 with one scale per mode (``bits=16``: half the bytes of
+    float32, so half the time of this memory-bound product; each entry is off by at most half its mode's
+    step ``max|basis[:, k]| / 32767``) or in float32 (``bits=32``). The sum runs over k in order, element
+    by element (no reassociation), so a result has the same bits on every run and machine; modes whose
+    coefficient is 0 in every vector of the batch are skipped (most expression weights are 0).
+
+    Args:
+        mean: (N,) float; basis: (N, K) float.
+    """
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray, bits: int = 16):
+        if basis.ndim != 2 or mean.shape != basis.shape[:1]:
+            raise ValueError(f"expected mean (N,) and basis (N, K); got {mean.shape} and {basis.shape}")
+        if bits not in (16, 32):
+            raise ValueError(f"bits must be 16 or 32; got {bits}")
+        self.mean = np.ascontiguousarray(mean, np.float32)
+        bt = np.asarray(basis, np.float64).T
+        if bits == 16:
+            peak = np.abs(bt).max(axis=1)
+            self.step = np.where(peak > 0, peak / 32767.0, 1.0).astype(np.float32)  # (K,) value of one unit
+            self.table = np.ascontiguousarray(np.rint(bt / self.step[:, None]), np.int16)
+        else:
+            self.step = np.ones(len(bt), np.float32)
+            self.table = np.ascontiguousarray(bt, np.float32)
+        self.bits = bits
+
+    @property
+    def n_coeffs(self) -> int:
+        return self.table.shape[0]
+
+    def __call__(self, coeffs: np.ndarray) -> np.ndarray:
+        """(B, K) coefficients -> (B, N) float32."""
+        c = np.atleast_2d(np.asarray(coeffs, np.float32))
+        if c.shape[-1] != self.n_coeffs:
+            raise ValueError(f"expected (B, {self.n_coeffs}) coefficients; got {c.shape}")
+        out = np.empty((len(c), len(self.mean)), np.float32)
+        _kernels()["linear"](self.mean, self.table, np.ascontiguousarray(c * self.step), out)
+        return out
+
+    def error_bound(self, coeffs: np.ndarray) -> np.ndarray:
+        """(B,) bound on |x - exact| of any entry from the 16-bit rounding: sum_k |c_k| step_k / 2 (float32
+        rounding aside; 0 for ``bits=32``)."""
+        c = np.atleast_2d(np.asarray(coeffs, np.float64))
+        return 0.0 * c[:, 0] if self.bits == 32 else np.abs(c) @ (self.step.astype(np.float64) / 2)
 
 
 @dataclass(frozen=True)
@@ -34,11 +90,16 @@ class AlbedoModel:
     def n_components(self) -> int:
         return self.basis.shape[-1]
 
+    @cached_property
+    def _linear(self) -> LinearBasis:
+        return LinearBasis(self.mean.reshape(-1), self.basis.reshape(-1, self.n_components))
+
     def albedo(self, beta: np.ndarray) -> np.ndarray:
-        """(B, Ka) coefficients -> (B, Vf, 3) albedo, clipped to [0, 1]."""
+        """(B, Ka) coefficients -> (B, Vf, 3) albedo, clipped to [0, 1] (16-bit basis: error < 1e-4, far
+        below a step of an 8-bit image)."""
         beta = np.atleast_2d(beta)
-        out = self.mean[None] + np.einsum("vck,bk->bvc", self.basis, beta, optimize=True)
-        return np.clip(out, 0.0, 1.0)
+        out = self._linear(beta).reshape(len(beta), -1, 3)
+        return np.clip(out, 0.0, 1.0, out=out)
 
 
 class FaceModel:
@@ -93,7 +154,7 @@ class FaceModel:
             (B, V, 3) (or (V, 3) for a single vector), mm, same library and dtype as ``alpha``.
         """
         single = alpha.ndim == 1
-        if torch is not None and isinstance(alpha, torch.Tensor):
+        if _is_torch(alpha):
             a = alpha[None] if single else alpha
             mean, basis = self._torch_tensors(region, a.device, a.dtype)
             out = mean[None] + (a @ basis.T).view(a.shape[0], -1, 3)
@@ -107,7 +168,25 @@ class FaceModel:
             out = mean[None] + (a @ basis.T).reshape(a.shape[0], -1, 3)
         return out[0] if single else out
 
+    @cached_property
+    def _draw_basis(self) -> LinearBasis:
+        return LinearBasis(self.mean.reshape(-1), self._basis_flat)
+
+    def draw_vertices(self, alpha: np.ndarray) -> np.ndarray:
+        """Geometry for drawing: (B, K) or (K,) numpy -> (B, V, 3) (or (V, 3)) float32 mm, from the 16-bit
+        basis (:class:`LinearBasis`; each coordinate within :meth:`draw_error_bound` of :meth:`vertices`).
+        All vectors of the batch come from one pass over the basis."""
+        a = np.asarray(alpha)
+        out = self._draw_basis(a).reshape(-1, self.n_vertices, 3)
+        return out[0] if a.ndim == 1 else out
+
+    def draw_error_bound(self, alpha: np.ndarray) -> np.ndarray:
+        """(B,) mm: bound on the coordinate error of :meth:`draw_vertices` for each coefficient vector."""
+        return self._draw_basis.error_bound(alpha)
+
     def _torch_tensors(self, region, device, dtype):
+        import torch
+
         key = (region, str(device), dtype)
         if key not in self._torch_cache:
             if region is None:
@@ -126,36 +205,20 @@ class FaceModel:
         return self.vertices(alpha, region="landmarks68")
 
     # ------------------------------------------------------------------ normals
-    @cached_property
-    def _vertex_face_matrix(self) -> sp.csr_matrix:
-        """(V, F) sparse incidence matrix: vertex normal = sum of its faces' area-weighted normals."""
-        F = len(self.triangles)
-        rows = self.triangles.reshape(-1)
-        cols = np.repeat(np.arange(F), 3)
-        return sp.csr_matrix((np.ones_like(rows, np.float32), (rows, cols)), shape=(self.n_vertices, F))
-
     def vertex_normals(self, verts: np.ndarray) -> np.ndarray:
-        """Unit vertex normals (area-weighted face normals summed by a sparse product).
+        """Unit vertex normals: the area-weighted normals of each vertex's triangles, summed in float64 (a
+        numba loop over the triangles).
 
         Args:
-            verts: (B, V, 3) or (V, 3) positions (numpy).
+            verts: (B, V, 3) or (V, 3) positions (numpy; not modified).
         Returns:
-            same shape, unit length, pointing out of the face.
+            same shape, float32, unit length, pointing out of the face.
         """
         single = verts.ndim == 2
-        v = verts[None] if single else verts
-        t = self.triangles
-        e1 = v[:, t[:, 1]] - v[:, t[:, 0]]  # (B, F, 3)
-        e2 = v[:, t[:, 2]] - v[:, t[:, 0]]
-        B, F, _ = e1.shape
-        fn = np.empty((F, B, 3), np.float32)  # face normals (area-weighted), laid out for the sparse product
-        fn[..., 0] = (e1[..., 1] * e2[..., 2] - e1[..., 2] * e2[..., 1]).T
-        fn[..., 1] = (e1[..., 2] * e2[..., 0] - e1[..., 0] * e2[..., 2]).T
-        fn[..., 2] = (e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]).T
-        vn = (self._vertex_face_matrix @ fn.reshape(F, B * 3)).reshape(-1, B, 3).transpose(1, 0, 2)
-        norm = np.sqrt(np.einsum("bvc,bvc->bv", vn, vn))[..., None]
-        vn = vn / np.maximum(norm, 1e-12)
-        return (vn[0] if single else vn).astype(np.float32, copy=False)
+        v = np.ascontiguousarray(verts[None] if single else verts)
+        out = np.empty(v.shape, np.float32)
+        _kernels()["normals"](v, self.triangles, out)
+        return out[0] if single else out
 
     # ------------------------------------------------------------------ loss
     def gram(self, region: str = "face", dtype=np.float64) -> np.ndarray:
@@ -180,6 +243,66 @@ class FaceModel:
             return self.expression_names.index(name)
         except ValueError:
             raise KeyError(f"unknown expression blendshape '{name}'") from None
+
+
+_KERNELS: dict = {}
+
+
+def _kernels() -> dict:
+    """numba kernels, compiled on first use (and cached on disk)."""
+    if _KERNELS:
+        return _KERNELS
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def linear_kernel(mean, table, coeffs, out):
+        # out[b, j] = mean[j] + sum_k coeffs[b, k] table[k, j], k in order; tiles of the outputs stay in L1
+        # while the table streams through once for the whole batch
+        K, N = table.shape
+        B = coeffs.shape[0]
+        tile = 1536
+        for j0 in range(0, N, tile):
+            j1 = min(j0 + tile, N)
+            m = mean[j0:j1]
+            for b in range(B):
+                o = out[b, j0:j1]
+                for j in range(j1 - j0):
+                    o[j] = m[j]
+            for k in range(K):
+                used = False  # a mode that no vector of the batch uses is not read (adding 0 changes no bit)
+                for b in range(B):
+                    used = used or coeffs[b, k] != 0.0
+                if not used:
+                    continue
+                row = table[k, j0:j1]
+                for b in range(B):
+                    c = coeffs[b, k]
+                    o = out[b, j0:j1]
+                    for j in range(j1 - j0):
+                        o[j] += c * np.float32(row[j])
+
+    @numba.njit(cache=True, nogil=True)
+    def normals_kernel(verts, tris, out):
+        B, V = verts.shape[0], verts.shape[1]
+        acc = np.zeros((V, 3))
+        for b in range(B):
+            acc[:] = 0.0
+            for f in range(tris.shape[0]):
+                i0, i1, i2 = tris[f, 0], tris[f, 1], tris[f, 2]
+                ox, oy, oz = np.float64(verts[b, i0, 0]), np.float64(verts[b, i0, 1]), np.float64(verts[b, i0, 2])
+                ax, ay, az = verts[b, i1, 0] - ox, verts[b, i1, 1] - oy, verts[b, i1, 2] - oz
+                bx, by, bz = verts[b, i2, 0] - ox, verts[b, i2, 1] - oy, verts[b, i2, 2] - oz
+                nx, ny, nz = ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+                for i in (i0, i1, i2):
+                    acc[i, 0] += nx
+                    acc[i, 1] += ny
+                    acc[i, 2] += nz
+            for i in range(V):
+                n = max(np.sqrt(acc[i, 0] ** 2 + acc[i, 1] ** 2 + acc[i, 2] ** 2), 1e-12)
+                out[b, i, 0], out[b, i, 1], out[b, i, 2] = acc[i, 0] / n, acc[i, 1] / n, acc[i, 2] / n
+
+    _KERNELS.update(linear=linear_kernel, normals=normals_kernel)
+    return _KERNELS
 
 
 _MODEL_CACHE: dict[str, FaceModel] = {}

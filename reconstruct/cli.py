@@ -11,6 +11,7 @@ from training.errors import CheckpointError, TrainingError
 
 from coarse.detect import ReconstructionInputError
 from coarse.fit import FitError
+from .scan import ScanError
 
 from facesynth.cli_util import yaml_default as _d
 
@@ -23,24 +24,20 @@ def _device(device: str) -> str:
     return str(resolve_device(device))
 
 
-def load_predictor(weights: str | None, cfg, device: str = "auto"):
-    """The iterative network as a predictor, or None (landmark fit) when no weights exist.
+def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int | None = None):
+    """The coarse stage's settings (:class:`coarse.stage.CoarseSettings`) and the network weights' path, or
+    None when the landmark fit is the coarse face (no weights).
 
     ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
     given by the user must exist.
     """
+    from coarse.network import load_iterative
+    from coarse.stage import CoarseSettings
     from facesynth.config import optional_file
 
     path = optional_file(cfg, weights, cfg.refine.weights)
-    if path is None:
-        return None, None
-    from training.train import load_network
-
-    from coarse.iterative import torch_predictor
-
-    dev = _device(device)
-    net = load_network(path, map_location=dev)
-    return torch_predictor(net, dev, net.image_size), str(path)
+    network = None if path is None else load_iterative(path, _device(device))
+    return CoarseSettings.from_config(cfg, network, iterations), None if path is None else str(path)
 
 
 def load_detail_predictor(weights: str | None, cfg, device: str = "auto"):
@@ -96,7 +93,7 @@ def sfs(image, config, out, weights, resolution, iterations, device, detail_weig
     if iterations < 1:
         raise ReconstructionInputError(f"--iterations must be at least 1, got {iterations}")
     photo = load_image(image)
-    faces = detect_faces(photo)
+    faces = detect_faces(photo, cfg.detect)
     if not all_faces:
         faces = faces[:1]
     base = Path(out) if out else Path(image).with_suffix("")
@@ -107,14 +104,13 @@ def sfs(image, config, out, weights, resolution, iterations, device, detail_weig
             if clash:
                 raise ReconstructionInputError(f"{d / clash[0]} exists: use --force to overwrite or another --out")
     model = load_model(cfg.resolve_path(cfg.model.path))
-    predict, used = load_predictor(weights, cfg, device)
+    coarse, used = load_coarse(weights, cfg, device, iterations)
     detail, detail_used = (None, None) if no_detail else load_detail_predictor(detail_weights, cfg, device)
     detail_note = ("detail off (--no-detail)" if no_detail else f"detail {detail_used}" if detail else
                    f"detail skipped (no {cfg.detail.weights})")
     for det, d in zip(faces, dirs):
-        rec = reconstruct_face(photo, det, model, cfg, predict, resolution, iterations,
-                               refit_pose=cfg.refine.refit_pose, sfs=not no_sfs, sfs_params=cfg.refine.sfs,
-                               detail=detail)
+        rec = reconstruct_face(photo, det, model, cfg, coarse, resolution, sfs=not no_sfs,
+                               sfs_params=cfg.refine.sfs, detail=detail)
         write_outputs(rec, photo, det, model, d, {"weights": used, "detail_weights": detail_used, "image": str(image)})
         click.echo(f"{d}: {rec.coarse_method}, {detail_note}, {int(rec.visible.sum())} visible vertices, "
                    + ", ".join(f"{k} {v:.2f}" for k, v in rec.timings.items()))
@@ -139,6 +135,46 @@ def evaluate(data, n, coarse, detail_weights, device, config):
     detail, used = load_detail_predictor(detail_weights, cfg, device)
     report = evaluate_sfs(cfg, data, n, coarse, detail=detail)
     report["detail_weights"] = used
+    click.echo(json.dumps(report, indent=1))
+
+
+
+@main.command("evaluate-scan", help="Render the textured scan in SCAN_DIR (one .obj with its texture, and "
+                                    "landmarks68.txt, in mm) in many poses and lights, run refine on each render "
+                                    "and score every stage NoW-style against the scan (one JSON object on stdout; "
+                                    "renders and pictures in --out).")
+@click.argument("scan_dir", type=click.Path(file_okay=False))
+@click.option("--views", type=int, default=None, help="renders" + _d("scan_eval.views"))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="folder for the renders, views.png, error_map.png and scan_eval.json" + _d("scan_eval.out"))
+@click.option("--image-size", type=int, default=None, help="render side, pixels" + _d("scan_eval.image_size"))
+@click.option("--seed", type=int, default=None, help="poses, lights, backgrounds" + _d("scan_eval.seed"))
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="iterative network weights (the landmark fit when absent)" + _d("refine.weights"))
+@click.option("--detail-weights", type=click.Path(dir_okay=False), default=None,
+              help="detail network weights (the stage is skipped when absent)" + _d("detail.weights"))
+@click.option("--no-detail", is_flag=True, help="skip the detail network")
+@click.option("--no-sfs", is_flag=True, help="skip shape from shading")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@config_option
+@user_errors(ReconstructionInputError, FitError, CheckpointError, TrainingError, ScanError)
+def evaluate_scan(scan_dir, views, out, image_size, seed, weights, detail_weights, no_detail, no_sfs, device, config):
+    import numpy as np
+
+    from morphable.model import load_model
+
+    from .scan import load_scan
+    from .scan_eval import evaluate_scan as run
+
+    if views is not None and views < 1 or image_size is not None and image_size < 64:
+        raise ScanError(f"--views must be >= 1 and --image-size >= 64, got {views} and {image_size}")
+    cfg = load_cfg(config, {"scan_eval.views": views, "scan_eval.image_size": image_size, "scan_eval.seed": seed})
+    model = load_model(cfg.resolve_path(cfg.model.path))
+    scan = load_scan(scan_dir, model.landmarks(np.zeros(model.n_coeffs)))  # a bad folder fails before the networks load
+    coarse, used = load_coarse(weights, cfg, device)
+    detail, detail_used = (None, None) if no_detail else load_detail_predictor(detail_weights, cfg, device)
+    report = run(scan, model, cfg, Path(out) if out else cfg.resolve_path(cfg.scan_eval.out), cfg.scan_eval.views,
+                 coarse, detail, sfs=not no_sfs, notes={"weights": used, "detail_weights": detail_used})
     click.echo(json.dumps(report, indent=1))
 
 

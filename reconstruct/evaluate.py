@@ -48,7 +48,9 @@ def _metrics(est_depth, true_depth, mask, wrinkles, textured, pixel_mm) -> dict:
     charge every depth-map method about 1.2 degrees for the representation alone."""
     from scipy.ndimage import binary_erosion
 
-    from .sfs import depth_to_normals, masked_blur
+    from render.filters import masked_blur
+
+    from .sfs import depth_to_normals
 
     est_normals = depth_to_normals(np.where(mask, est_depth, true_depth), pixel_mm)
     true_normals = depth_to_normals(true_depth, pixel_mm)
@@ -84,19 +86,21 @@ def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resoluti
     from morphable.model import load_model
 
     from .sfs import sfs_refine
+    from coarse.stage import synthetic_start
     from datagen.synthetic import detail_faces, detail_frame_config, render_scene
 
     sfs_params = cfg.refine.sfs if sfs_params is None else sfs_params
     cfg = override(cfg, "datagen.detail", True) if data_dir is not None else detail_frame_config(cfg, resolution)
     model = load_model(cfg.resolve_path(cfg.model.path))
     renderer = FaceRenderer.from_config(model, cfg.render, backend="numba")
+    start = synthetic_start(coarse, model, cfg.evaluate.landmark_noise_px)
     stages = STAGES if detail is not None else STAGES[:2]
     rows = {stage + tag: [] for stage in stages for tag in ("", "_smooth")}
     seconds = {"sfs": [], "detail": []}
     count = 0
     for i, face in enumerate(detail_faces(cfg, model, renderer.size, data_dir, n, seed)):
         count += 1
-        sc = render_scene(face, model, renderer, coarse, np.random.default_rng(i), cfg)
+        sc = render_scene(face, model, renderer, start, np.random.default_rng(i))
         mask, c = sc.mask, sc.coarse
         alb = to_gray(sc.albedo)
         textured = np.abs(alb - gaussian_filter(alb, 2.0)) > 0.015

@@ -12,18 +12,17 @@
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from datagen.sheet import contact_sheet, save_png
+from datagen.sheet import contact_sheet
+from facesynth.io import save_png, write_json
+from morphable.obj import write_obj
 from render.camera import project
 from render.shading import shading_image
 
-from .export import write_obj
-from .pipeline import depth_grid_mesh
+from .pipeline import refined_mesh
 from .texture import atlas_uv, bake_uv_texture
 
 OUTPUT_FILES = ("coarse.obj", "coarse.mtl", "coarse_texture.png", "refined.obj", "refined.mtl",
@@ -81,9 +80,9 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
 
     m = rec.sfs_mask
     refined = rec.refined_depth if rec.refined_depth is not None else rec.coarse_depth
-    rverts, rtris, ruv = depth_grid_mesh(refined, m, rec.sfs_frame)
+    rverts, rtris, ruv, rtri_uv = refined_mesh(rec, model)
     save_png(out_dir / "refined_texture.png", contact_sheet([rec.sfs_image], 1, pad=0))
-    written.append(write_obj(out_dir / "refined.obj", rverts, rtris, ruv, rtris, "refined_texture.png"))
+    written.append(write_obj(out_dir / "refined.obj", rverts, rtris, ruv, rtri_uv, "refined_texture.png"))
 
     lo, hi = float(rec.coarse_depth[m].min()), float(rec.coarse_depth[m].max())
     rn = rec.refined_normals if rec.refined_normals is not None else rec.coarse_normals
@@ -129,7 +128,8 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
         "sfs_frame": rec.sfs_frame.to_dict(),
         "sh_lighting": None if rec.sh is None else np.asarray(rec.sh).tolist(),
         "landmarks_detected": det.landmarks.tolist(),
-        "detection": {"box": det.box.tolist(), "score": det.score},
+        "detection": {"box": det.box.tolist(), "score": det.score, "detector": det.detector,
+                      "rotation_deg": det.rotation_deg},  # coarse.detect.Detection: what the score means
         "visible_vertices": int(rec.visible.sum()),
         "timings_s": rec.timings,
         "detail": detail,
@@ -142,7 +142,5 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
                                  "full colour at +-detail.png_scale_mm"},
         **(extra_params or {}),
     }
-    tmp = out_dir / "params.json.tmp"
-    tmp.write_text(json.dumps(params, indent=1))
-    os.replace(tmp, out_dir / "params.json")
+    write_json(out_dir / "params.json", params, indent=1)
     return [out_dir / f for f in OUTPUT_FILES + (OPTIONAL_FILES if detail is not None else ())]

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from coarse.detect import Detection, ReconstructionInputError
-from coarse.fit import fit_landmarks
 from coarse.frame import frame_map, sfs_frame_pose, warp_to_frame
-from coarse.iterative import network_fit
+from coarse.stage import CoarseSettings, coarse_fit
 from render.camera import Pose
 from render.renderer import FaceRenderer
 
@@ -49,34 +48,26 @@ class Reconstruction:
     timings: dict = field(default_factory=dict)
 
 
-def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None, resolution: int = 256,
-                     iterations: int = 3, refit_pose: bool = True, sfs: bool = True,
-                     sfs_params=None, detail=None) -> Reconstruction:
+def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, coarse: CoarseSettings, resolution: int = 256,
+                     sfs: bool = True, sfs_params=None, detail=None) -> Reconstruction:
     """Reconstruct one detected face: coarse fit -> texture -> (detail network) -> (shape from shading).
 
     Args:
         photo: (H, W, 3) uint8 RGB, full resolution.
         det: its detection (landmarks in photo pixels).
         model: the face model; cfg: the config.
-        predict: the iterative network as a :data:`coarse.iterative.Predictor`, or None for the
-            landmark fit alone.
+        coarse: the coarse stage's settings (:class:`coarse.stage.CoarseSettings`: the landmark fit, and the
+            iterative network when it has one).
         resolution: SfS working resolution (pixels over the face).
-        iterations: network passes.
-        refit_pose: re-fit the pose to the landmarks of each new shape.
-        sfs: run shape from shading; sfs_params: its :class:`reconstruct.sfs.SfSParams`.
+        sfs: run shape from shading; sfs_params: its :class:`facesynth.config.SfSConfig` (None: cfg.refine.sfs).
         detail: the detail network as a :data:`training.detail_net.DetailPredictor`, or None. Its depth
             offset (mm, inside the face mask) is added to the coarse depth, and SfS starts from the sum.
     """
     timings = {}
     t0 = time.perf_counter()
     img = photo.astype(np.float32) / 255.0
-    if predict is None:
-        alpha, pose = fit_landmarks(model, det.landmarks)
-        its, method = [], "landmark_fit"
-    else:
-        steps, pose = network_fit(predict, img, det.landmarks, model, cfg, iterations, refit_pose)
-        alpha = steps[-1][0]
-        its, method = [a.tolist() for a, _ in steps], "iterative_network"
+    cf = coarse_fit(img, det.landmarks, model, coarse, cfg.render, det.detector)
+    alpha, pose, method, its = cf.alpha, cf.pose, cf.method, [a.tolist() for a in cf.steps]
     timings["coarse_s"] = time.perf_counter() - t0
 
     from .texture import vertex_texture
@@ -113,7 +104,7 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, predict=None
 
         t3 = time.perf_counter()
         try:
-            res = sfs_refine(rec.sfs_image, depth0, rec.sfs_mask, 1.0 / frame.scale, sfs_params)
+            res = sfs_refine(rec.sfs_image, depth0, rec.sfs_mask, 1.0 / frame.scale, sfs_params or cfg.refine.sfs)
         except ValueError as e:  # e.g. a face all saturated or black: no shading to use
             raise ReconstructionInputError(f"shape from shading cannot run on this face ({e}); "
                                            "try --no-sfs") from None
@@ -143,3 +134,19 @@ def depth_grid_mesh(depth: np.ndarray, mask: np.ndarray, frame: Pose) -> tuple[n
     tris = np.concatenate([np.stack([a[quad], c[quad], b[quad]], -1), np.stack([b[quad], c[quad], d[quad]], -1)])
     uv = np.stack([x / W, 1.0 - y / H], -1)
     return verts.astype(np.float32), tris, uv.astype(np.float32)
+
+
+def refined_mesh(rec: Reconstruction, model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The refined surface of a reconstruction: what ``refined.obj`` holds and ``refine evaluate-scan`` scores.
+
+    Today the mesh of the refined depth map (the coarse one, plus the detail network's offset when it ran,
+    when SfS did not run) over the SfS face mask (:func:`depth_grid_mesh`); ``model`` is for a mesh on the
+    model's topology.
+
+    Returns:
+        verts (N, 3) mm model frame, triangles (F, 3), uv (T, 2) in the SfS frame image (``rec.sfs_image``),
+        tri_uv (F, 3) indices into ``uv``.
+    """
+    depth = rec.refined_depth if rec.refined_depth is not None else rec.coarse_depth
+    verts, tris, uv = depth_grid_mesh(depth, rec.sfs_mask, rec.sfs_frame)
+    return verts, tris, uv, tris

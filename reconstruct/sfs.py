@@ -52,27 +52,13 @@ the current normals, ``light_iterations`` times:
    and left to the depth solve. The first albedo still holds part of the detail's shading (I / coarse
    shading); a second round, with the refined normals, explains more of it by geometry.
 
-Default weights (:class:`SfSParams`; pixel units, intensities in [0, 1]) and why:
-- ``shading_weight`` 1: the reference; a 0.01 intensity residual costs 1e-4 per pixel;
-- ``fidelity_weight`` 1e-3: a displacement of 1 pixel-unit costs as much as a 0.03 intensity residual, so
-  details of a few pixels follow the shading while offsets over the whole face stay at the coarse depth
-  (1e-4 recovers wrinkles a little better, -33% instead of -25% of their normal error, but bends textured
-  regions by +1.5 degrees instead of +0.4: ``refine evaluate``, 4 faces);
-- ``anchor_weight`` 100: outside the face the depth is held (a million times stiffer than inside);
-- ``smooth_weight`` 0.005: the Laplacian wins over the shading only near the Nyquist frequency (noise,
-  the checkerboard mode); 0.002 is sharper on clean images, 0.01 better with noise (sigma 0.03);
-- ``albedo_sigma`` 0.05, ``albedo_smooth`` 20, ``rounds`` 2 x ``iterations`` 2: best mean normal error on
-  synthetic domes with bumps, wrinkles and a dark albedo patch (tests/test_sfs.py), clean and noisy.
+The weights and solver settings are ``refine.sfs`` (:class:`facesynth.config.SfSConfig`; pixel units,
+intensities in [0, 1]); why each value: ``docs/tuning.md``.
 
 Model error is taken out of the target: each round, the residual ``r = I - rho Y(n) . sh`` at the current
 shape is low-pass filtered (Gaussian, ``residual_lowpass_mm``, over the shading set) and subtracted from the
-image, ``I' = I - G * r``. Second-order SH cannot hold a directional light's attached shadow (the clamp of
-``max(0, n . l)``), nor specular highlights, and the albedo estimate misses slow albedo changes; all of these
-leave residuals that vary over centimetres, which the solver would otherwise explain by bending the surface.
-The fidelity term keeps those frequencies at the coarse depth anyway, so only the detail (wrinkles, folds:
-a few millimetres wide) is asked of the shading. On synthetic detailed faces with textured albedo (``refine
-evaluate``, true smooth start, 4 faces) this takes the textured-region normal error after SfS from 7.1 to
-3.2 degrees and the depth RMSE from 0.32 to 0.13 mm at the same wrinkle gain.
+image, ``I' = I - G * r``, so only the detail (wrinkles, folds: a few millimetres wide) is asked of the
+shading.
 
 Colour images are reduced to luma (:func:`render.shading.to_gray`); one gray albedo and one (9,) SH result.
 """
@@ -87,62 +73,9 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy import ndimage
 
+from facesynth.config import SfSConfig
+from render.filters import masked_blur
 from render.shading import sh_basis, sh_gradient, sh_least_squares, to_gray
-
-
-@dataclass(frozen=True)
-class SfSParams:
-    """Weights and solver settings of :func:`sfs_refine` (pixel units: depth / pixel_mm; intensities in [0, 1]).
-
-    shading_weight: w_s of the shading term.
-    fidelity_weight: lambda inside the mask (per pixel, per pixel-unit^2 of depth change).
-    anchor_weight: lambda outside the mask.
-    smooth_weight: w_l of the Laplacian of the displacement.
-    iterations: Gauss-Newton steps per round.
-    rounds: rounds of (lighting and albedo from the current normals, then Gauss-Newton steps).
-    light_iterations: alternations of SH fit and albedo per round.
-    albedo_smooth, albedo_sigma, albedo_slope_sigma: the albedo smoothing (see the module docstring).
-    solver: ``cg`` (Jacobi-preconditioned conjugate gradients) or ``direct`` (sparse LU).
-    cg_rtol, cg_maxiter: CG stopping rule per Gauss-Newton step.
-    margin: pixels kept around the mask's bounding box; the solve runs on that crop, the rest of the image
-        is anchored anyway and returned unchanged.
-    chroma_edge: colour images only: pixels where the chromaticity gradient exceeds this (per pixel) are
-        albedo edges and get no shading term (they keep the coarse shape); 0 switches it off.
-    residual_lowpass_mm: Gaussian sigma (mm) of the low-pass of the shading residual that is removed from the
-        target each round (model error, not shape; module docstring); 0 switches it off.
-    """
-
-    shading_weight: float = 1.0
-    fidelity_weight: float = 1e-3
-    anchor_weight: float = 1e2
-    smooth_weight: float = 0.005
-    iterations: int = 2
-    rounds: int = 2
-    light_iterations: int = 2
-    albedo_smooth: float = 20.0
-    albedo_sigma: float = 0.05
-    albedo_slope_sigma: float = 1.5
-    solver: str = "cg"
-    cg_rtol: float = 1e-2
-    cg_maxiter: int = 100
-    margin: int = 4
-    chroma_edge: float = 0.003
-    residual_lowpass_mm: float = 2.0
-
-    def __post_init__(self):
-        for name in ("shading_weight", "fidelity_weight", "anchor_weight", "smooth_weight", "albedo_smooth"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"SfSParams.{name} must be >= 0; got {getattr(self, name)}")
-        if not self.residual_lowpass_mm >= 0:
-            raise ValueError(f"SfSParams.residual_lowpass_mm must be >= 0; got {self.residual_lowpass_mm}")
-        for name in ("albedo_sigma", "albedo_slope_sigma", "cg_rtol"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"SfSParams.{name} must be > 0; got {getattr(self, name)}")
-        for name, low in (("iterations", 0), ("rounds", 1), ("light_iterations", 1), ("cg_maxiter", 1), ("margin", 1)):
-            if int(getattr(self, name)) < low:
-                raise ValueError(f"SfSParams.{name} must be an integer >= {low}; got {getattr(self, name)}")
-        if self.solver not in ("cg", "direct"):
-            raise ValueError(f"SfSParams.solver must be 'cg' or 'direct'; got {self.solver!r}")
 
 
 @dataclass(frozen=True)
@@ -300,7 +233,7 @@ def _neighbour_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def estimate_albedo(image: np.ndarray, shading: np.ndarray, data_mask: np.ndarray, mask: np.ndarray,
-                    zeta0: np.ndarray, params: SfSParams) -> np.ndarray:
+                    zeta0: np.ndarray, params: SfSConfig) -> np.ndarray:
     """Edge-aware albedo by weighted least squares (module docstring, step 2).
 
     Args:
@@ -340,7 +273,7 @@ def estimate_albedo(image: np.ndarray, shading: np.ndarray, data_mask: np.ndarra
 class _DepthProblem:
     """The energy of the module docstring on one working grid (flat arrays, pixel units)."""
 
-    def __init__(self, image, albedo, sh, shade_mask, mask, zeta0, params: SfSParams):
+    def __init__(self, image, albedo, sh, shade_mask, mask, zeta0, params: SfSConfig):
         h, w = mask.shape
         self.shape = (h, w)
         self.I = image.reshape(-1)
@@ -402,12 +335,6 @@ def _check_inputs(image, depth0, mask, pixel_mm):
     return image, depth0, mask
 
 
-def masked_blur(x: np.ndarray, mask: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur (sigma pixels) of ``x`` over the pixels of ``mask`` only (normalised convolution)."""
-    m = mask.astype(np.float64)
-    return ndimage.gaussian_filter(np.where(mask, x, 0.0), sigma) / np.maximum(ndimage.gaussian_filter(m, sigma), 1e-6)
-
-
 def _chroma_edges(image: np.ndarray, mask: np.ndarray, threshold: float) -> np.ndarray | None:
     """(H, W) bool: pixels near a change of chromaticity, i.e. of albedo (lips, brows, freckles, stubble),
     which shading alone never causes. None for gray images or ``threshold`` 0.
@@ -427,7 +354,7 @@ def _chroma_edges(image: np.ndarray, mask: np.ndarray, threshold: float) -> np.n
 
 
 def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm: float,
-               params: SfSParams | None = None) -> SfSResult:
+               params: SfSConfig) -> SfSResult:
     """Refine a coarse depth map with the image's shading (energy and steps: module docstring).
 
     Args:
@@ -436,14 +363,13 @@ def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm
             values outside ``mask`` are not used (a render has 0 there).
         mask: (H, W) bool face pixels to refine.
         pixel_mm: pixel size in mm (1 / pose.scale).
-        params: weights and solver settings (default :class:`SfSParams`).
+        params: weights and solver settings (``cfg.refine.sfs``, :class:`facesynth.config.SfSConfig`).
     Returns:
         :class:`SfSResult`.
     Raises:
         ValueError: wrong shapes, NaN/inf, bad pixel size or solver name, or fewer than 9 usable face pixels.
     """
     t0 = time.perf_counter()
-    params = SfSParams() if params is None else params
     image_in = np.asarray(image, np.float64)
     image, depth0, mask = _check_inputs(image, depth0, mask, pixel_mm)
     albedo_edges = _chroma_edges(image_in, mask, params.chroma_edge)

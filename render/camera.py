@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ def euler_to_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     image's right (+x), positive pitch turns it down (chin towards the chest), positive roll turns it
     counter-clockwise as seen in the image.
     """
+    # Written out rather than scipy's Rotation.from_euler("yxz", [yaw, pitch, roll]) (the same rotation): scipy
+    # goes through a quaternion and differs in the last bit, which would change the poses stored in datagen's
+    # shards, so the same seed would no longer give the same bytes.
     cy, sy = np.cos(yaw), np.sin(yaw)
     cp, sp = np.cos(pitch), np.sin(pitch)
     cr, sr = np.cos(roll), np.sin(roll)
@@ -58,9 +62,7 @@ def euler_to_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
 
 def rotation_to_euler(R: np.ndarray) -> tuple[float, float, float]:
     """Inverse of :func:`euler_to_rotation` (radians: yaw, pitch, roll) for |pitch| < 90 degrees."""
-    pitch = np.arcsin(np.clip(R[2, 1], -1.0, 1.0))
-    yaw = np.arctan2(-R[2, 0], R[2, 2])
-    roll = np.arctan2(-R[0, 1], R[1, 1])
+    yaw, pitch, roll = Rotation.from_matrix(R).as_euler("yxz")
     return float(yaw), float(pitch), float(roll)
 
 

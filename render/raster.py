@@ -9,7 +9,8 @@ Backends (``make_rasterizer``):
 - ``gl``: OpenGL 3.3 core through pyrender's platform layer: OSMesa (llvmpipe) on a CPU, EGL on a GPU.
   One persistent context, one shader writing ``gl_PrimitiveID``, vertex data updated in place.
 - ``numba``: a z-buffer scan converter compiled with numba. On a 2-core CPU it is several times faster than
-  llvmpipe for our 30k-triangle, 200x200 frames (``benchmarks/render.py``), so it is the CPU default.
+  llvmpipe for our 30k-triangle, 200x200 frames (``benchmarks/render.py``), so it is the CPU default. It
+  skips the back faces of closed surfaces (:func:`closed_surface_triangles`), which are never seen.
 """
 from __future__ import annotations
 
@@ -37,15 +38,14 @@ class Fragments:
         """(H, W) bool: pixels covered by the mesh."""
         return self.face_id >= 0
 
-    def interpolate(self, attr: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    def interpolate(self, attr: np.ndarray, triangles: np.ndarray, unit: bool = False) -> np.ndarray:
         """Interpolate a per-vertex attribute (V, C) over the covered pixels -> (H, W, C) float32, 0 on
-        background."""
+        background; ``unit``: each pixel's vector scaled to unit length (interpolated normals)."""
         H, W = self.face_id.shape
         out = np.zeros((H, W, attr.shape[-1]), np.float32)
-        _kernels()["interpolate"](self.face_id, self.bary, np.ascontiguousarray(triangles, np.int64),
-                                  np.ascontiguousarray(attr, np.float32), out)
+        _kernels()["interpolate"](self.face_id, self.bary, np.ascontiguousarray(triangles),
+                                  np.ascontiguousarray(attr, np.float32), unit, out)
         return out
-
 
     def interpolate_corners(self, attr: np.ndarray) -> np.ndarray:
         """Interpolate a per-corner attribute (F, 3, C) (e.g. UVs, which have seams) -> (H, W, C) float32."""
@@ -69,16 +69,45 @@ def fragments_from_ids(face_id: np.ndarray, verts_img: np.ndarray, triangles: np
     face_id = np.ascontiguousarray(face_id, np.int32)
     bary = np.zeros((H, W, 3), np.float32)
     depth = np.zeros((H, W), np.float32)
-    _kernels()["bary"](face_id, np.ascontiguousarray(verts_img, np.float64),
-                       np.ascontiguousarray(triangles, np.int64), bary, depth)
+    _kernels()["bary"](face_id, np.ascontiguousarray(verts_img), np.ascontiguousarray(triangles), bary, depth)
     return Fragments(face_id, bary, depth)
+
+
+def closed_surface_triangles(triangles: np.ndarray, verts: np.ndarray) -> np.ndarray:
+    """(F,) bool: the triangles of closed, outward-oriented surfaces (the model's eyeballs and teeth).
+
+    A view ray meets such a surface first where it enters it, on a triangle that faces the camera, so the
+    triangles of it that face away are hidden behind its own front at every pixel and a rasteriser may skip
+    them: the picture is the same. A surface is a connected set of triangles in which every directed edge
+    has its reverse exactly once (closed, consistently oriented) and whose signed volume at ``verts`` (V, 3)
+    is positive (normals point out); the topology, so the answer, is the same for every shape of a model.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    t = np.asarray(triangles, np.int64)
+    V = int(t.max()) + 1 if len(t) else 0
+    edges = np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])  # (3F, 2) directed, triangle f at f + kF
+    n, label = connected_components(coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(V, V)),
+                                    directed=False)
+    key, reverse = edges[:, 0] * V + edges[:, 1], edges[:, 1] * V + edges[:, 0]
+    uniq, count = np.unique(key, return_counts=True)
+    paired = np.isin(reverse, uniq) & (count[np.searchsorted(uniq, key)] == 1)
+    comp = label[t[:, 0]]
+    is_open = np.zeros(n, bool)
+    np.logical_or.at(is_open, np.tile(comp, 3), ~paired)
+    p = np.asarray(verts, np.float64)[t]  # (F, 3, 3)
+    volume = np.bincount(comp, np.einsum("fc,fc->f", p[:, 0], np.cross(p[:, 1], p[:, 2])), n) / 6.0
+    return ~is_open[comp] & (volume[comp] > 0)
 
 
 _KERNELS: dict = {}
 
 
 def _kernels() -> dict:
-    """numba kernels, compiled on first use (and cached on disk)."""
+    """numba kernels, compiled on first use (and cached on disk). Vertex positions are read as float64
+    whatever their dtype (float32 arrays are not copied), so a float32 and a float64 input give the same
+    bits; index arrays may be int32 or int64."""
     if _KERNELS:
         return _KERNELS
     import numba
@@ -93,25 +122,28 @@ def _kernels() -> dict:
                 if f < 0:
                     continue
                 a, b, c = tris[f, 0], tris[f, 1], tris[f, 2]
-                ax, ay = verts[a, 0], verts[a, 1]
-                bx, by = verts[b, 0], verts[b, 1]
-                cx, cy = verts[c, 0], verts[c, 1]
+                ax, ay = np.float64(verts[a, 0]), np.float64(verts[a, 1])
+                bx, by = np.float64(verts[b, 0]), np.float64(verts[b, 1])
+                cx, cy = np.float64(verts[c, 0]), np.float64(verts[c, 1])
                 px = j + 0.5
                 det = (bx - ax) * (cy - ay) - (cx - ax) * (by - ay)
                 if abs(det) < 1e-12:
                     det = 1e-12
-                w1 = ((px - ax) * (cy - ay) - (cx - ax) * (py - ay)) / det
-                w2 = ((bx - ax) * (py - ay) - (px - ax) * (by - ay)) / det
+                inv = 1.0 / det
+                w1 = ((px - ax) * (cy - ay) - (cx - ax) * (py - ay)) * inv
+                w2 = ((bx - ax) * (py - ay) - (px - ax) * (by - ay)) * inv
                 w0 = min(max(1.0 - w1 - w2, 0.0), 1.0)
                 w1 = min(max(w1, 0.0), 1.0)
                 w2 = min(max(w2, 0.0), 1.0)
-                s = max(w0 + w1 + w2, 1e-12)
-                w0, w1, w2 = w0 / s, w1 / s, w2 / s
+                s = w0 + w1 + w2
+                if s != 1.0:  # clamped: a centre a rounding error outside (GL)
+                    s = 1.0 / max(s, 1e-12)
+                    w0, w1, w2 = w0 * s, w1 * s, w2 * s
                 bary[i, j, 0], bary[i, j, 1], bary[i, j, 2] = w0, w1, w2
-                depth[i, j] = w0 * verts[a, 2] + w1 * verts[b, 2] + w2 * verts[c, 2]
+                depth[i, j] = w0 * np.float64(verts[a, 2]) + w1 * np.float64(verts[b, 2]) + w2 * np.float64(verts[c, 2])
 
     @numba.njit(cache=True, nogil=True)
-    def interp_kernel(face_id, bary, tris, attr, out):
+    def interp_kernel(face_id, bary, tris, attr, unit, out):
         H, W = face_id.shape
         C = attr.shape[1]
         for i in range(H):
@@ -124,18 +156,27 @@ def _kernels() -> dict:
                     w = bary[i, j, k]
                     for ch in range(C):
                         out[i, j, ch] += w * attr[v, ch]
+                if unit:
+                    n2 = 0.0
+                    for ch in range(C):
+                        n2 += np.float64(out[i, j, ch]) ** 2
+                    inv = 1.0 / max(np.sqrt(n2), 1e-12)
+                    for ch in range(C):
+                        out[i, j, ch] = out[i, j, ch] * inv
 
     @numba.njit(cache=True, nogil=True)
-    def raster(verts, tris, H, W, face_id, zbuf):
+    def raster(verts, tris, H, W, face_id, zbuf, cull):
         # Most triangles of a 200x200 face cover no pixel centre: reject them on the bounding box first.
         # Pixel centres j + 0.5 inside [lo, hi] <=> j in [ceil(lo - 0.5), floor(hi - 0.5)].
+        # With the image's y down, a triangle facing the camera (counter-clockwise seen from outside) has
+        # det < 0; the back faces of closed surfaces (cull) are skipped.
         for f in range(tris.shape[0]):
             i0 = tris[f, 0]
             i1 = tris[f, 1]
             i2 = tris[f, 2]
-            x0, y0 = verts[i0, 0], verts[i0, 1]
-            x1, y1 = verts[i1, 0], verts[i1, 1]
-            x2, y2 = verts[i2, 0], verts[i2, 1]
+            x0, y0 = np.float64(verts[i0, 0]), np.float64(verts[i0, 1])
+            x1, y1 = np.float64(verts[i1, 0]), np.float64(verts[i1, 1])
+            x2, y2 = np.float64(verts[i2, 0]), np.float64(verts[i2, 1])
             xmin = int(np.ceil(min(x0, x1, x2) - 0.5))
             xmax = int(np.floor(max(x0, x1, x2) - 0.5))
             if xmin > xmax:
@@ -145,10 +186,10 @@ def _kernels() -> dict:
             if ymin > ymax:
                 continue
             det = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-            if det == 0.0:
+            if det == 0.0 or (det > 0.0 and cull[f]):
                 continue
             inv = 1.0 / det
-            z0, z1, z2 = verts[i0, 2], verts[i1, 2], verts[i2, 2]
+            z0, z1, z2 = np.float64(verts[i0, 2]), np.float64(verts[i1, 2]), np.float64(verts[i2, 2])
             xmin, ymin = max(xmin, 0), max(ymin, 0)
             xmax, ymax = min(xmax, W - 1), min(ymax, H - 1)
             for i in range(ymin, ymax + 1):
@@ -190,13 +231,22 @@ class NumbaRasterizer:
 
     name = "numba"
 
-    def rasterize(self, verts_img: np.ndarray, triangles: np.ndarray, height: int, width: int) -> np.ndarray:
-        """(V, 3) projected vertices, (F, 3) triangles -> (H, W) int32 triangle ids (-1 background)."""
+    def __init__(self):
+        self._zbuf = np.empty((0, 0))  # scratch depth buffer, reused by every frame of this size
+
+    def rasterize(self, verts_img: np.ndarray, triangles: np.ndarray, height: int, width: int,
+                  cull: np.ndarray | None = None) -> np.ndarray:
+        """(V, 3) projected vertices, (F, 3) triangles -> (H, W) int32 triangle ids (-1 background).
+        ``cull``: (F,) bool, :func:`closed_surface_triangles`, whose back faces are skipped (same picture)."""
         kernel = _kernels()["raster"]
         face_id = np.full((height, width), -1, np.int32)
-        zbuf = np.full((height, width), -np.inf, np.float64)
-        kernel(np.ascontiguousarray(verts_img, np.float64), np.ascontiguousarray(triangles, np.int64),
-               height, width, face_id, zbuf)
+        if self._zbuf.shape != (height, width):
+            self._zbuf = np.empty((height, width))
+        self._zbuf.fill(-np.inf)
+        if cull is None:
+            cull = np.zeros(len(triangles), bool)
+        kernel(np.ascontiguousarray(verts_img), np.ascontiguousarray(triangles), height, width, face_id, self._zbuf,
+               cull)
         return face_id
 
 
@@ -298,8 +348,10 @@ class GLRasterizer:
         gl.glUseProgram(self._program)
         gl.glUniform2f(self._u_viewport, float(width), float(height))
 
-    def rasterize(self, verts_img: np.ndarray, triangles: np.ndarray, height: int, width: int) -> np.ndarray:
-        """(V, 3) projected vertices, (F, 3) triangles -> (H, W) int32 triangle ids (-1 background)."""
+    def rasterize(self, verts_img: np.ndarray, triangles: np.ndarray, height: int, width: int,
+                  cull: np.ndarray | None = None) -> np.ndarray:
+        """(V, 3) projected vertices, (F, 3) triangles -> (H, W) int32 triangle ids (-1 background).
+        ``cull`` is accepted for the numba backend's sake: GL draws every triangle (the same picture)."""
         gl = self.gl
         if (height, width) != (self.height, self.width):
             raise ValueError(f"this GL rasteriser draws {self.height}x{self.width}, asked {height}x{width}")

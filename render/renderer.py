@@ -11,12 +11,20 @@ every frame. Two draws:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from .camera import Pose, project, rotate_normals
-from .raster import Fragments, fragments_from_ids, make_rasterizer
+from .raster import Fragments, closed_surface_triangles, fragments_from_ids, make_rasterizer
 from .shading import displaced_normals, phong_shade, shading_image, to_gray
+
+
+@lru_cache(maxsize=8)
+def _closed_triangles(model) -> np.ndarray:
+    """(F,) bool: triangles of the model's closed surfaces, whose back faces are never seen (computed once per
+    model: :func:`render.raster.closed_surface_triangles`)."""
+    return closed_surface_triangles(model.triangles, model.mean)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class FaceRenderer:
         self.model = model
         self.size = image_size
         self.rasterizer = make_rasterizer(backend, image_size, image_size, gl_platform)
+        self._cull = _closed_triangles(model)
         self.shading_ambient = shading_ambient
         self.shading_diffuse = shading_diffuse
 
@@ -106,14 +115,13 @@ class FaceRenderer:
     def rasterize(self, verts: np.ndarray, pose: Pose) -> tuple[Fragments, np.ndarray]:
         """(V, 3) model-frame vertices -> (fragments, (V, 3) projected vertices)."""
         vi = project(verts, pose)
-        ids = self.rasterizer.rasterize(vi, self.model.triangles, self.size, self.size)
+        ids = self.rasterizer.rasterize(vi, self.model.triangles, self.size, self.size, self._cull)
         return fragments_from_ids(ids, vi, self.model.triangles), vi
 
     def _normals(self, verts: np.ndarray, frags: Fragments, pose: Pose) -> np.ndarray:
+        """(H, W, 3) camera-frame unit normals interpolated from the vertex normals (0 outside)."""
         vn = rotate_normals(self.model.vertex_normals(verts), pose)
-        n = frags.interpolate(vn, self.model.triangles)
-        n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
-        return n
+        return frags.interpolate(vn, self.model.triangles, unit=True)
 
     def face_uv(self, frags: Fragments) -> np.ndarray:
         """(H, W, 2) UV of each pixel on the face area's UV tile (u in [0, 1)); NaN elsewhere."""
@@ -176,8 +184,9 @@ class FaceRenderer:
         lit = phong_shade(normals, a, light.direction, light.ambient, light.diffuse, light.specular,
                           light.shininess)
         m = frags.mask
-        bg = np.zeros((self.size, self.size, 3), np.float32) if background is None else background
-        rgb = np.where(m[..., None], np.clip(lit, 0.0, 1.0), bg).astype(np.float32)
+        rgb = np.clip(lit, 0.0, 1.0, out=lit.astype(np.float32, copy=False))
+        outside = np.repeat(~m, 3).reshape(rgb.shape)  # (H, W, 3): faster than broadcasting (H, W, 1)
+        np.copyto(rgb, 0.0 if background is None else background, where=outside)
         landmarks = vi[self.model.landmarks68, :2].astype(np.float32)
         return FaceRender(rgb, to_gray(rgb), m, depth, normals, landmarks, frags, disp)
 

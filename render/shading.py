@@ -82,8 +82,23 @@ def phong_shade(
     diffuse = _relu(n_dot_l)
     # r.v with v = (0, 0, 1): r_z = 2 (n.l) n_z - l_z
     r_dot_v = 2.0 * n_dot_l * normals[..., 2] - l[..., 2]
-    spec = (n_dot_l > 0) * _relu(r_dot_v) ** shininess
+    spec = (n_dot_l > 0) * _power(_relu(r_dot_v), shininess)
     return (k_ambient + k_diffuse * diffuse)[..., None] * albedo + (k_specular * spec)[..., None]
+
+
+def _power(x, p):
+    """x ** p for x >= 0; a whole number p <= 64 (a scalar) by repeated squaring, which is several times
+    faster than numpy's float power and the same to float rounding."""
+    if not (np.ndim(p) == 0 and float(p).is_integer() and 1 <= p <= 64):
+        return x ** p
+    p, out, sq = int(p), None, x
+    while True:
+        if p & 1:
+            out = sq if out is None else out * sq
+        p >>= 1
+        if not p:
+            return out
+        sq = sq * sq
 
 
 def displaced_normals(normals, slope_x, slope_y, min_nz: float = 0.3):

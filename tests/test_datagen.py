@@ -150,3 +150,65 @@ def test_loader_batches(reference):
     assert tuple(b["input"].shape[1:]) == (2, SIZE, SIZE)
     assert b["input"].dtype.is_floating_point and float(b["input"].max()) <= 1.0
     assert tuple(b["alpha_gt"].shape) == (4, 153) and b["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_cli_workers_out_of_range_is_one_line(tmp_path):
+    """`--workers -1` used to render with --n 10 and die in multiprocessing with --n 40."""
+    res = subprocess.run([sys.executable, "-m", "datagen.cli", "render", "--n", "40", "--workers", "-1",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr and res.stderr.strip().count("\n") == 0
+    assert "--workers must lie in [0, " in res.stderr
+
+
+@pytest.mark.parametrize("kwargs, message", [({"workers": -1}, "--workers"), ({"workers": 10**6}, "--workers"),
+                                             ({"seed": -1}, "--seed"), ({"nodes": 0}, "--num-nodes")])
+def test_out_of_range_numbers_are_refused(cfg, tmp_path, kwargs, message):
+    with pytest.raises(DatagenError, match=message):
+        _render(cfg, tmp_path, 40, 4, **kwargs)
+    from facesynth.config import override
+
+    with pytest.raises(DatagenError, match="--image-size"):
+        _render(override(cfg, "render.image_size", 0), tmp_path, 4, 4)
+
+
+def test_png_encoder_round_trips_through_pillow():
+    import io
+
+    from PIL import Image
+
+    from datagen.shards import _png
+
+    rng = np.random.default_rng(0)
+    for arr in (rng.integers(0, 256, (7, 5), dtype=np.uint8), rng.integers(0, 65536, (6, 9), dtype=np.uint16),
+                rng.integers(0, 256, (4, 3, 3), dtype=np.uint8), np.zeros((1, 1), np.uint8)):
+        back = np.asarray(Image.open(io.BytesIO(_png(arr))))
+        assert back.shape == arr.shape
+        np.testing.assert_array_equal(back.astype(arr.dtype), arr)
+    with pytest.raises(ValueError, match="expected"):
+        _png(np.zeros((4, 4), np.float32))
+
+
+def test_a_sample_with_u_zero_shares_one_set_of_fragments(cfg):
+    """u = 0: the shading image comes from the face's own fragments and equals a separate render of a_t."""
+    from datagen.sample import make_sample
+    from datagen.scene import draw_scene
+    from morphable.model import load_model
+    from render.renderer import FaceRenderer
+
+    model = load_model(cfg.resolve_path(cfg.model.path))
+    renderer = FaceRenderer.from_config(model, cfg.render)
+    index = next(i for i in range(200) if draw_scene(0, i, model, cfg).u == 0.0)
+    s = make_sample(0, index, model, cfg, renderer)
+    shading, mask = renderer.render_shading(s.scene.alpha_t, s.scene.pose, verts=model.draw_vertices(s.scene.alpha_t))
+    np.testing.assert_array_equal(s.mask, mask)
+    np.testing.assert_array_equal(s.shading, shading)
+    np.testing.assert_array_equal(s.mask, s.face_mask)
+
+
+def test_manifest_names_the_format_and_encoders(reference):
+    from datagen.generate import FORMAT
+
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["format"] == FORMAT == "facesynth-datagen/2"
+    assert set(manifest["encoders"]) == {"zlib", "pillow"}

@@ -15,6 +15,7 @@ import torch
 from click.testing import CliRunner
 
 from facesynth.config import load_config
+from coarse.stage import synthetic_start
 from datagen.synthetic import detail_frame_config, draw_face, render_scene
 from training.detail_data import DetailDataset, collate, face_example, random_crops
 from training.detail_net import FORMAT, DetailLoss, DetailNet, detail_features, load_detail_network
@@ -49,7 +50,8 @@ def scene(model):
     cfg = detail_frame_config(load_config(overrides={"datagen.detail_uv_size": 256}), 128)
     renderer = FaceRenderer.from_config(model, cfg.render, image_size=128, backend="numba")
     face = draw_face(cfg, model, 0, 3)
-    return render_scene(face, model, renderer, "landmarks", np.random.default_rng(0), cfg, smooth=True), renderer
+    start = synthetic_start("landmarks", model, cfg.evaluate.landmark_noise_px)
+    return render_scene(face, model, renderer, start, np.random.default_rng(0), smooth=True), renderer
 
 
 def _batch(example: dict, crop: int, count: int, seed: int = 0) -> dict:
@@ -80,10 +82,10 @@ def test_features_are_normalised_inside_the_mask():
     mask[4:16, 5:20] = True
     image = rng.uniform(0.2, 0.8, (20, 24, 3)).astype(np.float32)
     normals = np.tile(np.array([0.0, 0.0, 1.0], np.float32), (20, 24, 1))
-    f = detail_features(image, normals, mask)
+    f = detail_features(image, normals, mask, 2.0)
     assert f.shape == (6, 20, 24) and f.dtype == np.float32
     assert abs(np.median(f[0][mask])) < 1e-6  # gray / median - 1
-    f2 = detail_features(image * 0.5, normals, mask)  # a dimmer light or darker skin: the same input
+    f2 = detail_features(image * 0.5, normals, mask, 2.0)  # a dimmer light or darker skin: the same input
     np.testing.assert_allclose(f2, f, atol=1e-5)
     assert (f[:, ~mask] == 0).all() and (f[5][mask] == 1).all() and (f[4][mask] == 1).all()
 
@@ -107,10 +109,10 @@ def test_target_is_detailed_minus_smooth_depth_and_marks_the_wrinkles(scene, mod
     assert not np.allclose(sc.coarse.normals[m], sc.smooth.normals[m], atol=1e-3)  # a fit, not the truth
 
 
-def test_photometric_term_reproduces_the_render_at_the_truth(scene):
+def test_photometric_term_reproduces_the_render_at_the_truth(scene, cfg):
     sc, _ = scene
     b = _batch(face_example(sc, 2.0), 32, 4)
-    loss = DetailLoss()
+    loss = DetailLoss.from_config(cfg)
     at_truth = loss.terms(b["target"], b)
     at_zero = loss.terms(torch.zeros_like(b["target"]), b)
     assert at_truth["displacement"] == 0 and at_truth["gradient"] == 0
@@ -133,11 +135,11 @@ def test_crops_lie_on_the_face_and_the_stream_is_deterministic(small_cfg):
 
 
 # ----------------------------------------------------------------------------------------- training
-def test_adam_steps_lower_the_loss_on_a_fixed_batch(scene):
+def test_adam_steps_lower_the_loss_on_a_fixed_batch(scene, cfg):
     sc, _ = scene
     b = _batch(face_example(sc, 2.0), 32, 4)
     torch.manual_seed(0)
-    net, loss_fn = DetailNet((8, 16)), DetailLoss()
+    net, loss_fn = DetailNet((8, 16)), DetailLoss.from_config(cfg)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):

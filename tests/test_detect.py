@@ -1,17 +1,24 @@
-"""Photo input: robust image loading (formats, EXIF, broken files) and dlib face + landmark detection."""
+"""Photo input: robust image loading (formats, EXIF, broken files) and dlib face + landmark detection (the
+cascade: HOG, the CNN, turned copies; gray, rolled and small faces)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from facesynth.config import REPO_ROOT
+from facesynth.config import REPO_ROOT, load_config
 from coarse.detect import (FaceTooSmallError, NoFaceError, ReconstructionInputError, detect_faces,
-                                load_image)
+                           load_image)
 
 ASTRONAUT = REPO_ROOT / "data" / "astronaut.png"
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_config().detect
 
 
 @pytest.fixture(scope="module")
@@ -20,14 +27,20 @@ def astronaut() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def upright(astronaut):
-    return detect_faces(astronaut)
+def upright(astronaut, params):
+    return detect_faces(astronaut, params)
+
+
+def _landmark_error(det, expected: np.ndarray, interocular: float) -> float:
+    """Mean distance of the detected landmarks from ``expected`` (68, 2), in units of ``interocular``."""
+    return float(np.linalg.norm(det.landmarks - expected, axis=1).mean() / interocular)
 
 
 def test_astronaut_has_one_face_with_68_landmarks(astronaut, upright):
     assert astronaut.shape == (512, 512, 3) and astronaut.dtype == np.uint8
-    assert len(upright) == 1  # the mission patch (HOG score 0.12) is below min_score
+    assert len(upright) == 1  # the mission patch (HOG scores it ~0.1, the CNN does not confirm it) is refused
     det = upright[0]
+    assert det.detector == "hog" and det.score >= 0.5 and det.rotation_deg == 0
     assert det.landmarks.shape == (68, 2)
     x0, y0, x1, y1 = det.box
     pad = 0.15 * (x1 - x0)  # dlib's box is tight: the chin and jaw may reach just outside it
@@ -85,7 +98,7 @@ def test_formats_load_as_rgb8(tmp_path, astronaut):
     np.testing.assert_array_equal(load_image(tmp_path / "palette.png"), np.asarray(palette.convert("RGB")))
 
 
-def test_exif_rotated_jpeg_is_upright(tmp_path, astronaut):
+def test_exif_rotated_jpeg_is_upright(tmp_path, astronaut, params):
     crop = Image.fromarray(astronaut).crop((0, 0, 400, 512))  # W 400, H 512: orientation shows in the shape
     crop.save(tmp_path / "upright.jpg", quality=95)
     stored = crop.transpose(Image.Transpose.ROTATE_90)  # pixels stored on their side (W 512, H 400)
@@ -96,25 +109,79 @@ def test_exif_rotated_jpeg_is_upright(tmp_path, astronaut):
     rot = load_image(tmp_path / "rotated.jpg")
     assert rot.shape == up.shape == (512, 400, 3)
     assert np.abs(rot.astype(int) - up.astype(int)).mean() < 4
-    lm_up, lm_rot = detect_faces(up)[0].landmarks, detect_faces(rot)[0].landmarks
+    lm_up, lm_rot = detect_faces(up, params)[0].landmarks, detect_faces(rot, params)[0].landmarks
     assert np.abs(lm_up - lm_rot).mean() < 2.0
 
 
-def test_large_image_is_detected_at_reduced_size(astronaut, upright):
+def test_large_image_is_detected_at_reduced_size(astronaut, upright, params):
     big = np.asarray(Image.fromarray(astronaut).resize((2048, 2048), Image.Resampling.BICUBIC))
-    det = detect_faces(big, max_side=1024)
-    assert len(det) >= 1
+    det = detect_faces(big, dataclasses.replace(params, max_search_side=1024))
+    assert len(det) == 1
     scale = 2048 / 512
     assert np.abs(det[0].landmarks / scale - upright[0].landmarks).mean() < 2.0
     assert np.abs(det[0].box / scale - upright[0].box).max() < 8
 
 
-def test_no_face_and_too_small(astronaut):
-    noise = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
-    with pytest.raises(NoFaceError, match="no face"):
-        detect_faces(noise)
-    tiny = np.asarray(Image.fromarray(astronaut).resize((154, 154), Image.Resampling.LANCZOS))
-    with pytest.raises(FaceTooSmallError, match="inter-ocular"):
-        detect_faces(tiny)
+def test_no_face_and_too_small(astronaut, upright, params):
+    noise = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    with pytest.raises(NoFaceError, match="no face") as e:
+        detect_faces(noise, params)
+    assert "\n" not in str(e.value)
+    # inter-ocular ~18 px < min_interocular_px 20: found (faces from min_face_px 40 are searched), refused
+    side = round(512 * 0.9 * params.min_interocular_px / upright[0].interocular)
+    tiny = np.asarray(Image.fromarray(astronaut).resize((side, side), Image.Resampling.LANCZOS))
+    with pytest.raises(FaceTooSmallError, match="inter-ocular") as e:
+        detect_faces(tiny, params)
+    assert "\n" not in str(e.value)
     with pytest.raises(ReconstructionInputError, match="uint8"):
-        detect_faces(astronaut.astype(np.float32))
+        detect_faces(astronaut.astype(np.float32), params)
+
+
+def test_gray_photo(astronaut, upright, params):
+    gray = np.asarray(Image.fromarray(astronaut).convert("L"))
+    det = detect_faces(gray, params)
+    assert len(det) == 1 and det[0].detector == "hog"
+    assert _landmark_error(det[0], upright[0].landmarks, upright[0].interocular) < 0.05
+
+
+def _rotated(points: np.ndarray, angle_deg: float, centre: np.ndarray) -> np.ndarray:
+    """Image-frame points turned counter-clockwise on screen (y down) by ``angle_deg`` about ``centre``."""
+    t = np.deg2rad(angle_deg)
+    R = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+    return (points - centre) @ R.T + centre
+
+
+def test_face_rolled_by_30_degrees(astronaut, upright, params):
+    rolled = np.asarray(Image.fromarray(astronaut).rotate(30, Image.Resampling.BICUBIC))  # counter-clockwise
+    det = detect_faces(rolled, params)
+    assert len(det) == 1 and det[0].detector in ("hog", "hog+cnn", "cnn")
+    assert det[0].rotation_deg == -30  # the landmarks were predicted in the photo turned back upright
+    expected = _rotated(upright[0].landmarks, 30, np.array([256.0, 256.0]))
+    assert _landmark_error(det[0], expected, upright[0].interocular) < 0.1
+
+
+def test_face_on_its_side_with_and_without_the_cnn(astronaut, upright, params):
+    crop = astronaut[40:296, 100:356]  # 256 px around the face: the CNN's scans stay cheap
+    sideways = np.ascontiguousarray(np.rot90(crop))  # a quarter turn counter-clockwise: pixel (r, c) -> (255 - c, r)
+    lm = upright[0].landmarks - [100, 40]
+    expected = np.stack([lm[:, 1], 256 - lm[:, 0]], axis=1)
+    for p, detectors in ((params, ("cnn", "hog-rotated", "hog+cnn-rotated")),
+                         (dataclasses.replace(params, cnn_sides=()), ("hog-rotated",))):
+        det = detect_faces(sideways, p)
+        assert len(det) == 1 and det[0].detector in detectors
+        assert det[0].rotation_deg in (-60, -90)
+        assert _landmark_error(det[0], expected, upright[0].interocular) < 0.1
+    with pytest.raises(NoFaceError):  # neither the CNN nor turned copies: HOG alone misses it
+        detect_faces(sideways, dataclasses.replace(params, cnn_sides=(), rotations_deg=()))
+
+
+def test_small_face_in_a_big_photo(astronaut, upright, params):
+    f = 80 / (upright[0].box[2] - upright[0].box[0])  # the face's box becomes 80 px wide
+    side = round(512 * f)
+    photo = np.random.default_rng(1).integers(100, 156, (1500, 2000, 3), dtype=np.uint8)  # noise around mid-gray
+    photo[900:900 + side, 1200:1200 + side] = np.asarray(
+        Image.fromarray(astronaut).resize((side, side), Image.Resampling.LANCZOS))
+    det = detect_faces(photo, params)
+    assert len(det) == 1 and det[0].detector == "hog"  # the mission patch is refused here as well
+    expected = upright[0].landmarks * (side / 512) + [1200, 900]
+    assert _landmark_error(det[0], expected, upright[0].interocular * side / 512) < 0.1

@@ -2,6 +2,7 @@
 the report's shape, error maps, and ``train evaluate`` printing one JSON object."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,13 +10,19 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from facesynth.config import load_config
-from training.evaluate import evaluate, online_faces
-from training.metrics import coefficient_errors, similarity_align, summarize, vertex_errors
+from coarse.frame import NetworkFrame
+from coarse.iterative import torch_predictor
+from coarse.landmarks import vertex_landmarks
 from coarse.network import IterativeNet
+from coarse.stage import CoarseSettings
+from datagen.faces import online_faces
+from facesynth.config import load_config
+from render.renderer import FaceRenderer
+from training.evaluate import evaluate
+from training.metrics import coefficient_errors, similarity_align, summarize, vertex_errors
 
 SIZE = 64
-REPORT_KEYS = {"mean_face", "iterations", "landmark_fit", "samples", "pose_source"}
+REPORT_KEYS = {"faces", "landmarks", "pose_source", "mean_face", "landmark_fit", "fit_to_mean_face"}
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +31,8 @@ def small_cfg(model_path):
 
 
 @pytest.fixture(scope="module")
-def faces(small_cfg):
-    return list(online_faces(small_cfg, 2))
+def faces(small_cfg, model):
+    return list(online_faces(small_cfg, 2, 5, model, FaceRenderer.from_config(model, small_cfg.render)))
 
 
 def _random_rotation(rng):
@@ -78,29 +85,60 @@ class Oracle(torch.nn.Module):
         return out
 
 
-def test_perfect_predictor_has_zero_error(small_cfg, faces, tmp_path):
+def _settings(model, cfg, net=None, iterations=2):
+    predict = None if net is None else torch_predictor(net)
+    return CoarseSettings(vertex_landmarks(model), cfg.fit, predict, NetworkFrame.from_config(cfg), iterations)
+
+
+def test_perfect_predictor_has_zero_error(small_cfg, faces, model, tmp_path):
     png = tmp_path / "maps.png"
-    report = evaluate(Oracle(faces, 2), faces, small_cfg, iterations=2, pose_source="true", error_maps_png=png)
-    assert set(report) == REPORT_KEYS and report["samples"] == 2 and report["pose_source"] == "true"
-    assert len(report["iterations"]) == 2
+    report = evaluate(faces, model, _settings(model, small_cfg, Oracle(faces, 2)), small_cfg.render, "true", 1.0,
+                      pose_source="true", error_maps_png=png, n_maps=2)
+    assert REPORT_KEYS <= set(report) and report["faces"] == 2 and report["pose_source"] == "true"
+    assert len(report["iterations"]) == 2 and "detector_found" not in report
     for it in report["iterations"]:
         assert set(it) == {"mean_mm", "median_mm"} and it["mean_mm"] < 1e-3
     assert report["mean_face"]["mean_mm"] > 0.5
     assert 0 < report["landmark_fit"]["mean_mm"] < report["mean_face"]["mean_mm"] * 3
+    assert report["fit_to_mean_face"] == pytest.approx(report["landmark_fit"]["mean_mm"] / report["mean_face"]["mean_mm"])
     assert png.stat().st_size > 10_000
 
 
-def test_landmark_pose_and_untrained_network(small_cfg, faces):
+def test_landmark_pose_and_untrained_network(small_cfg, faces, model):
     """The untrained network returns a_t = 0 at every pass: each iteration's error is the mean face's."""
     torch.manual_seed(0)
-    report = evaluate(IterativeNet.from_config(small_cfg), faces, small_cfg, iterations=2,
-                      pose_source="landmarks", landmark_baseline=False)
-    assert set(report) == REPORT_KEYS - {"landmark_fit"}
-    assert report["pose_source"] == "landmarks" and report["samples"] == 2
+    report = evaluate(faces, model, _settings(model, small_cfg, IterativeNet.from_config(small_cfg)), small_cfg.render,
+                      "true", 1.0, uncalibrated_fit=False)
+    assert "landmark_fit_uncalibrated" not in report and report["faces"] == 2
     for it in report["iterations"]:
         assert it == pytest.approx(report["mean_face"], rel=1e-6)
     with pytest.raises(ValueError, match="pose_source"):
-        evaluate(IterativeNet.from_config(small_cfg), faces[:1], small_cfg, pose_source="guess")
+        evaluate(faces[:1], model, _settings(model, small_cfg), small_cfg.render, "true", pose_source="guess")
+    with pytest.raises(ValueError, match="landmarks"):
+        evaluate(faces[:1], model, _settings(model, small_cfg), small_cfg.render, "guess")
+
+
+def test_exact_landmarks_beat_noisy_ones_and_the_fit_stays_near_the_mean_face_without_evidence(small_cfg, faces,
+                                                                                               model):
+    """With exact landmarks the MAP fit moves towards the truth; with landmarks drowned in noise the prior keeps
+    it near the mean face: the fit does no harm where the evidence is weak."""
+    exact = evaluate(faces, model, _settings(model, small_cfg), small_cfg.render, "true", 0.0, uncalibrated_fit=False)
+    noisy = evaluate(faces, model, _settings(model, small_cfg), small_cfg.render, "true", 40.0, uncalibrated_fit=False)
+    assert exact["landmark_fit"]["mean_mm"] < noisy["landmark_fit"]["mean_mm"]
+    assert exact["landmark_fit"]["mean_mm"] < exact["mean_face"]["mean_mm"]
+    assert noisy["landmark_fit"]["mean_mm"] < 1.25 * noisy["mean_face"]["mean_mm"]
+
+
+def test_detector_landmarks_report_the_found_fraction(model, tmp_path):
+    """The real detector runs on the renders (photo-like size): the report says how many it found."""
+    cfg = load_config(overrides={"render.image_size": 192, "render.backend": "numba"})
+    renderer = FaceRenderer.from_config(model, cfg.render)
+    faces = list(online_faces(cfg, 2, 11, model, renderer))
+    blank = dataclasses.replace(faces[0], rgb=np.full_like(faces[0].rgb, 0.5), index=99)  # no face to find
+    report = evaluate(faces + [blank], model, _settings(model, cfg), cfg.render, "detector", uncalibrated_fit=False)
+    assert report["faces"] == 3 and report["landmarks"] == "detector"
+    assert report["detector_found"] == pytest.approx(2 / 3)
+    assert report["mean_face"]["mean_mm"] > 0.5 and report["landmark_fit"]["mean_mm"] > 0
 
 
 def test_cli_evaluate_prints_one_json_object(small_cfg, tmp_path):
@@ -111,9 +149,15 @@ def test_cli_evaluate_prints_one_json_object(small_cfg, tmp_path):
     net = IterativeNet.from_config(small_cfg)
     weights = tmp_path / "ckpt.pt"
     save_checkpoint(weights, {"format": FORMAT, "config": small_cfg.to_dict(), "model": net.state_dict(), "step": 0})
-    result = CliRunner().invoke(cli, ["evaluate", "--weights", str(weights), "--online", "--n", "1",
-                                      "--iterations", "1", "--pose", "true", "--device", "cpu"])
+    args = ["evaluate", "--online", "--n", "1", "--landmarks", "true", "--device", "cpu", "--no-uncalibrated-fit"]
+    result = CliRunner().invoke(cli, args + ["--weights", str(weights), "--iterations", "1", "--pose", "true"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == REPORT_KEYS and report["samples"] == 1 and len(report["iterations"]) == 1
-    assert (tmp_path / "eval_errors.png").exists()
+    assert REPORT_KEYS <= set(report) and report["faces"] == 1 and len(report["iterations"]) == 1
+    assert report["weights"] == str(weights) and (tmp_path / "eval_errors.png").exists()
+    result = CliRunner().invoke(cli, args + ["--no-network", "--out", str(tmp_path / "e.png")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert "iterations" not in report and report["weights"] is None and report["landmark_fit"]["mean_mm"] > 0
+    bad = CliRunner().invoke(cli, args + ["--landmark-noise", "-1"])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

@@ -158,3 +158,34 @@ def test_gram_gives_the_mean_squared_geometry_error(model, region):
 def test_missing_model_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.h5"):
         FaceModel(tmp_path / "nowhere.h5")
+
+
+def test_draw_vertices_are_within_their_bound_and_independent_of_the_batch(model):
+    a = _alphas(model, 3, seed=5)
+    a[1, model.n_identity:] = 0.0  # a neutral face: the expression modes are skipped for it alone
+    exact = model.mean.astype(np.float64) + np.einsum("vck,bk->bvc", model.basis.astype(np.float64), a)
+    drawn = model.draw_vertices(a)
+    assert drawn.shape == (3, model.n_vertices, 3) and drawn.dtype == np.float32
+    bound = model.draw_error_bound(a)
+    err = np.abs(drawn - exact).reshape(3, -1).max(1)
+    assert np.all(err <= bound + 1e-3) and np.all(bound < 0.05), (err, bound)  # far below a pixel (~1.4 mm)
+    for i in range(3):  # one pass for the batch gives each face the bits it gets alone
+        np.testing.assert_array_equal(model.draw_vertices(a[i]), drawn[i])
+    np.testing.assert_array_equal(model.draw_vertices(np.zeros(model.n_coeffs, np.float32)), model.mean)
+
+
+def test_linear_basis_16_and_32_bits():
+    from morphable.model import LinearBasis
+
+    rng = np.random.default_rng(0)
+    mean, basis = rng.normal(size=50), rng.normal(size=(50, 7)) * np.array([1, 10, 0.1, 1, 1, 0, 3])
+    c = rng.normal(size=(4, 7))
+    exact = mean + c @ basis.T
+    np.testing.assert_allclose(LinearBasis(mean, basis, bits=32)(c), exact, rtol=0, atol=1e-4)
+    b16 = LinearBasis(mean, basis)
+    assert b16.table.dtype == np.int16
+    assert np.all(np.abs(b16(c) - exact).max(1) <= b16.error_bound(c) + 1e-4)
+    with pytest.raises(ValueError, match="coefficients"):
+        b16(c[:, :3])
+    with pytest.raises(ValueError, match="basis"):
+        LinearBasis(mean[:3], basis)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reconstruct.export import read_obj
+from morphable.obj import read_obj
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO = REPO / "data" / "astronaut.png"

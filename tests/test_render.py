@@ -270,3 +270,39 @@ def test_numba_and_gl_rasterisers_agree(model, numba_renderer, gl_renderer, scen
     g2, gm2 = gl_renderer.render_shading(scene.alpha_rand, scene.pose)
     assert np.count_nonzero(m2 != gm2) <= max(5, m2.sum() // 1000)
     assert (np.abs(s2 - g2) < 2e-3).mean() > 0.99
+
+
+# ------------------------------------------------------------------------------------------ culling
+def test_closed_surfaces_are_found_and_culling_them_changes_no_pixel(model, cfg):
+    from render.raster import closed_surface_triangles
+
+    trimesh = pytest.importorskip("trimesh")
+    ball = trimesh.creation.icosphere(subdivisions=2, radius=10.0)
+    assert closed_surface_triangles(ball.faces, ball.vertices).all()
+    assert not closed_surface_triangles(ball.faces[:, ::-1], ball.vertices).any()  # inside out: keep all
+    assert not closed_surface_triangles(ball.faces[1:], ball.vertices).any()  # a hole: keep all
+    closed = closed_surface_triangles(model.triangles, model.mean)
+    eyes_teeth = np.zeros(model.n_vertices, bool)
+    eyes_teeth[np.concatenate([model.regions["eyes"], model.regions["teeth"]])] = True
+    np.testing.assert_array_equal(closed, eyes_teeth[model.triangles].all(1))
+    rast, size = NumbaRasterizer(), 96
+    for index, (yaw, pitch) in enumerate(((0.0, 0.0), (0.9, -0.3), (-0.7, 0.4))):
+        verts = model.vertices(draw_scene(0, index, model, cfg).alpha_gt)
+        vi = project(verts, frontal_pose(model, cfg, size, yaw=yaw, pitch=pitch))
+        np.testing.assert_array_equal(rast.rasterize(vi, model.triangles, size, size, closed),
+                                      rast.rasterize(vi, model.triangles, size, size))
+
+
+def test_unit_interpolation_normalises_each_pixel(model, cfg, scene):
+    size = 64
+    pose = frontal_pose(model, cfg, size)
+    verts = model.vertices(scene.alpha_gt)
+    vi = project(verts, pose)
+    frags = fragments_from_ids(NumbaRasterizer().rasterize(vi, model.triangles, size, size), vi, model.triangles)
+    vn = rotate_normals(model.vertex_normals(verts), pose)
+    plain = frags.interpolate(vn, model.triangles)
+    unit = frags.interpolate(vn, model.triangles, unit=True)
+    m = frags.mask
+    expected = plain[m] / np.linalg.norm(plain[m], axis=-1, keepdims=True)
+    np.testing.assert_allclose(unit[m], expected, atol=1e-6)
+    assert np.all(unit[~m] == 0)

@@ -1,15 +1,19 @@
 """Shape from shading: operators and frames, SH fit, Jacobian, and detail recovery on a synthetic dome."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from reconstruct.sfs import (SfSParams, _DepthProblem, depth_to_normals, fit_sh, gradient_operators,
-                             laplacian_operator, sfs_refine)
+from facesynth.config import load_config
+from reconstruct.sfs import _DepthProblem, depth_to_normals, fit_sh, gradient_operators, laplacian_operator, sfs_refine
+from reconstruct.sfs_scene import dome_scene
 from render.shading import sh_basis, sh_directional, sh_gradient, sh_shade
 
 PX = 0.5  # mm per pixel
+SFS = load_config().refine.sfs  # pipeline.yaml's SfS settings
 
 
 def _angle_deg(n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
@@ -17,29 +21,10 @@ def _angle_deg(n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
 
 
 def synthetic_face(n: int = 64, seed: int = 0, albedo_patch: bool = True):
-    """A sphere cap ("coarse") plus Gaussian bumps and a wrinkle band of 0.3-1 mm ("true"), lit by a
-    directional SH light, with a sharp-edged dark albedo patch. Returns (image, coarse depth (0 outside),
+    """The dome scene (:func:`reconstruct.sfs_scene.dome_scene`) at PX: (image, coarse depth (0 outside),
     mask, true normals, albedo, sh)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:n, 0:n] + 0.5
-    x, y = (xx - n / 2) * PX, (n / 2 - yy) * PX  # camera frame: x right, y up
-    R = n * PX * 0.45
-    r2 = x ** 2 + y ** 2
-    mask = r2 < R ** 2
-    dome = np.sqrt(np.maximum(2.0 * R ** 2 - r2, 0.0))
-    bumps = np.zeros_like(dome)
-    for _ in range(8):
-        cx, cy = rng.uniform(-0.6 * R, 0.6 * R, 2)
-        s, a = rng.uniform(1.0, 2.0), rng.uniform(0.3, 1.0) * rng.choice([-1, 1])
-        bumps += a * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
-    bumps += 0.4 * np.sin(x * 2 * np.pi / 4.0) * np.exp(-((y + 0.3 * R) ** 2) / (2 * 2.0 ** 2))  # wrinkles
-    n_true = depth_to_normals(dome + bumps, PX)
-    albedo = np.full((n, n), 0.7)
-    if albedo_patch:
-        albedo[(x - 0.3 * R) ** 2 + (y - 0.3 * R) ** 2 < (0.2 * R) ** 2] = 0.45
-    sh = sh_directional([0.4, 0.5, 0.77], intensity=0.8, ambient=0.3)
-    image = np.clip(sh_shade(n_true, albedo, sh), 0.0, 1.0)
-    return image, np.where(mask, dome, 0.0), mask, n_true, albedo, sh
+    s = dome_scene(n, PX, seed, albedo_patch)
+    return s.image, s.coarse, s.mask, s.normals, s.albedo, s.sh
 
 
 # ---------------------------------------------------------------------------------------------- frames
@@ -117,7 +102,7 @@ def test_sh_gradient_matches_finite_differences():
 def test_depth_jacobian_matches_finite_differences():
     image, coarse, mask, _, albedo, sh = synthetic_face(16, seed=3)
     zeta = coarse / PX + np.random.default_rng(0).normal(0, 0.3, coarse.shape)
-    prob = _DepthProblem(image, albedo, sh, mask, mask, zeta, SfSParams())
+    prob = _DepthProblem(image, albedo, sh, mask, mask, zeta, SFS)
     S, J = prob.linearise(zeta.ravel())
     v = np.random.default_rng(1).normal(size=zeta.size)
     eps = 1e-6
@@ -132,7 +117,7 @@ def test_sfs_recovers_detail(seed):
     image_in, coarse_in = image.copy(), coarse.copy()
     inner = ndimage.binary_erosion(mask, iterations=2)
     before = _angle_deg(depth_to_normals(coarse, PX), n_true)[inner].mean()
-    res = sfs_refine(image, coarse, mask, PX)
+    res = sfs_refine(image, coarse, mask, PX, SFS)
     after = _angle_deg(res.normals, n_true)[inner].mean()
     assert after < 0.7 * before, (before, after)
     assert res.depth.shape == coarse.shape and res.normals.shape == (*coarse.shape, 3) and res.sh.shape == (9,)
@@ -157,7 +142,7 @@ def test_residual_lowpass_keeps_slow_model_error_out_of_the_shape():
     before = _angle_deg(depth_to_normals(coarse, PX), n_true)[inner].mean()
     err = {}
     for lp in (0.0, 2.0):
-        res = sfs_refine(ramped, coarse, mask, PX, SfSParams(residual_lowpass_mm=lp))
+        res = sfs_refine(ramped, coarse, mask, PX, dataclasses.replace(SFS, residual_lowpass_mm=lp))
         err[lp] = (_angle_deg(res.normals, n_true)[inner].mean(), np.abs(res.depth - coarse)[inner].mean())
     assert err[2.0][1] < 0.8 * err[0.0][1], err  # less drift of the shape (mm)
     assert err[2.0][0] < 0.8 * before, (before, err)  # the detail is still there
@@ -165,7 +150,7 @@ def test_residual_lowpass_keeps_slow_model_error_out_of_the_shape():
 
 def test_sfs_albedo_keeps_the_patch():
     image, coarse, mask, _, albedo, _ = synthetic_face(64, seed=0)
-    res = sfs_refine(image, coarse, mask, PX)
+    res = sfs_refine(image, coarse, mask, PX, SFS)
     core = ndimage.binary_erosion(albedo < 0.6, iterations=2)
     skin = ndimage.binary_erosion(mask & (albedo > 0.6), iterations=3)
     ratio = np.median(res.albedo[core]) / np.median(res.albedo[skin])
@@ -176,27 +161,27 @@ def test_sfs_direct_solver_agrees_and_colour_input():
     image, coarse, mask, n_true, *_ = synthetic_face(48, seed=2)
     inner = ndimage.binary_erosion(mask, iterations=2)
     before = _angle_deg(depth_to_normals(coarse, PX), n_true)[inner].mean()
-    cg = sfs_refine(image, coarse, mask, PX)
-    direct = sfs_refine(image, coarse, mask, PX, SfSParams(solver="direct"))
+    cg = sfs_refine(image, coarse, mask, PX, SFS)
+    direct = sfs_refine(image, coarse, mask, PX, dataclasses.replace(SFS, solver="direct"))
     assert _angle_deg(direct.normals, n_true)[inner].mean() < 0.7 * before
     assert _angle_deg(cg.normals, direct.normals)[inner].mean() < 1.0
-    rgb = sfs_refine(np.repeat(image[..., None], 3, -1), coarse, mask, PX)
+    rgb = sfs_refine(np.repeat(image[..., None], 3, -1), coarse, mask, PX, SFS)
     np.testing.assert_allclose(rgb.depth, cg.depth, atol=0.01)  # luma of gray RGB = gray (to rounding)
 
 
 def test_sfs_rejects_bad_input():
     image, coarse, mask, *_ = synthetic_face(16)
     with pytest.raises(ValueError, match="mask"):
-        sfs_refine(image, coarse, mask.astype(np.uint8), PX)
+        sfs_refine(image, coarse, mask.astype(np.uint8), PX, SFS)
     with pytest.raises(ValueError, match="image"):
-        sfs_refine(image[:8], coarse, mask, PX)
+        sfs_refine(image[:8], coarse, mask, PX, SFS)
     with pytest.raises(ValueError, match="NaN"):
-        sfs_refine(np.where(mask, np.nan, image), coarse, mask, PX)
+        sfs_refine(np.where(mask, np.nan, image), coarse, mask, PX, SFS)
     with pytest.raises(ValueError, match="pixel_mm"):
-        sfs_refine(image, coarse, mask, 0.0)
+        sfs_refine(image, coarse, mask, 0.0, SFS)
     with pytest.raises(ValueError, match="empty"):
-        sfs_refine(image, coarse, np.zeros_like(mask), PX)
+        sfs_refine(image, coarse, np.zeros_like(mask), PX, SFS)
     with pytest.raises(ValueError, match="solver"):
-        SfSParams(solver="amg")
+        dataclasses.replace(SFS, solver="amg")
     with pytest.raises(ValueError, match="rounds"):
-        SfSParams(rounds=0)
+        dataclasses.replace(SFS, rounds=0)

@@ -17,8 +17,8 @@ from training import train as train_module
 from training.cli import main as cli
 from training.data import OnlineDataset, fixed_batches
 from training.loss import GeometryLoss
-from coarse.network import IterativeNet
-from training.train import (TrainingError, default_batches, load_checkpoint, load_network,
+from coarse.network import IterativeNet, load_iterative
+from training.train import (TrainingError, default_batches, load_checkpoint,
                             train_iterative)
 
 SIZE = 64
@@ -124,11 +124,11 @@ def test_export_keeps_the_network_and_drops_the_optimiser(uninterrupted, tmp_pat
     assert result.exit_code == 0, result.output
     w = load_checkpoint(out)
     assert "optimizer" not in w and "rng" not in w and w["provenance"] == {"samples": 16} and w["step"] == 4
-    a, b = load_network(run / "ckpt.pt"), load_network(out)
-    x, alpha = torch.rand(2, 2, SIZE, SIZE), torch.randn(2, a.n_coeffs)
+    a, b = load_iterative(run / "ckpt.pt"), load_iterative(out)
+    x, alpha = torch.rand(2, 2, SIZE, SIZE), torch.randn(2, a.net.n_coeffs)
     with torch.no_grad():
-        torch.testing.assert_close(a(x, alpha), b(x, alpha))
-    assert b.image_size == SIZE
+        torch.testing.assert_close(a.net(x, alpha), b.net(x, alpha))
+    assert b.frame.size == SIZE and b.step == 4 and b.provenance == {"samples": 16} and not b.color_input
     bad = CliRunner().invoke(cli, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")])
     assert bad.exit_code != 0 and "not found" in bad.output and "Traceback" not in bad.output
 
@@ -175,7 +175,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_cfg, tmp_path):
     with pytest.raises(TrainingError, match=r"loss is nan at step 3: stopped; last good checkpoint: .*step 2"):
         train_iterative(small_cfg, tmp_path, batches=batches, progress=False)
     assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 2
-    net = load_network(tmp_path / "ckpt.pt")
+    net = load_iterative(tmp_path / "ckpt.pt").net
     with torch.no_grad():
         assert torch.isfinite(net(fixed["input"], fixed["alpha_t"])).all()
 

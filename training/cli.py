@@ -19,6 +19,17 @@ def main():
     pass
 
 
+def photo_scene_config(cfg):
+    """The scene sampler's settings for photo-like test faces: the ``evaluate`` section's image size and yaw
+    range (textured, random light and background as in training)."""
+    from facesynth.config import override
+
+    ev = cfg.evaluate
+    cfg = override(cfg, "render.image_size", ev.image_size)
+    cfg = override(cfg, "sampling.pose.yaw_std_deg", ev.yaw_std_deg)
+    return override(cfg, "sampling.pose.max_yaw_deg", ev.max_yaw_deg)
+
+
 #: The keys of a training section every training command overrides with a flag of the same name.
 RUN_KEYS = ("data", "online", "out", "steps", "batch", "lr", "device", "workers", "seed")
 
@@ -88,61 +99,106 @@ def detail(config, quiet, coarse_weights, **run):
                f"{result['val_loss']:.4g}; checkpoint {result['checkpoint']} (refine reads {cfg.detail.weights})")
 
 
-@main.command(help="3D error of the iterative network on synthetic faces; prints one JSON object.")
+@main.command(help="3D error of the coarse stage (mean face, landmark fit, network iterations) on synthetic faces "
+                   "with known geometry; prints one JSON object.")
 @config_option
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="weights or checkpoint [default: refine.weights (shipped), else <train.out>/ckpt.pt]")
-@click.option("--data", type=click.Path(file_okay=False), default=None, help="shard folder (default: --online)")
-@click.option("--online", is_flag=True, help="generate the faces (seed datagen.seed + 2000003)")
+              help="network weights or checkpoint [default: refine.weights when it exists; without weights the "
+                   "mean face and the landmark fit are reported]")
+@click.option("--no-network", is_flag=True, help="report the mean face and the landmark fit only")
+@click.option("--data", type=click.Path(file_okay=False), default=None, help="shard folder (default: on the fly)")
+@click.option("--online", is_flag=True, help="generate the faces (seed datagen.seed + 2000003; the default)")
 @click.option("--n", type=int, default=None, help="faces" + _d("evaluate.n"))
+@click.option("--landmarks", type=click.Choice(["detector", "true"]), default=None,
+              help="the detector on the render, or the true landmarks + noise" + _d("evaluate.landmarks"))
+@click.option("--landmark-noise", type=float, default=None, help="pixels, with --landmarks true"
+              + _d("evaluate.landmark_noise_px"))
 @click.option("--iterations", type=int, default=None, help="network passes" + _d("evaluate.iterations"))
 @click.option("--pose", "pose_source", type=click.Choice(["true", "landmarks"]), default="landmarks",
-              show_default=True, help="true pose, or fitted to noisy landmarks")
+              show_default=True, help="the network's pose: true, or fitted to the landmarks")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="error-map PNG [default: next to the weights, eval_errors.png]")
+              help="error-map PNG [default: eval_errors.png next to the weights, else in train.out]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help=_d("train.device")[1:])
-@click.option("--no-landmark-fit", is_flag=True, help="skip the landmark-fit baseline (about 1 s per face)")
+@click.option("--no-uncalibrated-fit", is_flag=True, help="skip the older landmark fit (reported for reference)")
 @user_errors(TrainingError, CheckpointError)
-def evaluate(config, weights, data, online, n, iterations, pose_source, out, device, no_landmark_fit):
-    from facesynth.config import config_from_dict, override
+def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_noise, iterations, pose_source, out,
+             device, no_uncalibrated_fit):
+    from coarse.network import load_iterative
+    from coarse.stage import CoarseSettings
+    from datagen.faces import EVAL_SEED_OFFSET, face_source
+    from facesynth.config import optional_file
+    from morphable.model import load_model
+    from render.renderer import FaceRenderer
 
     from .evaluate import evaluate as run_evaluation
-    from .evaluate import online_faces, shard_faces
-    from coarse.network import IterativeNet
-    from .train import load_checkpoint, resolve_device
+    from .train import resolve_device
 
     if data is not None and online:
         raise click.UsageError("give either --data or --online")
+    if weights is not None and no_network:
+        raise click.UsageError("give either --weights or --no-network")
     if data is not None and not Path(data).is_dir():
         raise FileNotFoundError(f"dataset folder {data} not found")
-    cfg = load_cfg(config, {"evaluate.n": n, "evaluate.iterations": iterations, "train.device": device})
+    cfg = load_cfg(config, {"evaluate.n": n, "evaluate.iterations": iterations, "train.device": device,
+                            "evaluate.landmarks": landmarks, "evaluate.landmark_noise_px": landmark_noise})
+    ev = cfg.evaluate
     for key in ("n", "iterations"):
-        if getattr(cfg.evaluate, key) < 1:
-            raise click.ClickException(f"--{key} must be >= 1; got {getattr(cfg.evaluate, key)}")
-    if weights is not None:
-        path = Path(weights)
-    else:  # the shipped weights, else the default run folder's checkpoint
-        path = cfg.resolve_path(cfg.refine.weights)
-        if not path.exists():
-            path = cfg.resolve_path(cfg.train.out) / "ckpt.pt"
-    dev = resolve_device(cfg.train.device)
-    ckpt = load_checkpoint(path, map_location="cpu")
-    trained = config_from_dict(ckpt["config"])
-    net = IterativeNet.from_config(trained)
-    net.load_state_dict(ckpt["model"])
-    # The network's input format is the one it was trained with.
-    cfg = override(cfg, "render.image_size", trained.render.image_size)
-    cfg = override(cfg, "datagen.color_input", trained.datagen.color_input)
-    if data is not None:
-        faces = shard_faces(data, cfg.evaluate.n, color=cfg.datagen.color_input)
-    else:
-        faces = online_faces(cfg, cfg.evaluate.n)
-    png = Path(out) if out is not None else path.parent / "eval_errors.png"
-    report = run_evaluation(net, faces, cfg, pose_source=pose_source, error_maps_png=png, device=str(dev),
-                            progress=True, landmark_baseline=not no_landmark_fit)
+        if getattr(ev, key) < 1:
+            raise click.ClickException(f"--{key} must be >= 1; got {getattr(ev, key)}")
+    if ev.landmark_noise_px < 0:
+        raise click.ClickException(f"--landmark-noise must be >= 0; got {ev.landmark_noise_px}")
+    path = None if no_network else optional_file(cfg, weights, cfg.refine.weights)
+    network = None if path is None else load_iterative(path, str(resolve_device(cfg.train.device)))
+    model = load_model(cfg.resolve_path(cfg.model.path))
+    coarse = CoarseSettings.from_config(cfg, network, ev.iterations)
+    # the online test faces: photo-like renders (the scene sampler's settings with the evaluate section's)
+    scene_cfg = photo_scene_config(cfg)
+    renderer = FaceRenderer.from_config(model, scene_cfg.render)
+    faces = face_source(scene_cfg, ev.n, cfg.datagen.seed + EVAL_SEED_OFFSET, model, renderer, data)
+    png = Path(out) if out else (Path(path).parent if path else cfg.resolve_path(cfg.train.out)) / "eval_errors.png"
+    report = run_evaluation(faces, model, coarse, cfg.render, ev.landmarks, ev.landmark_noise_px, pose_source,
+                            error_maps_png=png, n_maps=ev.error_maps, progress=True,
+                            uncalibrated_fit=not no_uncalibrated_fit)
+    report["weights"] = None if path is None else str(path)
     click.echo(f"error maps: {png}", err=True)
     click.echo(json.dumps(report))
 
+
+@main.command("calibrate-landmarks", help="Learn where the detector's 68 points lie on the face model from "
+                                            "synthetic renders (writes the JSON that fit.landmarks names).")
+@config_option
+@click.option("--n", type=int, default=300, show_default=True, help="renders")
+@click.option("--seed", type=int, default=7_000_001, show_default=True,
+              help="seed of the renders (keep it apart from the evaluation's datagen.seed + 2000003)")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="landmark model JSON" + _d("fit.landmarks"))
+@user_errors(TrainingError, CheckpointError)
+def calibrate_landmarks(config, n, seed, out):
+    import sys
+
+    from coarse.calibrate import calibrate_detector, detector_records
+    from datagen.faces import online_faces
+    from facesynth.io import write_json
+    from morphable.model import load_model
+    from render.renderer import FaceRenderer
+
+    if n < 10:
+        raise click.ClickException(f"--n must be >= 10; got {n}")
+    cfg = load_cfg(config, {})
+    ev = cfg.evaluate
+    scene_cfg = photo_scene_config(cfg)
+    model = load_model(cfg.resolve_path(cfg.model.path))
+    renderer = FaceRenderer.from_config(model, scene_cfg.render)
+    records = detector_records(online_faces(scene_cfg, n, seed, model, renderer), progress=True)
+    command = "train calibrate-landmarks " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "train calibrate-landmarks"
+    lm = calibrate_detector(records, model, {"command": command, "seed": seed, "image_size": ev.image_size,
+                                             "yaw_std_deg": ev.yaw_std_deg, "max_yaw_deg": ev.max_yaw_deg,
+                                             "detector": "coarse.detect.detect_faces (dlib HOG, then CNN; 68-point "
+                                                         "predictor of face-recognition-models)"})
+    path = Path(out) if out else cfg.resolve_path(cfg.fit.landmarks)
+    write_json(path, lm.to_dict())
+    p = lm.provenance
+    click.echo(f"{path}: {p['found']} of {p['renders']} faces found ({p['detectors']}); landmark residual "
+               f"{p['residual_rms_mm_before']:.2f} -> {p['residual_rms_mm_after']:.2f} mm rms")
 
 
 @main.command(help="Write a checkpoint's weights without the optimiser state (what ships in data/).")

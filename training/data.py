@@ -141,6 +141,11 @@ def shard_loader(data_dir, batch_size: int, skip_batches: int = 0, seed: int = 0
         yield {k: torch.as_tensor(np.asarray(batch[k])) for k in ("input", "alpha_gt", "alpha_t", "index")}
 
 
+#: Validation sets come from this offset of a run's data seed (``datagen.seed``, ``detail.seed``), never used
+#: for training.
+VAL_SEED_OFFSET = 1_000_003
+
+
 def fixed_batches(cfg, seed: int, n: int, batch_size: int, dataset: type = OnlineDataset, **kwargs) -> list[dict]:
     """The first ``n`` samples of dataset ``seed``, generated once in this process, as batches (a fixed
     held-out set for validation); ``dataset``: an :class:`OnlineDataset` class, ``kwargs`` its other

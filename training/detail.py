@@ -23,13 +23,11 @@ import torch
 from facesynth.config import optional_file, override
 from datagen.synthetic import detail_frame_config
 
-from .data import batch_loader, fixed_batches
+from .data import VAL_SEED_OFFSET, batch_loader, fixed_batches
 from .detail_data import DetailDataset
 from .detail_net import FORMAT, DetailLoss, DetailNet
 from .loop import BatchFactory, Job, TrainingError, autocast, data_workers, held_out_loss, run_training, start_run
 
-#: Validation faces come from this seed offset of ``detail.seed`` (never used for training).
-VAL_SEED_OFFSET = 1_000_003
 #: Config keys that may differ between a run and its resume (they do not change the steps taken); the
 #: ``train`` section and ``refine`` belong to other stages (the coarse start is checked by itself).
 RESUME_MAY_CHANGE = ("detail.steps", "detail.out", "detail.device", "detail.workers", "detail.checkpoint_every",

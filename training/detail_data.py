@@ -37,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from coarse.stage import synthetic_start
 from datagen.synthetic import DetailScene, draw_face, render_scene, shard_face
 
 from .data import OnlineDataset
@@ -119,19 +120,20 @@ class DetailDataset(OnlineDataset):
         import os
 
         if self._local is None or self._local["pid"] != os.getpid():
-            predict = None
+            network = None
             if self.coarse_weights is not None:
                 from torch.utils.data import get_worker_info
 
-                from coarse.iterative import torch_predictor
-
-                from .train import load_network
+                from coarse.network import load_iterative
 
                 if get_worker_info() is not None:
                     torch.set_num_threads(1)
-                net = load_network(self.coarse_weights, "cpu")
-                predict = torch_predictor(net, "cpu", net.image_size)
-            self._local = {"pid": os.getpid(), "predict": predict, "records": None, "pos": 0, "n": 0, "faces": {}}
+                network = load_iterative(self.coarse_weights, "cpu")
+            cfg = self.cfg
+            start = synthetic_start("network" if network is not None else "landmarks", self._renderer()[0],
+                                    cfg.evaluate.landmark_noise_px, cfg.render, network, cfg.refine.iterations,
+                                    cfg.refine.refit_pose)
+            self._local = {"pid": os.getpid(), "start": start, "records": None, "pos": 0, "n": 0, "faces": {}}
         return self._local
 
     def _face(self, f: int, model, size: int):
@@ -161,9 +163,8 @@ class DetailDataset(OnlineDataset):
         if f not in st["faces"]:
             dc = self.cfg.detail
             face = self._face(f, model, renderer.size)
-            coarse = "network" if st["predict"] is not None else "landmarks"
-            scene = render_scene(face, model, renderer, coarse, np.random.default_rng([self.seed, f, 1]), self.cfg,
-                                 st["predict"], smooth=True)
+            scene = render_scene(face, model, renderer, st["start"], np.random.default_rng([self.seed, f, 1]),
+                                 smooth=True)
             crops = random_crops(face_example(scene, dc.highpass_sigma_px), dc.crop, dc.crops_per_face,
                                  np.random.default_rng([self.seed, f, 2]))
             st["faces"] = {f: crops}  # the batches of one process walk the stream forwards: keep the last face

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from render.filters import masked_blur
 from render.shading import displaced_normals, phong_shade, to_gray
 
 #: detail(image (H, W, 3) or (H, W) float in [0, 1], coarse normals (H, W, 3), mask (H, W) bool,
@@ -40,19 +41,17 @@ IN_CHANNELS = 6
 
 
 def detail_features(image: np.ndarray, coarse_normals: np.ndarray, mask: np.ndarray,
-                    highpass_sigma_px: float = 2.0) -> np.ndarray:
+                    highpass_sigma_px: float) -> np.ndarray:
     """The network's input channels (module docstring).
 
     Args:
         image: (H, W, 3) RGB or (H, W) gray in [0, 1], the SfS frame.
         coarse_normals: (H, W, 3) camera-frame unit normals of the coarse face.
         mask: (H, W) bool face pixels.
-        highpass_sigma_px: blur of the high-pass channel, pixels.
+        highpass_sigma_px: blur of the high-pass channel, pixels (``detail.highpass_sigma_px``).
     Returns:
         (6, H, W) float32.
     """
-    from reconstruct.sfs import masked_blur
-
     mask = np.asarray(mask, bool)
     if image.shape[:2] != mask.shape or coarse_normals.shape != mask.shape + (3,):
         raise ValueError(f"expected image (H, W[, 3]), normals (H, W, 3) and mask (H, W); got {image.shape}, "
@@ -159,30 +158,14 @@ class DetailLoss(nn.Module):
     displacement model), so at p = t it reproduces the rendered image exactly (up to 8-bit/JPEG rounding from
     shards).
 
-    Default weights (``pipeline.yaml``) and why. On the first training faces (256 px frame, landmark-fit
-    coarse start), a network that predicts no detail scores displacement 0.054-0.057 mm, gradient
-    0.054-0.057, photometric 0.002-0.007, smoothness 0; the truth scores 0, 0, 1e-7 and 0.08-0.10 (pores):
-
-    - displacement 1: the reference; it pins the offset's level and low frequencies, which shading hardly
-      sees;
-    - gradient 1: slopes are what normals, shading and the look of a wrinkle depend on; a groove of depth d
-      and width w has slopes about d / w, of the order of d in mm for our 2-4 mm wide wrinkles, and the two
-      terms measure alike (above), so equal weights give them an equal say;
-    - photometric 4: the same slope errors seen through the image (albedo x k_d x the light's component
-      across the slope), about ten times smaller than the slope term, so 4 gives it a third to a half of
-      the slope term's say: it weights the slopes the image shows (and their sign under the sample's
-      light) and is the term a fine-tuning on real photos could keep, having no ground truth; not more,
-      because dark albedo and grazing light make it weak and ambiguous;
-    - smoothness 0.02: damps pixel-scale noise (the checkerboard mode of central differences) at a few
-      percent of the displacement term; larger would flatten real grooves (the truth itself scores 0.1).
+    Why each weight (``detail.loss``): ``docs/tuning.md``.
 
     Batch keys (tensors): ``target`` (B, 1, H, W) mm, ``mask`` (B, 1, H, W) float, ``normals`` (B, 3, H, W)
     smooth true normals, ``albedo`` (B, 3, H, W), ``image`` (B, 3, H, W) the render, ``light`` (B, 7): the
     direction (3), k_a, k_d, k_s, shininess, ``pixel_mm`` (B,).
     """
 
-    def __init__(self, displacement: float = 1.0, gradient: float = 1.0, photometric: float = 4.0,
-                 smoothness: float = 0.02):
+    def __init__(self, displacement: float, gradient: float, photometric: float, smoothness: float):
         super().__init__()
         self.weights = {"displacement": float(displacement), "gradient": float(gradient),
                         "photometric": float(photometric), "smoothness": float(smoothness)}
@@ -258,7 +241,9 @@ def torch_detail_predictor(net: DetailNet, device: str = "cpu", highpass_sigma_p
     channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    sigma = highpass_sigma_px or getattr(net, "highpass_sigma_px", 2.0)
+    sigma = highpass_sigma_px or getattr(net, "highpass_sigma_px", None)
+    if sigma is None:
+        raise ValueError("highpass_sigma_px is needed for a network not read by load_detail_network")
 
     @torch.no_grad()
     def predict(image, coarse_normals, mask, pixel_mm):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import math
 import os
 import random
@@ -35,8 +34,11 @@ import torch
 from tqdm import tqdm
 
 from facesynth.config import override
+from facesynth.io import atomic_path, write_json
 
-from .errors import CheckpointError, TrainingError  # noqa: F401  (raised here; importable from here)
+from facesynth.checkpoint import CheckpointError, load_file, read_checkpoint  # noqa: F401  (importable from here)
+
+from .errors import TrainingError
 
 CHECKPOINT, LOG, CURVES = "ckpt.pt", "log.csv", "curves.png"
 
@@ -134,29 +136,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temporary file in the same folder, then an atomic rename over ``path``."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _load(path: Path, map_location):
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for a foreign or truncated file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path} is not a readable checkpoint ({first})") from None
-
-
-def read_checkpoint(path: str | Path, fmt: str, what: str, map_location="cpu") -> dict:
-    """Read a checkpoint of format ``fmt`` (e.g. ``facesynth-iterative/1``); :class:`CheckpointError` if the
-    file is not one (``what`` names the expected kind in the message)."""
-    path = Path(path)
-    ckpt = _load(path, map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        raise CheckpointError(f"{path} is not a facesynth {what} checkpoint")
-    return ckpt
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 #: What a shipped weights file keeps of a checkpoint (no optimiser, RNG or data position: not resumable).
@@ -168,7 +149,7 @@ def export_weights(src: str | Path, dst: str | Path, provenance: dict | None = N
     optimiser state (a quarter of the size), with ``provenance`` (e.g. the run, data size, evaluation) kept
     under that key. Returns what was written, less the tensors."""
     path = Path(src)
-    ckpt = _load(path, "cpu")
+    ckpt = load_file(path, "cpu")
     if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("facesynth-"):
         raise CheckpointError(f"{path} is not a facesynth checkpoint")
     out = {k: ckpt[k] for k in WEIGHTS_KEYS if k in ckpt}
@@ -254,9 +235,8 @@ class RunLog:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        tmp = self.png.with_name(f"{self.png.stem}.tmp-{os.getpid()}.png")
-        fig.savefig(tmp)
-        os.replace(tmp, self.png)
+        with atomic_path(self.png) as tmp:
+            fig.savefig(tmp, format="png")
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -380,7 +360,7 @@ def run_training(run: Run, job: Job, progress: bool = True) -> dict:
 
         model = DistributedDataParallel(net, device_ids=[run.local_rank] if dev.type == "cuda" else None)
     if run.master:
-        (run.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        write_json(run.run_dir / "config.json", cfg.to_dict(), indent=1)
     validate = job.validation() if run.master else None
     data = iter(job.batches(start_step)) if start_step < sec.steps else iter(())
     if ckpt is not None:

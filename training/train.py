@@ -20,17 +20,13 @@ from pathlib import Path
 
 import torch
 
-from facesynth.config import config_from_dict
 
-from .data import fixed_batches, online_loader, shard_loader
+from .data import VAL_SEED_OFFSET, fixed_batches, online_loader, shard_loader
 from .loop import (BatchFactory, CheckpointError, Job, TrainingError, autocast, data_workers,  # noqa: F401
                    held_out_loss, read_checkpoint, resolve_device, run_training, save_checkpoint, start_run)
 from .loss import GeometryLoss
-from coarse.network import IterativeNet
+from coarse.network import FORMAT, IterativeNet
 
-#: Validation samples come from this seed offset of ``datagen.seed`` (never used for training).
-VAL_SEED_OFFSET = 1_000_003
-FORMAT = "facesynth-iterative/1"
 #: Config keys that may differ between a run and its resume: they do not change the steps taken.
 #: ``train.lr`` may change too: a resumed run may lower it (a manual step schedule); the new value wins.
 #: The ``refine`` and ``detail`` sections belong to other stages.
@@ -42,15 +38,6 @@ RESUME_MAY_CHANGE = ("train.steps", "train.out", "train.device", "train.workers"
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`train_iterative`; :class:`CheckpointError` if it is not one."""
     return read_checkpoint(path, FORMAT, "iterative-network", map_location)
-
-
-def load_network(path: str | Path, map_location="cpu") -> IterativeNet:
-    """The trained network of a checkpoint, built from the config saved in it, in eval mode."""
-    ckpt = load_checkpoint(path, map_location)
-    net = IterativeNet.from_config(config_from_dict(ckpt["config"]))
-    net.load_state_dict(ckpt["model"])
-    net.image_size = int(ckpt["config"]["render"]["image_size"])  # the network frame it was trained with
-    return net.to(map_location).eval()
 
 
 # ----------------------------------------------------------------------------------------- helpers

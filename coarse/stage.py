@@ -1,0 +1,112 @@
+"""The coarse stage as ``refine`` and ``train evaluate`` run it: a photo's 68 landmarks -> the MAP landmark fit
+(:func:`coarse.fit.fit_map`) -> optionally the iterative network's passes (:func:`coarse.iterative.network_fit`).
+
+Frames: the photo frame (pixels, x right, y down) for the landmarks and the returned pose; coefficients
+``alpha`` (K,) identity first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from render.camera import Pose
+
+from .fit import fit_map
+from .iterative import Predictor, network_fit
+from .landmarks import LandmarkModel, load_landmark_model
+
+
+@dataclass(frozen=True)
+class CoarseSettings:
+    """What the coarse stage needs besides the photo.
+
+    landmarks: the detector's calibrated landmarks; prior: the fit's prior and noise model (the ``fit`` config
+    section, :func:`coarse.fit.fit_map`);
+    predict: the iterative network (None: the fit is the coarse face); frame: its network frame
+    (:class:`coarse.frame.NetworkFrame`; with ``predict``); iterations: network passes; refit_pose: re-fit the
+    pose to the landmarks after each pass.
+    """
+
+    landmarks: LandmarkModel
+    prior: object
+    predict: Predictor | None = None
+    frame: object = None
+    iterations: int = 3
+    refit_pose: bool = True
+
+    @staticmethod
+    def from_config(cfg, network=None, iterations: int | None = None) -> "CoarseSettings":
+        """Settings of a config's ``fit`` and ``refine`` sections; ``network``: loaded
+        :class:`coarse.network.IterativeWeights` or None."""
+        return CoarseSettings(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)), cfg.fit,
+                              None if network is None else network.predictor(str(next(network.net.parameters()).device)),
+                              None if network is None else network.frame,
+                              cfg.refine.iterations if iterations is None else iterations, cfg.refine.refit_pose)
+
+
+@dataclass(frozen=True)
+class CoarseFit:
+    """The coarse face of one photo.
+
+    alpha: (K,) the coarse coefficients; pose: its pose in the photo frame; method: ``landmark_fit`` or
+    ``iterative_network``; fit: (K,) the landmark fit (the network's start); steps: (K,) coefficients after each
+    network pass (empty without the network).
+    """
+
+    alpha: np.ndarray
+    pose: Pose
+    method: str
+    fit: np.ndarray
+    steps: list = field(default_factory=list)
+
+
+def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: CoarseSettings, render_cfg,
+               detector: str | None = None) -> CoarseFit:
+    """Run the coarse stage on one face.
+
+    Args:
+        photo: (H, W, 3) or (H, W) float in [0, 1], the photo.
+        landmarks: (68, 2) the detector's points, photo pixels.
+        model: the face model; settings: :class:`CoarseSettings`; render_cfg: the ``render`` config section.
+        detector: the detector that found the face (``Detection.detector``: its landmarks' scatter).
+    """
+    alpha, pose = fit_map(model, landmarks, settings.landmarks, settings.prior, detector=detector)
+    if settings.predict is None:
+        return CoarseFit(alpha, pose, "landmark_fit", alpha)
+    steps, net_pose = network_fit(settings.predict, settings.frame, photo, landmarks, model, render_cfg,
+                                  settings.iterations, settings.refit_pose)
+    return CoarseFit(steps[-1][0], net_pose, "iterative_network", alpha, [a for a, _ in steps])
+
+
+def synthetic_start(kind: str, model, noise_px: float, render_cfg=None, network=None, iterations: int = 3,
+                    refit_pose: bool = True):
+    """The coarse start of a synthetic face as the pipeline would have it, for
+    :func:`datagen.synthetic.render_scene`: a callable ``(face, truth render, rng) -> alpha (K,)``, or None for
+    ``kind="true"`` (the true smooth face: measures what comes after alone).
+
+    ``"landmarks"``: the landmark fit (:func:`coarse.fit.fit_landmarks`, jaw line included: synthetic landmarks
+    come from the jaw vertices) of the true landmarks plus Gaussian noise of ``noise_px`` pixels;
+    ``"network"``: the iterative network (:class:`coarse.network.IterativeWeights` ``network``) run on the
+    truth render as on a photo (``iterations`` passes) from those landmarks; ``render_cfg``: its renderer's
+    ``render`` config section.
+    """
+    from .fit import fit_landmarks
+
+    if kind == "true":
+        return None
+    if kind == "landmarks":
+        def start(face, truth, rng):
+            return fit_landmarks(model, truth.landmarks + rng.normal(0, noise_px, (68, 2)), contour_weight=1.0)[0]
+        return start
+    if kind == "network":
+        if network is None:
+            raise ValueError("coarse 'network' needs network weights")
+        predict = network.predictor("cpu")
+
+        def start(face, truth, rng):
+            steps, _ = network_fit(predict, network.frame, truth.rgb, truth.landmarks + rng.normal(0, noise_px, (68, 2)),
+                                   model, render_cfg, iterations, refit_pose)
+            return steps[-1][0]
+        return start
+    raise ValueError(f"coarse must be 'true', 'landmarks' or 'network'; got {kind!r}")

@@ -1,0 +1,90 @@
+"""One source of synthetic faces with their truth, generated on the fly or read back from shards.
+
+:func:`face_source` yields :class:`FaceRecord` s, the same fields whichever way they come, for every consumer
+that needs whole faces rather than training batches: ``train evaluate``, ``train calibrate-landmarks``, and the
+detail faces of :mod:`datagen.synthetic`.
+
+Frames: images (H, W[, 3]) in pixels, x right, y down; poses weak-perspective (:mod:`render.camera`);
+coefficients ``alpha`` (K,) identity first, mm model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from render.camera import Pose
+from render.renderer import Light
+
+#: Online evaluation faces come from this seed offset of ``datagen.seed`` (neither training nor validation).
+EVAL_SEED_OFFSET = 2_000_003
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One synthetic face and its truth.
+
+    rgb: (H, W, 3) float32 in [0, 1], the unmasked colour render over its background;
+    pose: the true pose; landmarks: (68, 2) projected true landmark vertices (pixel x, y);
+    alpha_gt: (K,) true coefficients; albedo: (Ka,) albedo coefficients; iris: (3,) iris colour;
+    light: the Phong light; index: the sample index;
+    fragments: the rasteriser's record of the true face (on the fly only; None from shards);
+    detail_uv: (S, S) mm fine detail over the face UV tile, wrinkles: (H, W) bool (shards made with
+    ``datagen.detail`` only; else None).
+    """
+
+    rgb: np.ndarray
+    pose: Pose
+    landmarks: np.ndarray
+    alpha_gt: np.ndarray
+    albedo: np.ndarray
+    iris: np.ndarray
+    light: Light
+    index: int
+    fragments: object = None
+    detail_uv: np.ndarray | None = None
+    wrinkles: np.ndarray | None = None
+
+
+def online_faces(cfg, n: int, seed: int, model, renderer, start: int = 0) -> Iterator[FaceRecord]:
+    """Faces ``start .. start + n - 1`` of the on-the-fly set ``seed``, drawn by :func:`datagen.scene.draw_scene`
+    with ``cfg`` and rendered (true face only) by ``renderer``; deterministic in (seed, index)."""
+    from .scene import draw_scene
+
+    for i in range(start, start + n):
+        s = draw_scene(seed, i, model, cfg)
+        f = render_truth(s, model, renderer)
+        yield FaceRecord(f.rgb, s.pose, f.landmarks.astype(np.float64), s.alpha_gt, s.albedo_coeffs, s.iris,
+                         s.light, i, f.fragments)
+
+
+def render_truth(scene, model, renderer):
+    """The true face of a drawn scene, lit, over its background (:class:`render.renderer.FaceRender`)."""
+    return renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light, scene.background)
+
+
+def record_face(rec: dict) -> FaceRecord:
+    """A decoded shard record (:func:`datagen.loader.decode_record`) as a :class:`FaceRecord`."""
+    p = rec["params"]
+    li = p["light"]
+    light = Light(np.asarray(li["direction"], np.float32), li["k_a"], li["k_d"], li["k_s"], li["shininess"])
+    return FaceRecord(rec["rgb"], Pose.from_dict(p["pose"]), np.asarray(p["landmarks"], np.float64),
+                      np.asarray(p["alpha_gt"], np.float32), np.asarray(p["albedo"], np.float32),
+                      np.asarray(p["iris"], np.float32), light, int(p.get("index", -1)),
+                      detail_uv=rec.get("detail_uv"), wrinkles=rec.get("wrinkles"))
+
+
+def shard_faces(data_dir, n: int | None = None) -> Iterator[FaceRecord]:
+    """The first ``n`` faces (all without ``n``) of a shard folder, in index order."""
+    from .loader import iter_records
+
+    for rec in iter_records(data_dir, limit=n):
+        yield record_face(rec)
+
+
+def face_source(cfg, n: int, seed: int, model, renderer, data_dir=None) -> Iterator[FaceRecord]:
+    """``n`` faces: from the shards in ``data_dir`` when given, else drawn on the fly with ``seed``."""
+    if data_dir is not None:
+        return shard_faces(data_dir, n)
+    return online_faces(cfg, n, seed, model, renderer)
