@@ -1,13 +1,15 @@
 """Face detection (coarse.detect.detect_faces) on synthetic renders: the fraction of faces found by each stage
 of the cascade, the fraction found, the landmark error and the seconds per image on this machine.
 
-Faces come from ``datagen.sample.make_sample`` (colour render with its background, seed ``--seed``) at
-``--size`` pixels. A face counts as found when the first detection's box holds the centroid of the true inner
-landmarks (17-67); ``lm_err_iod`` is the median over found faces of the mean distance between the detected
-and the true inner landmarks over the true inter-ocular distance (dlib's points and the model's differ a
-little by definition, so this is not zero for a perfect detector). Rendering is not timed.
+Faces come from ``datagen.sample.make_sample`` (colour render with its background, or gray with ``--gray``;
+seed ``--seed``) at ``--size`` pixels. A face counts as found when the first detection's box holds the
+centroid of the true inner landmarks (17-67); ``lm_err_iod`` is the median over found faces of the mean
+distance between the detected and the true inner landmarks over the true inter-ocular distance (dlib's points
+and the model's differ a little by definition, so this is not zero for a perfect detector). Rendering is not
+timed.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detect.py [--n 60] [--size 512] [--seed 12345]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detect.py [--n 60] [--size 512] [--seed 12345] [--gray]
+        [--set KEY YAML ...]    (a ``detect`` key of pipeline.yaml, e.g. --set cnn_sides "[256, 512]")
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from datagen.sample import make_sample  # noqa: E402
 from facesynth.config import load_config  # noqa: E402
 from morphable.model import load_model  # noqa: E402
 from render.renderer import FaceRenderer  # noqa: E402
+from render.shading import to_gray  # noqa: E402
 
 
 def main() -> None:
@@ -37,6 +40,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=60, help="faces")
     ap.add_argument("--size", type=int, default=512, help="render side, pixels")
     ap.add_argument("--seed", type=int, default=12345, help="dataset seed of make_sample")
+    ap.add_argument("--gray", action="store_true", help="detect on the gray render (render.shading.to_gray)")
     ap.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "YAML"),
                     help="override a detect key, e.g. --set cnn_sides '[160, 256, 512]'")
     args = ap.parse_args()
@@ -49,7 +53,8 @@ def main() -> None:
     for i in tqdm(range(args.n), desc="render"):
         s = make_sample(args.seed, i, model, cfg, renderer)
         R = s.scene.pose.rotation
-        faces.append(((np.clip(s.rgb, 0, 1) * 255).round().astype(np.uint8), np.asarray(s.landmarks, np.float64),
+        image = to_gray(s.rgb) if args.gray else s.rgb
+        faces.append(((np.clip(image, 0, 1) * 255).round().astype(np.uint8), np.asarray(s.landmarks, np.float64),
                       float(np.degrees(np.arctan2(-R[2, 0], R[2, 2])))))  # yaw: R = R_z(roll) R_x(pitch) R_y(yaw)
     detect_faces(faces[0][0], cfg.detect)  # loads dlib's models (not timed)
     stages, seconds, errors, yaws_missed, stage_s, stage_err = Counter(), [], [], [], {}, {}
@@ -71,7 +76,9 @@ def main() -> None:
         errors.append(float(np.linalg.norm(det.landmarks[17:] - truth[17:], axis=1).mean() / iod))
         stage_err.setdefault(det.detector, []).append(errors[-1])
     n = args.n
-    emit({"benchmark": "detect", "what": f"detect_faces on {n} make_sample renders, {args.size} px, seed {args.seed}",
+    what = (f"detect_faces on {n} {'gray' if args.gray else 'colour'} make_sample renders, {args.size} px, "
+            f"seed {args.seed}")
+    emit({"benchmark": "detect", "what": what,
           "detect": cfg.to_dict()["detect"],
           "found": 1 - stages["missed"] / n, "by_stage": {k: v / n for k, v in sorted(stages.items())},
           "missed_yaw_deg": yaws_missed, "lm_err_iod_median": float(np.median(errors)) if errors else None,

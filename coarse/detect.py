@@ -261,12 +261,13 @@ def _confirm(image: np.ndarray, box: np.ndarray, min_score: float) -> float | No
 
 
 def _cnn(image: np.ndarray, p: DetectConfig) -> list[_Found]:
-    """The CNN at each of ``cnn_sides`` in turn (never scaled past HOG's search scale) until one finds faces."""
+    """The CNN at each of ``cnn_sides`` in turn (never scaled past HOG's search scale) until one finds faces;
+    copies narrower than its window are skipped."""
     H, W = image.shape[:2]
     tried = set()
     for side in p.cnn_sides:
         work, fx, fy = _resized(image, min(WINDOW_PX / p.min_face_px, side / max(H, W)))
-        if work.shape in tried:
+        if work.shape in tried or min(work.shape[:2]) < WINDOW_PX:
             continue
         tried.add(work.shape)
         found = [_Found(_edges(d.rect, fx, fy), float(d.confidence), "cnn")
@@ -320,7 +321,7 @@ def detect_faces(image: np.ndarray, params: DetectConfig | None = None) -> list[
       3. ``hog-rotated``: stage 1 on the photo turned by each of ``rotations_deg``.
     Then each face is turned upright: HOG on a crop about it turned by 0 and each of ``rotations_deg`` picks
     the angle and the box (the CNN finds faces rolled by up to ~90 degrees, the predictor wants them within
-    ~30), and the 68 landmarks are predicted in the full-resolution photo turned by that angle, then turned
+    ~30), and the 68 landmarks are predicted at full resolution in the photo turned by that angle, then turned
     back. :class:`Detection` says what each detector's score means.
 
     Args:
@@ -371,14 +372,19 @@ def detect_faces(image: np.ndarray, params: DetectConfig | None = None) -> list[
 
 #: The roll search scales the face's square to this side (pixels; above HOG's 80-px window).
 _ROLL_SEARCH_BOX_PX = 100
+#: dlib's HOG face detector has five sub-detectors: 0 frontal, 1 turned left, 2 turned right (upright faces),
+#: 3 and 4 frontal faces rolled by about 30 degrees one way and the other. A face that sub-detector k finds in
+#: a copy turned by angle stands upright in the copy turned by angle + _HOG_ROLL_DEG[k] (degrees).
+_HOG_ROLL_DEG = (0.0, 0.0, 0.0, -30.0, 30.0)
 
 
 def _roll_search(photo: np.ndarray, centre: np.ndarray, side: float,
                  angles: tuple[float, ...]) -> tuple[float, np.ndarray, float] | None:
     """Turn the face in the square (``side``, ``centre``, photo frame) upright: HOG at any score (down to -1) on a
-    crop about it, turned by 0 and each of ``angles`` (degrees, counter-clockwise); its best-scoring box near
-    the crop's centre. The CNN finds faces rolled by up to ~90 degrees and HOG's own boxes of faces rolled by
-    ~30 degrees sit askew, while the landmark predictor wants an upright box.
+    crop about it turned by 0 and each of ``angles`` (degrees, counter-clockwise); its best-scoring box near
+    the crop's centre and the turn that stands that face upright (the box's turn, corrected by the roll its
+    sub-detector is made for, :data:`_HOG_ROLL_DEG`). The CNN finds faces rolled by up to ~90 degrees and
+    HOG's boxes of rolled faces sit askew, while the landmark predictor wants an upright box.
 
     Returns (angle, centre (2,) in the photo frame, side in photo pixels) of that box, or None (no HOG box).
     """
@@ -386,29 +392,41 @@ def _roll_search(photo: np.ndarray, centre: np.ndarray, side: float,
     n = _ROLL_SEARCH_BOX_PX
     x0, y0 = np.round(centre - 1.5 * side).astype(int)
     x1, y1 = np.round(centre + 1.5 * side).astype(int)
-    patch = np.asarray(Image.fromarray(photo).crop((x0, y0, x1, y1)).resize((3 * n, 3 * n), Image.Resampling.BILINEAR))
+    patch = Image.fromarray(photo).crop((x0, y0, x1, y1))  # black outside the photo
+    patch = np.asarray(patch.resize((3 * n, 3 * n), Image.Resampling.BILINEAR))
     f = np.array([3 * n / (x1 - x0), 3 * n / (y1 - y0)])  # photo -> patch: (p - (x0, y0)) * f
     best = None
     for angle in (0.0, *angles):
         turned, A = _turn(patch, angle)
         mid = A[:, :2] @ np.full(2, 1.5 * n) + A[:, 2]
         ox, oy = np.round(mid).astype(int) - n
-        rects, scores, _ = detector.run(np.ascontiguousarray(turned[oy:oy + 2 * n, ox:ox + 2 * n]), 0, -1.0)
-        for rect, score in zip(rects, scores):
+        rects, scores, kinds = detector.run(np.ascontiguousarray(turned[oy:oy + 2 * n, ox:ox + 2 * n]), 0, -1.0)
+        for rect, score, kind in zip(rects, scores, kinds):
             b = _edges(rect, 1.0, 1.0) + np.array([ox, oy, ox, oy])
             c = (b[:2] + b[2:]) / 2
             if np.linalg.norm(c - mid) < n / 2 and (best is None or score > best[0]):
-                best = (score, float(angle), ((c - A[:, 2]) @ A[:, :2]) / f + (x0, y0), (b[2] - b[0]) / f[0])
+                upright = (angle + _HOG_ROLL_DEG[int(kind)] + 180) % 360 - 180
+                best = (score, upright, ((c - A[:, 2]) @ A[:, :2]) / f + (x0, y0), (b[2] - b[0]) / f[0])
     return None if best is None else best[1:]
+
+
+def _turned_landmarks(photo: np.ndarray, centre: np.ndarray, side: float, angle: float) -> np.ndarray:
+    """dlib's 68 points for the face in the square (``side``, ``centre``, photo frame) of the photo turned by
+    ``angle`` (degrees, counter-clockwise), predicted on a full-resolution crop about it turned by ``angle``;
+    (68, 2) photo-frame pixels."""
+    x0, y0 = np.floor(centre - 1.5 * side).astype(int)
+    x1, y1 = np.ceil(centre + 1.5 * side).astype(int)
+    turned, T = _turn(np.asarray(Image.fromarray(photo).crop((x0, y0, x1, y1))), angle)
+    c = T[:, :2] @ (centre - (x0, y0)) + T[:, 2]
+    return (_landmarks(turned, _square(c, side)) - T[:, 2]) @ T[:, :2] + (x0, y0)  # rotation: R^-1 = R^T
 
 
 def _detection(photo: np.ndarray, found: _Found, angle: float, A: np.ndarray | None,
                p: DetectConfig) -> Detection:
     """Landmarks for a box found in the photo turned by ``angle`` (``A``: (2, 3) photo -> turned; None for the
     photo itself). :func:`_roll_search` picks the angle and square the 68 points are predicted in, except for
-    an upright HOG box it finds upright (then the detector's own box); the points come back into the photo.
-    The returned box is that square in the photo (for a turned one, the square of the same side about its
-    turned-back centre)."""
+    an upright HOG box it finds upright (then the detector's own box). The returned box is that square in the
+    photo (for a turned one, the square of the same side about its turned-back centre)."""
     side = found.box[2] - found.box[0]
     centre = (found.box[:2] + found.box[2:]) / 2
     if A is not None:
@@ -421,7 +439,6 @@ def _detection(photo: np.ndarray, found: _Found, angle: float, A: np.ndarray | N
         box = found.box if keep else _square(centre, side)
         pts = _landmarks(photo, box)
     else:
-        turned, T = _turn(photo, angle)
-        pts = (_landmarks(turned, _square(T[:, :2] @ centre + T[:, 2], side)) - T[:, 2]) @ T[:, :2]
         box = _square(centre, side)
+        pts = _turned_landmarks(photo, centre, side, angle)
     return Detection(box, pts, found.score, found.detector + ("-rotated" if A is not None else ""), angle)

@@ -194,7 +194,8 @@ def fit_landmarks(model, points2d: np.ndarray, n_iter: int = 5, reg_identity: fl
 
 # ---------------------------------------------------------------------------------------------- MAP fit
 def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | None = None,
-            pose: Pose | None = None, detector: str | None = None) -> tuple[np.ndarray, Pose]:
+            pose: Pose | None = None, detector: str | None = None,
+            identity: np.ndarray | None = None) -> tuple[np.ndarray, Pose]:
     """MAP fit of shape and pose to a detector's 68 points, with the detector's calibrated error.
 
     Minimises, alternating pose (:func:`fit_pose`) and shape (bounded linear least squares)::
@@ -221,6 +222,8 @@ def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | Non
         n_identity: fit only the first ``n_identity`` identity modes (the rest stay 0); default all.
         pose: initial pose (default: fitted to the mean face).
         detector: which detector found the face (its scatter, :meth:`coarse.landmarks.LandmarkModel.sigma`).
+        identity: (n_identity_model,) fixed identity coefficients (e.g. a video's one identity,
+            :func:`fit_map_shared_identity`): only expression and pose are fitted, and ``n_identity`` is ignored.
     Returns:
         (alpha (K,) float32, identity first; the final Pose).
     Raises:
@@ -233,6 +236,9 @@ def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | Non
     n_fit = n_id if n_identity is None else int(n_identity)
     if not 0 <= n_fit <= n_id:
         raise FitError(f"n_identity must lie in [0, {n_id}]; got {n_fit}")
+    base = np.zeros(K)  # the fixed part of alpha: the given identity, or nothing
+    if identity is not None:
+        base[:n_id], n_fit = _checked_identity(identity, n_id), 0
     sigma = np.maximum(landmarks.sigma(detector) * prior.sigma_scale, prior.sigma_min_mm)
     w = 1.0 / sigma ** 2
     w[CONTOUR] *= prior.contour_weight
@@ -245,10 +251,10 @@ def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | Non
     lower = np.r_[np.full(n_fit, -np.inf), np.zeros(n_exp)]
     upper = np.r_[np.full(n_fit, np.inf), np.ones(n_exp)]
 
-    alpha = np.zeros(K)
+    alpha = base.copy()
     if pose is None:
-        mean, _ = landmarks.vertex_rows(model, alpha, np.eye(3))
-        pose = fit_pose(pts, mean, w)
+        mean, basis = landmarks.vertex_rows(model, alpha, np.eye(3))
+        pose = fit_pose(pts, mean + basis @ alpha, w)
     with threadpool_limits(1, user_api="blas"):
         for _ in range(max(1, prior.iterations)):
             mean, basis = landmarks.vertex_rows(model, alpha, pose.rotation)
@@ -258,15 +264,90 @@ def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | Non
             R2 = np.asarray(pose.rotation, np.float64)[:2]
             b = np.array([pose.translation[0], -pose.translation[1]])
             u = np.stack([target_px[:, 0], -target_px[:, 1]], axis=1)
-            target = (u - b) / pose.scale - mean @ R2.T  # (68, 2) mm
+            target = (u - b) / pose.scale - (mean + basis @ base) @ R2.T  # (68, 2) mm
             A = np.einsum("ij,njk->nik", R2, basis[:, :, free])
             A = (sw[:, :, None] * A)[keep].reshape(-1, len(free))
             y = (sw * target)[keep].reshape(-1)
             A_aug = np.vstack([A, np.diag(1.0 / prior_std)])
             y_aug = np.r_[y, prior_mean / prior_std]
             sol = lsq_linear(A_aug, y_aug, bounds=(lower, upper), method="bvls").x
-            alpha = np.zeros(K)
+            alpha = base.copy()
             alpha[free] = np.clip(sol, lower, upper)
         mean, basis = landmarks.vertex_rows(model, alpha, pose.rotation)
         pose = fit_pose(pts - pose.scale * landmarks.offset_mm, mean + basis @ alpha, w)
     return alpha.astype(np.float32), pose
+
+
+# ---------------------------------------------------------------------------------------------- one identity, many frames
+def _checked_identity(identity: np.ndarray, n_id: int) -> np.ndarray:
+    ident = np.asarray(identity, np.float64)
+    if ident.shape != (n_id,) or not np.isfinite(ident).all():
+        raise FitError(f"identity must be ({n_id},) finite coefficients; got shape {ident.shape}")
+    return ident
+
+
+def fit_map_shared_identity(model, points2d: np.ndarray, landmarks, prior, poses: list | None = None,
+                            detector: str | None = None, rounds: int = 4,
+                            identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list]:
+    """MAP fit of ONE identity shared by N frames of the same face, with an expression and a pose per frame.
+
+    Minimises the sum over frames of :func:`fit_map`'s landmark term plus one identity prior and each frame's
+    expression prior::
+
+        sum_f sum_k || (x_fk - proj_k(id, e_f, pose_f)) / (s_f sigma_k) ||^2 + ||id / identity_std||^2
+              + sum_f ||(e_f - expression_mean) / expression_std||^2,             0 <= e_f <= 1
+
+    by block coordinate descent, each step an exact minimisation over its block, so the energy never rises:
+    per frame, expression and pose with the identity held (:func:`fit_map` with ``identity``); then the
+    identity with every frame's expression, pose and jaw-line choice held (a linear least squares over all
+    frames' landmarks, the normal equations of 100 unknowns). N frames constrain the identity N times as well
+    as one frame does, so the landmarks' noise averages out and turned heads fix its depth.
+
+    Args:
+        model: :class:`morphable.model.FaceModel`; landmarks, prior, detector: as :func:`fit_map`.
+        points2d: (N, 68, 2) detected pixel x, y of each frame (image frame, y down), N >= 1.
+        poses: N start poses (e.g. a tracker's), or None (each fitted to the start face).
+        rounds: block-descent rounds (each: every frame's expression and pose, then the identity).
+        identity: (n_identity,) start identity (default the mean face, 0).
+    Returns:
+        (identity (n_identity,) float32, alphas (N, K) float32 with that identity, the N final Poses).
+    Raises:
+        FitError: wrong shapes, NaN/inf, or a degenerate pose.
+    """
+    pts = np.asarray(points2d, np.float64)
+    if pts.ndim != 3 or pts.shape[1:] != (68, 2) or len(pts) < 1 or not np.isfinite(pts).all():
+        raise FitError(f"expected (N, 68, 2) finite landmarks with N >= 1; got shape {pts.shape}")
+    if poses is not None and len(poses) != len(pts):
+        raise FitError(f"expected {len(pts)} start poses; got {len(poses)}")
+    K, n_id = model.n_coeffs, model.n_identity
+    ident = np.zeros(n_id) if identity is None else _checked_identity(identity, n_id)
+    poses = [None] * len(pts) if poses is None else list(poses)
+    sigma = np.maximum(landmarks.sigma(detector) * prior.sigma_scale, prior.sigma_min_mm)
+    w = 1.0 / sigma ** 2
+    w[CONTOUR] *= prior.contour_weight
+    sw = np.sqrt(w)[:, None]
+    keep = w > 0
+    alphas = np.zeros((len(pts), K))
+    for _ in range(max(1, rounds)):
+        for f in range(len(pts)):
+            alphas[f], poses[f] = fit_map(model, pts[f], landmarks, prior, pose=poses[f], detector=detector,
+                                          identity=ident)
+        # identity step: normal equations of every frame's landmark rows plus the prior
+        normal = np.eye(n_id) / prior.identity_std ** 2
+        rhs = np.zeros(n_id)
+        with threadpool_limits(1, user_api="blas"):
+            for f in range(len(pts)):
+                mean, basis = landmarks.vertex_rows(model, alphas[f], poses[f].rotation)
+                R2 = np.asarray(poses[f].rotation, np.float64)[:2]
+                u = (pts[f] - poses[f].scale * landmarks.offset_mm) * (1.0, -1.0)
+                b = np.array([poses[f].translation[0], -poses[f].translation[1]])
+                expr = basis[:, :, n_id:] @ alphas[f, n_id:]
+                y = (sw * ((u - b) / poses[f].scale - (mean + expr) @ R2.T))[keep].reshape(-1)
+                A = (sw[:, :, None] * np.einsum("ij,njk->nik", R2, basis[:, :, :n_id]))[keep].reshape(-1, n_id)
+                normal += A.T @ A
+                rhs += A.T @ y
+            ident = np.linalg.solve(normal, rhs)
+    for f in range(len(pts)):  # expression and pose for the final identity
+        alphas[f], poses[f] = fit_map(model, pts[f], landmarks, prior, pose=poses[f], detector=detector,
+                                      identity=ident)
+    return ident.astype(np.float32), alphas.astype(np.float32), poses

@@ -234,3 +234,9 @@ def calibrate(model, records: dict, provenance: dict | None = None) -> LandmarkM
                 residual_rms_mm_after=float(np.sqrt(((res[main] - offset) ** 2).sum(-1).mean())),
                 residual_median_mm=float(np.median(np.linalg.norm(res[main] - offset, axis=-1))))
     return LandmarkModel(tri, bw, lm.contour, offset, sigma, scale, prov)
+
+
+def noisy_landmarks(points: np.ndarray, noise_px: float, rng: np.random.Generator) -> np.ndarray:
+    """``points`` (N, 2) pixels plus Gaussian noise of ``noise_px`` pixels (std, each coordinate), drawn as one
+    ``rng.normal`` call of ``points``' shape: synthetic faces' true landmarks made detector-like."""
+    return points + rng.normal(0.0, noise_px, np.shape(points))

@@ -14,7 +14,7 @@ from render.camera import Pose
 
 from .fit import fit_map
 from .iterative import Predictor, network_fit
-from .landmarks import LandmarkModel, load_landmark_model
+from .landmarks import LandmarkModel, load_landmark_model, noisy_landmarks
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def synthetic_start(kind: str, model, noise_px: float, render_cfg=None, network=
         return None
     if kind == "landmarks":
         def start(face, truth, rng):
-            return fit_landmarks(model, truth.landmarks + rng.normal(0, noise_px, (68, 2)), contour_weight=1.0)[0]
+            return fit_landmarks(model, noisy_landmarks(truth.landmarks, noise_px, rng), contour_weight=1.0)[0]
         return start
     if kind == "network":
         if network is None:
@@ -105,7 +105,7 @@ def synthetic_start(kind: str, model, noise_px: float, render_cfg=None, network=
         predict = network.predictor("cpu")
 
         def start(face, truth, rng):
-            steps, _ = network_fit(predict, network.frame, truth.rgb, truth.landmarks + rng.normal(0, noise_px, (68, 2)),
+            steps, _ = network_fit(predict, network.frame, truth.rgb, noisy_landmarks(truth.landmarks, noise_px, rng),
                                    model, render_cfg, iterations, refit_pose)
             return steps[-1][0]
         return start

@@ -125,11 +125,14 @@ def check_compatible(out: Path, plan: RenderPlan, chash: str) -> None:
 _WORKER: dict = {}
 
 
-def _init_worker(cfg, seed: int) -> None:
+def _init_worker(cfg, seed: int, pooled: bool = False) -> None:
     """Per process: load the model and create the renderer (and so its own GL context) once.
 
-    Each worker is one single-threaded process: BLAS threads would only fight the other workers.
+    Each worker is one single-threaded process: BLAS threads would only fight the other workers. A pool
+    worker (``pooled``) dies with its parent, so a killed ``datagen render`` leaves no orphans rendering on.
     """
+    if pooled:
+        _die_with_parent()
     from threadpoolctl import threadpool_limits
 
     from morphable.model import load_model
@@ -138,6 +141,21 @@ def _init_worker(cfg, seed: int) -> None:
     _WORKER["blas_limit"] = threadpool_limits(1)
     model = load_model(cfg.resolve_path(cfg.model.path))
     _WORKER.update(cfg=cfg, seed=seed, model=model, renderer=FaceRenderer.from_config(model, cfg.render))
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG); no-op
+    elsewhere."""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # the parent died before the request
+        os._exit(1)
 
 
 def _render_indices(indices: range) -> list[dict]:
@@ -248,7 +266,7 @@ def render_dataset(cfg, plan: RenderPlan, workers: int = 0, progress: bool = Tru
             _init_worker(cfg, plan.seed)
             results = map(_render_indices, _chunks(plan, todo, chunk))
         else:
-            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg, plan.seed))
+            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(cfg, plan.seed, True))
             results = pool.imap(_render_indices, _chunks(plan, todo, chunk))
         results = iter(results)
         for j in todo:

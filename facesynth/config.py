@@ -321,7 +321,7 @@ class DetectConfig:
         if not self.min_face_px > 0 or self.max_search_side < 64 or any(s < 64 for s in self.cnn_sides):
             raise ValueError("min_face_px must be > 0, max_search_side and every cnn_sides entry >= 64")
         if not self.hog_sure_score >= self.hog_min_score:
-            raise ValueError(f"hog_sure_score must be >= hog_min_score; got {self.hog_sure_score} < {self.hog_min_score}")
+            raise ValueError(f"hog_sure_score must be >= hog_min_score; got {self.hog_sure_score}")
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,19 @@ def _is_torch(x) -> bool:
 class LinearBasis:
     """``x = mean + coeffs @ basis.T`` for a few coefficient vectors at once, the basis stored for speed.
 
-    The basis is kept transposed, (K, N), in int16 with one scale per mode (``bits=16``: half the bytes of
-    float32, so half the time of this memory-bound product; each entry is off by at most half its mode's
-    step ``max|basis[:, k]| / 32767``) or in float32 (``bits=32``). The sum runs over k in order, element
-    by element (no reassociation), so a result has the same bits on every run and machine; modes whose
-    coefficient is 0 in every vector of the batch are skipped (most expression weights are 0).
+    The basis is stored in int16 with one scale per mode (``bits=16``: half the bytes of float32, so about
+    half the time of this memory-bound product; each entry is off by at most half its mode's step
+    ``max|basis[:, k]| / 32767``) or in float32 (``bits=32``), as ``table`` (T, K, TILE): tile t holds
+    entries t TILE .. (t + 1) TILE - 1 of every mode, so one pass reads memory front to back while a tile of
+    each output stays in the L1 cache. The sum runs over k in order, element by element (no reassociation),
+    so a result has the same bits on every run and machine; modes whose coefficient is 0 in every vector of
+    the batch are skipped (most expression weights are 0).
 
     Args:
         mean: (N,) float; basis: (N, K) float.
     """
+
+    TILE = 1024
 
     def __init__(self, mean: np.ndarray, basis: np.ndarray, bits: int = 16):
         if basis.ndim != 2 or mean.shape != basis.shape[:1]:
@@ -46,19 +50,22 @@ class LinearBasis:
         if bits not in (16, 32):
             raise ValueError(f"bits must be 16 or 32; got {bits}")
         self.mean = np.ascontiguousarray(mean, np.float32)
-        bt = np.asarray(basis, np.float64).T
+        (N, K), tiles = basis.shape, -(-basis.shape[0] // self.TILE)
+        bt = np.zeros((K, tiles * self.TILE))  # transposed, padded to whole tiles
+        bt[:, :N] = np.asarray(basis, np.float64).T
         if bits == 16:
             peak = np.abs(bt).max(axis=1)
             self.step = np.where(peak > 0, peak / 32767.0, 1.0).astype(np.float32)  # (K,) value of one unit
-            self.table = np.ascontiguousarray(np.rint(bt / self.step[:, None]), np.int16)
+            bt = np.rint(bt / self.step[:, None]).astype(np.int16)
         else:
-            self.step = np.ones(len(bt), np.float32)
-            self.table = np.ascontiguousarray(bt, np.float32)
+            self.step = np.ones(K, np.float32)
+            bt = bt.astype(np.float32)
+        self.table = np.ascontiguousarray(bt.reshape(K, tiles, self.TILE).transpose(1, 0, 2))
         self.bits = bits
 
     @property
     def n_coeffs(self) -> int:
-        return self.table.shape[0]
+        return self.table.shape[1]
 
     def __call__(self, coeffs: np.ndarray) -> np.ndarray:
         """(B, K) coefficients -> (B, N) float32."""
@@ -256,17 +263,17 @@ def _kernels() -> dict:
 
     @numba.njit(cache=True, nogil=True)
     def linear_kernel(mean, table, coeffs, out):
-        # out[b, j] = mean[j] + sum_k coeffs[b, k] table[k, j], k in order; tiles of the outputs stay in L1
-        # while the table streams through once for the whole batch
-        K, N = table.shape
-        B = coeffs.shape[0]
-        tile = 1536
-        for j0 in range(0, N, tile):
-            j1 = min(j0 + tile, N)
-            m = mean[j0:j1]
+        # out[b, j] = mean[j] + sum_k coeffs[b, k] table[t, k, j - t TILE], k in order, tile by tile: the
+        # table streams through once for the whole batch while the tile of the outputs stays in L1
+        T, K, tile = table.shape
+        B, N = out.shape
+        for t in range(T):
+            j0 = t * tile
+            n = min(tile, N - j0)
+            m = mean[j0:j0 + n]
             for b in range(B):
-                o = out[b, j0:j1]
-                for j in range(j1 - j0):
+                o = out[b, j0:j0 + n]
+                for j in range(n):
                     o[j] = m[j]
             for k in range(K):
                 used = False  # a mode that no vector of the batch uses is not read (adding 0 changes no bit)
@@ -274,11 +281,11 @@ def _kernels() -> dict:
                     used = used or coeffs[b, k] != 0.0
                 if not used:
                     continue
-                row = table[k, j0:j1]
+                row = table[t, k]
                 for b in range(B):
                     c = coeffs[b, k]
-                    o = out[b, j0:j1]
-                    for j in range(j1 - j0):
+                    o = out[b, j0:j0 + n]
+                    for j in range(n):
                         o[j] += c * np.float32(row[j])
 
     @numba.njit(cache=True, nogil=True)

@@ -11,48 +11,10 @@ from training.errors import CheckpointError, TrainingError
 
 from coarse.detect import ReconstructionInputError
 from coarse.fit import FitError
+from .models import load_coarse, load_detail_predictor
 from .scan import ScanError
 
 from facesynth.cli_util import yaml_default as _d
-
-
-def _device(device: str) -> str:
-    """``auto`` -> cuda when available, else cpu (:func:`training.loop.resolve_device`, which also refuses
-    cuda without a CUDA device)."""
-    from training.loop import resolve_device
-
-    return str(resolve_device(device))
-
-
-def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int | None = None):
-    """The coarse stage's settings (:class:`coarse.stage.CoarseSettings`) and the network weights' path, or
-    None when the landmark fit is the coarse face (no weights).
-
-    ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
-    given by the user must exist.
-    """
-    from coarse.network import load_iterative
-    from coarse.stage import CoarseSettings
-    from facesynth.config import optional_file
-
-    path = optional_file(cfg, weights, cfg.refine.weights)
-    network = None if path is None else load_iterative(path, _device(device))
-    return CoarseSettings.from_config(cfg, network, iterations), None if path is None else str(path)
-
-
-def load_detail_predictor(weights: str | None, cfg, device: str = "auto"):
-    """The detail network as a :data:`training.detail_net.DetailPredictor` and its path, or (None, None) when
-    no weights exist. ``weights`` None means ``detail.weights`` of the config if that file exists; a path given
-    by the user must exist."""
-    from facesynth.config import optional_file
-
-    path = optional_file(cfg, weights, cfg.detail.weights)
-    if path is None:
-        return None, None
-    from training.detail_net import load_detail_network, torch_detail_predictor
-
-    dev = _device(device)
-    return torch_detail_predictor(load_detail_network(path, map_location=dev), dev), str(path)
 
 
 @click.group(help="Reconstruct faces from photos: coarse morphable-model fit, texture, detail network, "
@@ -61,11 +23,15 @@ def main():
     pass
 
 
-@main.command(help="Reconstruct the face(s) in IMAGE; writes meshes, textures and pictures to --out.")
-@click.argument("image", type=click.Path(dir_okay=False))
+@main.command(help="Reconstruct the face(s) in IMAGES (a photo, several, a folder or a glob); writes meshes, "
+                   "textures and pictures to --out. Several photos: one folder each under --out, a progress bar "
+                   "and summary.json / summary.csv; a photo that fails is a summary entry and the run goes on "
+                   "(exit code 1 if any failed); finished photos are skipped unless --force.")
+@click.argument("images", nargs=-1, required=True)
 @config_option
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="output folder [default: IMAGE's folder / IMAGE's name]")
+              help="output folder [default: IMAGE's folder / IMAGE's name; several photos: refine/ in their "
+                   "common folder]")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="iterative network weights (the landmark fit when absent)" + _d("refine.weights"))
 @click.option("--resolution", type=int, default=None, help="SfS pixels over the face" + _d("refine.resolution"))
@@ -76,15 +42,14 @@ def main():
               help="detail network weights (the stage is skipped when absent)" + _d("detail.weights"))
 @click.option("--no-detail", is_flag=True, help="skip the detail network")
 @click.option("--no-sfs", is_flag=True, help="skip shape from shading (refined = coarse [+ detail])")
-@click.option("--force", is_flag=True, help="overwrite earlier outputs in --out")
+@click.option("--force", is_flag=True, help="overwrite earlier outputs in --out (several photos: redo finished ones)")
+@click.option("--jobs", type=int, default=1, show_default=True, help="processes for several photos")
 @user_errors(ReconstructionInputError, FitError, CheckpointError, TrainingError)
-def sfs(image, config, out, weights, resolution, iterations, device, detail_weights, no_detail, all_faces, no_sfs,
-        force):
-    from morphable.model import load_model
-
-    from coarse.detect import detect_faces, load_image
-    from .outputs import existing_outputs, write_outputs
-    from .pipeline import reconstruct_face
+def sfs(images, config, out, weights, resolution, iterations, device, detail_weights, no_detail, all_faces, no_sfs,
+        force, jobs):
+    from .batch import default_out, detect_photo, expand_inputs, face_dirs, is_batch, plan, reconstruct_photo, run_batch
+    from .models import StackOptions, load_stack
+    from .outputs import existing_outputs
 
     cfg = load_cfg(config, {"refine.resolution": resolution, "refine.iterations": iterations})
     resolution, iterations = cfg.refine.resolution, cfg.refine.iterations
@@ -92,28 +57,35 @@ def sfs(image, config, out, weights, resolution, iterations, device, detail_weig
         raise ReconstructionInputError(f"--resolution must lie in [32, 2048], got {resolution}")
     if iterations < 1:
         raise ReconstructionInputError(f"--iterations must be at least 1, got {iterations}")
-    photo = load_image(image)
-    faces = detect_faces(photo, cfg.detect)
-    if not all_faces:
-        faces = faces[:1]
-    base = Path(out) if out else Path(image).with_suffix("")
-    dirs = [base] if len(faces) == 1 else [base / f"face-{i:02d}" for i in range(len(faces))]
+    if jobs < 1:
+        raise ReconstructionInputError(f"--jobs must be at least 1, got {jobs}")
+    options = StackOptions(weights, detail_weights, no_detail, no_sfs, device, iterations, resolution)
+    if is_batch(list(images)):
+        found = expand_inputs(list(images))
+        if not found:
+            raise ReconstructionInputError(f"no image files in {' '.join(images)} (suffixes .jpg, .png, ...)")
+        base = Path(out) if out else default_out(found)
+        entries = run_batch(plan(found, base), base, cfg, options, force, all_faces, jobs)
+        failed = [e for e in entries if e["status"] == "failed"]
+        for e in failed:
+            click.echo(f"failed: {e['image']}: {e['error']}", err=True)
+        n_done = sum(e["status"] == "done" for e in entries)
+        click.echo(f"{base}: {n_done} done, {len(entries) - n_done - len(failed)} skipped, {len(failed)} failed "
+                   f"of {len(entries)}; summary in {base / 'summary.json'}")
+        if failed:
+            raise SystemExit(1)
+        return
+    image = Path(images[0])
+    photo, faces = detect_photo(image, cfg, all_faces)
+    base = Path(out) if out else image.with_suffix("")
     if not force:
-        for d in dirs:
+        for d in face_dirs(base, len(faces)):
             clash = existing_outputs(d)
             if clash:
                 raise ReconstructionInputError(f"{d / clash[0]} exists: use --force to overwrite or another --out")
-    model = load_model(cfg.resolve_path(cfg.model.path))
-    coarse, used = load_coarse(weights, cfg, device, iterations)
-    detail, detail_used = (None, None) if no_detail else load_detail_predictor(detail_weights, cfg, device)
-    detail_note = ("detail off (--no-detail)" if no_detail else f"detail {detail_used}" if detail else
-                   f"detail skipped (no {cfg.detail.weights})")
-    for det, d in zip(faces, dirs):
-        rec = reconstruct_face(photo, det, model, cfg, coarse, resolution, sfs=not no_sfs,
-                               sfs_params=cfg.refine.sfs, detail=detail)
-        write_outputs(rec, photo, det, model, d, {"weights": used, "detail_weights": detail_used, "image": str(image)})
-        click.echo(f"{d}: {rec.coarse_method}, {detail_note}, {int(rec.visible.sum())} visible vertices, "
-                   + ", ".join(f"{k} {v:.2f}" for k, v in rec.timings.items()))
+    result = reconstruct_photo(image, photo, faces, base, cfg, load_stack(cfg, options), options)
+    for line in result.lines:
+        click.echo(line)
 
 
 @main.command(help="Measure the detail network and SfS on synthetic faces with known fine detail (one JSON "

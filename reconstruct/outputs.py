@@ -1,7 +1,11 @@
 """Files ``refine sfs`` writes for one face, and the pictures a person looks at.
 
     coarse.obj/.mtl + coarse_texture.png   the morphable-model mesh, textured from the photo (UV atlas)
-    refined.obj/.mtl + refined_texture.png the mesh of the refined depth map (SfS), textured by the photo
+    refined.obj/.mtl                       the same mesh (vertices, triangles, UVs, coarse_texture.png) moved
+                                           along its normals by the detail and SfS depth offsets where the SfS
+                                           frame saw it (:func:`reconstruct.pipeline.refined_mesh`)
+    refined_depthmap.obj/.mtl              the mesh of the refined depth map's pixels over the face mask, with
+      + refined_texture.png                the photo in the SfS frame as its texture
     params.json                            coefficients (named), pose, lighting, landmarks, timings
     depth.png, normals.png                 coarse | refined, side by side
     overlay.png                            photo | coarse shading | [+ detail net shading |] refined shading |
@@ -22,11 +26,12 @@ from morphable.obj import write_obj
 from render.camera import project
 from render.shading import shading_image
 
-from .pipeline import refined_mesh
+from .pipeline import depth_grid_mesh, refined_mesh
 from .texture import atlas_uv, bake_uv_texture
 
 OUTPUT_FILES = ("coarse.obj", "coarse.mtl", "coarse_texture.png", "refined.obj", "refined.mtl",
-                "refined_texture.png", "params.json", "depth.png", "normals.png", "overlay.png")
+                "refined_depthmap.obj", "refined_depthmap.mtl", "refined_texture.png", "params.json", "depth.png",
+                "normals.png", "overlay.png")
 #: Written only when their stage ran (a stale one is removed).
 OPTIONAL_FILES = ("detail.png",)
 
@@ -81,8 +86,11 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
     m = rec.sfs_mask
     refined = rec.refined_depth if rec.refined_depth is not None else rec.coarse_depth
     rverts, rtris, ruv, rtri_uv = refined_mesh(rec, model)
+    off = np.einsum("vk,vk->v", rverts - verts, model.vertex_normals(verts))  # mm along the coarse normals
+    written.append(write_obj(out_dir / "refined.obj", rverts, rtris, ruv, rtri_uv, "coarse_texture.png"))
+    gverts, gtris, guv = depth_grid_mesh(refined, m, rec.sfs_frame)
     save_png(out_dir / "refined_texture.png", contact_sheet([rec.sfs_image], 1, pad=0))
-    written.append(write_obj(out_dir / "refined.obj", rverts, rtris, ruv, rtri_uv, "refined_texture.png"))
+    written.append(write_obj(out_dir / "refined_depthmap.obj", gverts, gtris, guv, gtris, "refined_texture.png"))
 
     lo, hi = float(rec.coarse_depth[m].min()), float(rec.coarse_depth[m].max())
     rn = rec.refined_normals if rec.refined_normals is not None else rec.coarse_normals
@@ -133,10 +141,16 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
         "visible_vertices": int(rec.visible.sum()),
         "timings_s": rec.timings,
         "detail": detail,
+        "refined_offset": {"min_mm": float(off.min()), "max_mm": float(off.max()),
+                           "vertices_moved": int((np.abs(off) > 1e-3).sum())},
         "units": "mm, model frame: y up, face along +z; pixels: x right, y down",
         "legend": {"overlay.png": "photo | coarse shading | [coarse + detail network shading, when it ran |] "
                                   "refined shading | coarse mesh over photo "
                                   "(red: detected landmarks, green: model landmarks)",
+                   "refined.obj": "coarse.obj's mesh (same vertices, triangles, UVs and texture), each vertex moved "
+                                  "along its normal by refined_offset (mm; vertices_moved: by more than 0.001 mm) "
+                                  "where the SfS frame saw it, fading to 0 where it did not; "
+                                  "refined_depthmap.obj: the refined depth map's pixels",
                    "depth.png": "coarse | refined", "normals.png": "coarse | refined",
                    "detail.png": "detail network's depth offset (mm along the view axis): blue deeper, red nearer, "
                                  "full colour at +-detail.png_scale_mm"},

@@ -8,9 +8,10 @@ stage's surface is scored against the scan NoW-style (:mod:`reconstruct.now_metr
 - ``coarse``: the coarse morphable-model face, ``model.vertices(rec.alpha)``;
 - ``refined``: :func:`reconstruct.pipeline.refined_mesh` (what ``refined.obj`` holds).
 
-Model meshes are scored over the face area (triangles whose three vertices are in ``model.regions["face"]``:
-no eyeballs, teeth or mouth socket); the reconstruction's landmarks for the initial alignment are the model
-landmarks of ``rec.alpha`` (the refined mesh lies on the coarse face, in the same frame).
+Meshes on the model's topology are scored over the face area (triangles whose three vertices are in
+``model.regions["face"]``: no eyeballs, teeth or mouth socket); the reconstruction's landmarks for the initial
+alignment are the model landmarks of ``rec.alpha`` (the refined mesh lies on the coarse face, in the same
+frame).
 
 Outputs in ``out``: ``view_XX.png`` (the renders), ``views.png`` (contact sheet with each view's scores),
 ``error_map.png`` (the scan seen head-on, coloured by each stage's distance for the most frontal found view)
@@ -44,6 +45,12 @@ ERROR_MAP_MAX_MM = 5.0
 def face_triangles(model) -> np.ndarray:
     """(F', 3) the model's triangles whose three vertices lie in ``model.regions["face"]``."""
     return model.triangles[np.isin(model.triangles, model.regions["face"]).all(1)]
+
+
+def scored_triangles(triangles: np.ndarray, model, face: np.ndarray) -> np.ndarray:
+    """The triangles of a stage's mesh that are scored: ``face`` (:func:`face_triangles`) for a mesh on the
+    model's topology, else all of them."""
+    return face if np.array_equal(triangles, model.triangles) else triangles
 
 
 def _error_colors(scan, score: ScanScore) -> np.ndarray:
@@ -121,7 +128,7 @@ def evaluate_scan(scan: Scan, model, cfg, out: str | Path, n_views: int, coarse=
             else:
                 rverts, rtris, _, _ = refined_mesh(rec, model)
                 view_scores = {"coarse": score(model.vertices(rec.alpha), tris, rec.alpha),
-                               "refined": score(rverts, rtris, rec.alpha)}
+                               "refined": score(rverts, scored_triangles(rtris, model, tris), rec.alpha)}
                 entry.update(found=True, coarse_method=rec.coarse_method, timings_s=rec.timings,
                              detected_vs_scan_landmarks_px=float(np.linalg.norm(
                                  det.landmarks[ALIGN_LANDMARKS] - shot.landmarks[ALIGN_LANDMARKS], axis=1).mean()))

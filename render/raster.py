@@ -151,15 +151,14 @@ def _kernels() -> dict:
                 f = face_id[i, j]
                 if f < 0:
                     continue
-                for k in range(3):
-                    v = tris[f, k]
-                    w = bary[i, j, k]
-                    for ch in range(C):
-                        out[i, j, ch] += w * attr[v, ch]
+                v0, v1, v2 = tris[f, 0], tris[f, 1], tris[f, 2]
+                w0, w1, w2 = bary[i, j, 0], bary[i, j, 1], bary[i, j, 2]
+                n2 = 0.0
+                for ch in range(C):
+                    x = w0 * attr[v0, ch] + w1 * attr[v1, ch] + w2 * attr[v2, ch]
+                    out[i, j, ch] = x
+                    n2 += np.float64(x) ** 2
                 if unit:
-                    n2 = 0.0
-                    for ch in range(C):
-                        n2 += np.float64(out[i, j, ch]) ** 2
                     inv = 1.0 / max(np.sqrt(n2), 1e-12)
                     for ch in range(C):
                         out[i, j, ch] = out[i, j, ch] * inv

@@ -15,7 +15,8 @@ import torch
 from click.testing import CliRunner
 
 from facesynth.config import load_config
-from coarse.stage import synthetic_start
+from coarse.landmarks import vertex_landmarks
+from coarse.stage import CoarseSettings, synthetic_start
 from datagen.synthetic import detail_frame_config, draw_face, render_scene
 from training.detail_data import DetailDataset, collate, face_example, random_crops
 from training.detail_net import FORMAT, DetailLoss, DetailNet, detail_features, load_detail_network
@@ -128,7 +129,7 @@ def test_crops_lie_on_the_face_and_the_stream_is_deterministic(small_cfg):
     assert [b["index"].tolist() for b in first] == [[0, 1], [2, 3]]
     b = first[0]
     assert b["input"].shape == (2, 6, 32, 32) and b["target"].shape == (2, 1, 32, 32)
-    assert b["light"].shape == (2, 7) and b["pixel_mm"].shape == (2,)
+    assert b["light_direction"].shape == (2, 3) and b["light_shininess"].shape == b["pixel_mm"].shape == (2,)
     assert (b["mask"][:, 0, 16, 16] == 1).all()  # each crop is centred on a face pixel
     again = list(DetailDataset(cfg, 5, 2, stop_index=4, batch_size=2))  # resumed at crop 2
     assert all(torch.equal(again[0][k], first[1][k]) for k in first[1])
@@ -208,8 +209,10 @@ def test_detail_stage_switches_off_cleanly(photo, model, small_cfg):
         calls.append((image.shape, normals.shape, mask.shape, pixel_mm))
         return np.zeros(mask.shape, np.float32)
 
-    plain = reconstruct_face(img, det, model, small_cfg, resolution=SIZE, sfs_params=small_cfg.refine.sfs)
-    zero = reconstruct_face(img, det, model, small_cfg, resolution=SIZE, sfs_params=small_cfg.refine.sfs, detail=zeros)
+    coarse = CoarseSettings(vertex_landmarks(model, 2.0), small_cfg.fit)
+    plain = reconstruct_face(img, det, model, small_cfg, coarse, resolution=SIZE, sfs_params=small_cfg.refine.sfs)
+    zero = reconstruct_face(img, det, model, small_cfg, coarse, resolution=SIZE, sfs_params=small_cfg.refine.sfs,
+                            detail=zeros)
     assert calls == [((SIZE, SIZE, 3), (SIZE, SIZE, 3), (SIZE, SIZE), pytest.approx(1 / plain.sfs_frame.scale))]
     assert plain.detail_displacement is None and (zero.detail_displacement == 0).all()
     np.testing.assert_array_equal(zero.refined_depth, plain.refined_depth)
@@ -223,8 +226,8 @@ def test_displacement_moves_the_refined_mesh_along_the_view_axis(photo, model, s
     img, det = photo
     rng = np.random.default_rng(1)
     known = rng.uniform(-1.0, 0.5, (SIZE, SIZE)).astype(np.float32)
-    rec = reconstruct_face(img, det, model, small_cfg, resolution=SIZE, sfs=False,
-                           detail=lambda image, normals, mask, px: known)
+    rec = reconstruct_face(img, det, model, small_cfg, CoarseSettings(vertex_landmarks(model, 2.0), small_cfg.fit),
+                           resolution=SIZE, sfs=False, detail=lambda image, normals, mask, px: known)
     m = rec.sfs_mask
     np.testing.assert_array_equal(rec.detail_displacement, np.where(m, known, 0))
     v0, t0, _ = depth_grid_mesh(rec.coarse_depth, m, rec.sfs_frame)

@@ -1,4 +1,5 @@
-"""refine sfs end to end on the shipped photo, and its one-line errors for bad input."""
+"""refine sfs end to end on the shipped photo, its one-line errors for bad input, and the refined mesh on the
+model's topology (:func:`reconstruct.pipeline.refined_mesh`) on a rendered face with known depth offsets."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from morphable.obj import read_obj
+from morphable.obj import read_obj, read_obj_topology
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO = REPO / "data" / "astronaut.png"
@@ -41,12 +42,23 @@ def test_writes_every_output_and_obj_parses(result):
     model = load_model(REPO / "data" / "ict_face_model.h5")
     verts, tris = read_obj(result / "coarse.obj")
     assert verts.shape == (model.n_vertices, 3) and tris.shape == model.triangles.shape
+    # refined.obj: the coarse mesh (topology, UVs, texture) moved by at most a few mm
     rv, rt = read_obj(result / "refined.obj")
-    assert len(rv) > 1000 and rt.max() < len(rv)
-    # the refined mesh lies on the coarse face, in the same frame and units (mm)
+    np.testing.assert_array_equal(rt, tris)
+    for a, b in zip(read_obj_topology(result / "refined.obj")[1:], read_obj_topology(result / "coarse.obj")[1:]):
+        np.testing.assert_array_equal(a, b)  # tri_uv, uv
+    assert "coarse_texture.png" in (result / "refined.mtl").read_text()
+    moved = np.linalg.norm(rv - verts, axis=1)
+    assert 0 < moved.max() < 5
+    # the depth-map mesh lies on the coarse face, in the same frame and units (mm)
+    gv, gt = read_obj(result / "refined_depthmap.obj")
+    assert len(gv) > 1000 and gt.max() < len(gv)
     face = verts[model.regions["narrow_face"]]
-    assert np.all(rv.min(0) > face.min(0) - 15) and np.all(rv.max(0) < face.max(0) + 15)
+    assert np.all(gv.min(0) > face.min(0) - 15) and np.all(gv.max(0) < face.max(0) + 15)
     params = json.loads((result / "params.json").read_text())
+    off = params["refined_offset"]
+    assert off["vertices_moved"] > 100 and off["max_mm"] - off["min_mm"] == pytest.approx(
+        float(np.ptp(np.einsum("vk,vk->v", rv - verts, model.vertex_normals(verts.astype(np.float32))))), abs=1e-3)
     assert len(params["alpha"]) == 153 and len(params["landmarks_detected"]) == 68
     assert "texture_s" in params["timings_s"]
 
@@ -70,3 +82,124 @@ def test_bad_input_is_a_one_line_error(tmp_path, make):
     assert "Traceback" not in res.stderr and res.stderr.strip().startswith("Error:")
     assert res.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------- refined.obj on the model's mesh
+SIZE = 128
+
+
+@pytest.fixture(scope="module", params=[0.0, 30.0], ids=["frontal", "yaw30"])
+def seen_face(request, model, cfg):
+    """The mean face rendered in an SfS frame (SIZE pixels, yaw in degrees): a reconstruction with no
+    refinement yet, the coarse vertices and which of them the frame sees (visible and inside the mask)."""
+    from coarse.frame import sfs_frame_pose
+    from reconstruct.pipeline import Reconstruction
+    from reconstruct.texture import visible_vertices
+    from render.camera import Pose, euler_to_rotation, project
+    from render.renderer import FaceRenderer
+
+    alpha = np.zeros(model.n_coeffs, np.float32)
+    verts = model.vertices(alpha)
+    rot = euler_to_rotation(np.radians(request.param), 0.1, 0.0)
+    frame = sfs_frame_pose(model, verts, Pose(1.0, rot, np.zeros(2)), SIZE)
+    r = FaceRenderer.from_config(model, cfg.render, image_size=SIZE, backend="numba")
+    fr = r.render_face(alpha, frame, np.ones((model.n_vertices, 3), np.float32), r.shading_light, verts=verts)
+    mask = r.narrow_face_mask(fr.fragments)
+    rec = Reconstruction(alpha, frame, "test", sfs_frame=frame, sfs_mask=mask, coarse_depth=fr.depth)
+    px = np.clip(project(verts, frame)[:, :2].astype(int), 0, SIZE - 1)
+    seen = visible_vertices(model, verts, frame, mask.shape) & mask[px[:, 1], px[:, 0]]
+    return rec, verts, seen
+
+
+def _with_offset(rec, d: float):
+    """``rec`` with its refined depth the coarse one plus ``d`` mm (towards the camera) inside the mask."""
+    from dataclasses import replace
+
+    return replace(rec, refined_depth=rec.coarse_depth + np.where(rec.sfs_mask, d, 0.0).astype(np.float32))
+
+
+def _edges(model) -> np.ndarray:
+    t = model.triangles
+    return np.concatenate([t[:, [0, 1]], t[:, [1, 2]], t[:, [2, 0]]])
+
+
+def test_refined_mesh_is_the_coarse_mesh_without_an_offset(seen_face, model):
+    from reconstruct.pipeline import refined_mesh
+    from reconstruct.texture import atlas_uv
+
+    rec, verts, _ = seen_face
+    for same in (rec, _with_offset(rec, 0.0)):  # no refinement, or a refined depth equal to the coarse one
+        rv, rt, uv, tri_uv = refined_mesh(same, model)
+        np.testing.assert_array_equal(rt, model.triangles)
+        np.testing.assert_array_equal(tri_uv, model.tri_uv)
+        np.testing.assert_array_equal(uv, atlas_uv(model))
+        np.testing.assert_allclose(rv, verts, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [0.6, -0.4])
+def test_a_constant_depth_offset_moves_what_was_seen_towards_the_camera(seen_face, model, d):
+    from scipy.spatial import cKDTree
+
+    from reconstruct.pipeline import FACING_FADE, FADE_MM, refined_mesh, vertex_offset
+    from render.camera import rotate_normals
+
+    rec, verts, seen = seen_face
+    rec = _with_offset(rec, d)
+    off = vertex_offset(rec, model, verts)
+    normals = model.vertex_normals(verts)
+    n_view = rotate_normals(normals, rec.sfs_frame)[:, 2]
+    assert np.all(np.abs(off) <= abs(d) + 1e-6)
+    assert np.all(off[~seen] == 0)  # hidden, or outside the mask: not moved
+    # seen vertices farther than the fade from anything unseen, facing the camera: the full height-field change
+    far = cKDTree(verts[~seen]).query(verts)[0] > FADE_MM + 0.5  # euclidean <= geodesic distance
+    full = seen & far & (n_view > FACING_FADE[1])
+    assert full.sum() > 500
+    np.testing.assert_allclose(off[full], d * n_view[full], rtol=1e-3, atol=1e-5)
+    # refined.obj: along the normal, so a frontal vertex moves by ~d along the view axis
+    rv = refined_mesh(rec, model)[0]
+    np.testing.assert_allclose(rv - verts, off[:, None] * normals, atol=1e-5)
+    view = np.asarray(rec.sfs_frame.rotation)[2]  # towards the camera, model frame
+    frontal = full & (n_view > 0.97)
+    assert frontal.sum() > 50
+    np.testing.assert_allclose((rv - verts)[frontal] @ view, d, rtol=0.07)
+
+
+def test_a_sloped_offset_is_sampled_at_each_vertex_pixel(seen_face, model):
+    from dataclasses import replace
+
+    from scipy.spatial import cKDTree
+
+    from reconstruct.pipeline import FACING_FADE, FADE_MM, vertex_offset
+    from render.camera import project, rotate_normals
+
+    rec, verts, seen = seen_face
+    ii, jj = np.mgrid[:SIZE, :SIZE]
+    plane = lambda x, y: 0.2 + 0.02 * (x - SIZE / 2) - 0.01 * (y - SIZE / 2)  # noqa: E731  mm at pixel x, y
+    rec = replace(rec, refined_depth=rec.coarse_depth + np.where(rec.sfs_mask, plane(jj + 0.5, ii + 0.5), 0.0))
+    off = vertex_offset(rec, model, verts)
+    n_view = rotate_normals(model.vertex_normals(verts), rec.sfs_frame)[:, 2]
+    full = seen & (n_view > FACING_FADE[1]) & (cKDTree(verts[~seen]).query(verts)[0] > FADE_MM + 0.5)
+    x, y = project(verts[full], rec.sfs_frame)[:, :2].T
+    np.testing.assert_allclose(off[full], plane(x, y) * n_view[full], atol=2e-4)
+
+
+def test_the_offset_fades_smoothly(seen_face, model, monkeypatch):
+    import reconstruct.pipeline as pipeline
+
+    rec, verts, seen = seen_face
+    rec, d = _with_offset(rec, 0.5), 0.5
+    e = _edges(model)
+    length = np.linalg.norm(verts[e[:, 0]] - verts[e[:, 1]], axis=1)
+    border = seen[e[:, 0]] != seen[e[:, 1]]
+
+    def jumps():
+        off = pipeline.vertex_offset(rec, model, verts)
+        step = np.abs(off[e[:, 0]] - off[e[:, 1]]) / d
+        return float((step / length).max()), float(step[border].mean())
+
+    slope, at_border = jumps()
+    assert slope < 0.5 and at_border < 0.1  # per mm of surface, and across the seen/unseen border
+    monkeypatch.setattr(pipeline, "FADE_MM", 1e-3)  # no fade: a step at the border
+    monkeypatch.setattr(pipeline, "FACING_FADE", (0.25, 0.2501))
+    slope, at_border = jumps()
+    assert slope > 2.0 and at_border > 0.3

@@ -120,9 +120,11 @@ def detail(config, quiet, coarse_weights, **run):
               help="error-map PNG [default: eval_errors.png next to the weights, else in train.out]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help=_d("train.device")[1:])
 @click.option("--no-uncalibrated-fit", is_flag=True, help="skip the older landmark fit (reported for reference)")
+@click.option("--fit-identity-modes", type=int, default=None,
+              help="out-of-span check: the fit uses only the first N identity modes (faces use all)")
 @user_errors(TrainingError, CheckpointError)
 def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_noise, iterations, pose_source, out,
-             device, no_uncalibrated_fit):
+             device, no_uncalibrated_fit, fit_identity_modes):
     from coarse.network import load_iterative
     from coarse.stage import CoarseSettings
     from datagen.faces import EVAL_SEED_OFFSET, face_source
@@ -145,6 +147,8 @@ def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_n
     for key in ("n", "iterations"):
         if getattr(ev, key) < 1:
             raise click.ClickException(f"--{key} must be >= 1; got {getattr(ev, key)}")
+    if fit_identity_modes is not None and not 0 <= fit_identity_modes <= cfg.model.n_identity:
+        raise click.ClickException(f"--fit-identity-modes must lie in [0, {cfg.model.n_identity}]; got {fit_identity_modes}")
     if ev.landmark_noise_px < 0:
         raise click.ClickException(f"--landmark-noise must be >= 0; got {ev.landmark_noise_px}")
     path = None if no_network else optional_file(cfg, weights, cfg.refine.weights)
@@ -158,7 +162,7 @@ def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_n
     png = Path(out) if out else (Path(path).parent if path else cfg.resolve_path(cfg.train.out)) / "eval_errors.png"
     report = run_evaluation(faces, model, coarse, cfg.render, ev.landmarks, ev.landmark_noise_px, pose_source,
                             error_maps_png=png, n_maps=ev.error_maps, progress=True,
-                            uncalibrated_fit=not no_uncalibrated_fit)
+                            uncalibrated_fit=not no_uncalibrated_fit, fit_identity_modes=fit_identity_modes)
     report["weights"] = None if path is None else str(path)
     click.echo(f"error maps: {png}", err=True)
     click.echo(json.dumps(report))

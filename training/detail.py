@@ -28,12 +28,9 @@ from .detail_data import DetailDataset
 from .detail_net import FORMAT, DetailLoss, DetailNet
 from .loop import BatchFactory, Job, TrainingError, autocast, data_workers, held_out_loss, run_training, start_run
 
-#: Config keys that may differ between a run and its resume (they do not change the steps taken); the
-#: ``train`` section and ``refine`` belong to other stages (the coarse start is checked by itself).
-RESUME_MAY_CHANGE = ("detail.steps", "detail.out", "detail.device", "detail.workers", "detail.checkpoint_every",
-                     "detail.val_every", "detail.val_samples", "detail.lr", "detail.weights", "render.backend",
-                     "render.gl_platform", "train.", "refine.",
-                     "evaluate.iterations", "evaluate.error_maps", "evaluate.n")
+#: Keys of other stages' sections that the data depends on: a resume must keep them
+#: (:func:`training.loop.resume_may_change`; the coarse start's weights are checked by themselves).
+RESUME_READS = ("evaluate.landmark_noise_px",)
 
 
 def coarse_source(cfg, coarse_weights: str | None) -> Path | None:
@@ -115,8 +112,8 @@ def train_detail(cfg, out_dir: str | Path | None = None, batches: BatchFactory |
                 "next_crop": step * run.world * dc.batch}
 
     job = Job(FORMAT, "detail-network", "train detail", "detail loss (L1 mm + slopes + photometric + smoothness)",
-              RESUME_MAY_CHANGE, net, step_loss, validation,
-              batches if custom else stream, data_position, meta={"coarse": coarse})
+              net, step_loss, validation, batches if custom else stream, data_position, meta={"coarse": coarse},
+              reads=RESUME_READS)
     return dict(run_training(run, job, progress), coarse=coarse)
 
 

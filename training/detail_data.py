@@ -22,7 +22,9 @@ Crop records (:func:`random_crops`; numpy, collated into tensors with a batch di
     normals   (3, c, c) float32   smooth true normals, camera frame
     albedo    (3, c, c) float32
     image     (3, c, c) float32   the render, in [0, 1]
-    light     (7,) float32        direction (3), k_a, k_d, k_s, shininess
+    light_direction  (3,) float32  the sample's Phong light (:class:`render.renderer.Light`): unit vector
+                                   towards the light, camera frame
+    light_ambient, light_diffuse, light_specular, light_shininess  () float32  its constants
     pixel_mm  () float32
     index     int                 crop index in the stream
 
@@ -43,12 +45,16 @@ from datagen.synthetic import DetailScene, draw_face, render_scene, shard_face
 from .data import OnlineDataset
 from .detail_net import detail_features
 
-KEYS = ("input", "target", "mask", "normals", "albedo", "image", "light", "pixel_mm")
+#: The per-pixel arrays of a record, (C, H, W) each (cropped); the other keys hold one value per face.
+IMAGE_KEYS = ("input", "target", "mask", "normals", "albedo", "image")
+LIGHT_KEYS = ("light_direction", "light_ambient", "light_diffuse", "light_specular", "light_shininess")
+KEYS = IMAGE_KEYS + LIGHT_KEYS + ("pixel_mm",)
 
 
 def face_example(scene: DetailScene, highpass_sigma_px: float) -> dict:
-    """Full-frame arrays of one rendered face (the crop record's keys, (C, H, W) each; see the module
-    docstring). ``scene`` must hold the smooth render (``render_scene(..., smooth=True)``)."""
+    """Full-frame arrays of one rendered face (the crop record's keys: :data:`IMAGE_KEYS` (C, H, W) each, the
+    light and ``pixel_mm``; see the module docstring). ``scene`` must hold the smooth render
+    (``render_scene(..., smooth=True)``)."""
     light = scene.face.light
     chw = lambda a: np.ascontiguousarray(np.moveaxis(a, -1, 0), np.float32)  # noqa: E731
     return {
@@ -58,15 +64,18 @@ def face_example(scene: DetailScene, highpass_sigma_px: float) -> dict:
         "normals": chw(scene.smooth.normals),
         "albedo": chw(scene.albedo),
         "image": chw(scene.truth.rgb),
-        "light": np.array([*np.asarray(light.direction, np.float32), light.ambient, light.diffuse, light.specular,
-                           light.shininess], np.float32),
+        "light_direction": np.asarray(light.direction, np.float32),
+        "light_ambient": np.float32(light.ambient),
+        "light_diffuse": np.float32(light.diffuse),
+        "light_specular": np.float32(light.specular),
+        "light_shininess": np.float32(light.shininess),
         "pixel_mm": np.float32(scene.pixel_mm),
     }
 
 
 def random_crops(example: dict, crop: int, count: int, rng: np.random.Generator) -> list[dict]:
-    """``count`` crops of ``crop`` x ``crop`` pixels, each centred on a random mask pixel (shifted to stay
-    inside the image)."""
+    """``count`` crops of ``crop`` x ``crop`` pixels of the :data:`IMAGE_KEYS`, each centred on a random mask
+    pixel (shifted to stay inside the image); the per-face values are shared."""
     mask = example["mask"][0] > 0
     H, W = mask.shape
     if crop > min(H, W):
@@ -78,13 +87,14 @@ def random_crops(example: dict, crop: int, count: int, rng: np.random.Generator)
     for k in rng.integers(0, len(rows), count):
         i0 = int(np.clip(rows[k] - crop // 2, 0, H - crop))
         j0 = int(np.clip(cols[k] - crop // 2, 0, W - crop))
-        out.append({key: (v[:, i0:i0 + crop, j0:j0 + crop].copy() if key not in ("light", "pixel_mm") else v)
+        out.append({key: (v[:, i0:i0 + crop, j0:j0 + crop].copy() if key in IMAGE_KEYS else v)
                     for key, v in example.items()})
     return out
 
 
 def collate(records: list[dict]) -> dict:
-    """Crop records -> one batch of tensors (``pixel_mm`` (B,), ``index`` (B,) int64)."""
+    """Crop records -> one batch of tensors with a batch dimension: ``light_direction`` (B, 3), the other light
+    constants and ``pixel_mm`` (B,), ``index`` (B,) int64."""
     batch = {k: torch.from_numpy(np.stack([r[k] for r in records])) for k in KEYS}
     batch["index"] = torch.tensor([r["index"] for r in records], dtype=torch.int64)
     return batch

@@ -38,6 +38,8 @@ from render.shading import displaced_normals, phong_shade, to_gray
 #: pixel_mm) -> (H, W) float32 mm depth offset, 0 outside the mask.
 DetailPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
 IN_CHANNELS = 6
+#: The input channel holding the mask (module docstring): :class:`DetailNet`'s output is 0 where it is 0.
+MASK_CHANNEL = 5
 
 
 def detail_features(image: np.ndarray, coarse_normals: np.ndarray, mask: np.ndarray,
@@ -118,7 +120,7 @@ class DetailNet(nn.Module):
             h = self.merge[i](torch.cat([self.up[i](h), skips[i]], 1))
         out = self.head(h)[..., :H, :W].float()
         px = torch.as_tensor(pixel_mm, dtype=out.dtype, device=out.device).reshape(-1, 1, 1, 1)
-        return out * px * x[:, 5:6].float()
+        return out * px * x[:, MASK_CHANNEL:MASK_CHANNEL + 1].float()
 
 
 # ----------------------------------------------------------------------------------------- loss
@@ -161,8 +163,9 @@ class DetailLoss(nn.Module):
     Why each weight (``detail.loss``): ``docs/tuning.md``.
 
     Batch keys (tensors): ``target`` (B, 1, H, W) mm, ``mask`` (B, 1, H, W) float, ``normals`` (B, 3, H, W)
-    smooth true normals, ``albedo`` (B, 3, H, W), ``image`` (B, 3, H, W) the render, ``light`` (B, 7): the
-    direction (3), k_a, k_d, k_s, shininess, ``pixel_mm`` (B,).
+    smooth true normals, ``albedo`` (B, 3, H, W), ``image`` (B, 3, H, W) the render, the sample's Phong light
+    ``light_direction`` (B, 3) (camera frame, towards the light) and ``light_ambient``, ``light_diffuse``,
+    ``light_specular``, ``light_shininess`` (B,), ``pixel_mm`` (B,).
     """
 
     def __init__(self, displacement: float, gradient: float, photometric: float, smoothness: float):
@@ -201,9 +204,9 @@ class DetailLoss(nn.Module):
         """(B, 3, H, W) the sample re-rendered with the smooth true surface displaced by ``pred`` (mm)."""
         sx, sy = central_slopes(pred.float(), batch["pixel_mm"].float())
         n = displaced_normals(batch["normals"].permute(0, 2, 3, 1), sx[:, 0], sy[:, 0])  # (B, H, W, 3)
-        light = batch["light"].float()
-        k = [light[:, i].reshape(-1, 1, 1) for i in range(3, 7)]
-        shade = phong_shade(n, batch["albedo"].permute(0, 2, 3, 1), light[:, None, None, :3], *k)
+        k = [batch[f"light_{c}"].float().reshape(-1, 1, 1) for c in ("ambient", "diffuse", "specular", "shininess")]
+        shade = phong_shade(n, batch["albedo"].permute(0, 2, 3, 1), batch["light_direction"].float()[:, None, None],
+                            *k)
         return shade.clamp(0.0, 1.0).permute(0, 3, 1, 2)
 
     def forward(self, pred: torch.Tensor, batch: dict) -> torch.Tensor:

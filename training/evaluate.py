@@ -29,7 +29,8 @@ LANDMARK_SOURCES = ("detector", "true")
 
 def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detector", noise_px: float = 1.0,
              pose_source: str = "landmarks", seed: int = 0, error_maps_png: str | Path | None = None,
-             n_maps: int = 6, progress: bool = False, uncalibrated_fit: bool = True, detect_params=None) -> dict:
+             n_maps: int = 6, progress: bool = False, uncalibrated_fit: bool = True, detect_params=None,
+             fit_identity_modes: int | None = None) -> dict:
     """The coarse stage on faces with known geometry, and its 3D error per stage.
 
     Args:
@@ -45,6 +46,8 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         error_maps_png: where to draw per-vertex error maps of the first ``n_maps`` faces.
         uncalibrated_fit: also report the older landmark fit (about 0.3 s per face).
         detect_params: the detector's settings (default: ``coarse.detect.detect_faces``' own).
+        fit_identity_modes: the out-of-span check: the landmark fit uses only the first this many identity
+            modes while the faces are drawn from all of them (default: all).
     Returns:
         ``{"faces", "landmarks", "pose_source", "detector_found" (detector only), "mean_face", "landmark_fit",
         ["landmark_fit_uncalibrated"], ["iterations": [...]], "fit_to_mean_face"}``; each stage
@@ -53,7 +56,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
     from coarse.detect import ReconstructionInputError, detect_faces
     from coarse.fit import fit_landmarks, fit_map
     from coarse.iterative import network_fit
-    from coarse.landmarks import vertex_landmarks
+    from coarse.landmarks import noisy_landmarks, vertex_landmarks
 
     if landmarks not in LANDMARK_SOURCES:
         raise ValueError(f"landmarks must be one of {LANDMARK_SOURCES}; got {landmarks!r}")
@@ -78,10 +81,10 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         else:
             detector = None
             rng = np.random.default_rng([seed, face.index])
-            points = face.landmarks + rng.normal(0.0, noise_px, face.landmarks.shape)
+            points = noisy_landmarks(face.landmarks, noise_px, rng)
             sigma_mm = max(noise_px, 0.25) / face.pose.scale
             settings = dataclasses.replace(coarse, landmarks=vertex_landmarks(model, sigma_mm))
-        fit, _ = fit_map(model, points, settings.landmarks, settings.prior, detector=detector)
+        fit, _ = fit_map(model, points, settings.landmarks, settings.prior, fit_identity_modes, detector=detector)
         stages["landmark_fit"].append(fit)
         if uncalibrated_fit:
             stages["landmark_fit_uncalibrated"].append(fit_landmarks(model, points)[0])
@@ -101,6 +104,8 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
     if uncalibrated_fit:
         errors["landmark_fit_uncalibrated"] = coefficient_errors(model, np.stack(stages["landmark_fit_uncalibrated"]), gt)
     report = {"faces": total, "landmarks": landmarks, "pose_source": pose_source}
+    if fit_identity_modes is not None:
+        report["fit_identity_modes"] = int(fit_identity_modes)
     if landmarks == "detector":
         report["detector_found"] = len(done) / total
     else:

@@ -7,7 +7,7 @@ builds its network, loss and data, and hands them to :func:`run_training` as a :
 - Adam with the section's ``lr`` (a resumed run may lower it: the new value wins, the moments are kept);
 - resume: a checkpoint in the run folder is continued from (model, optimiser, step, RNG states and data
   position), so the next step is the one an uninterrupted run would take; a run folder of another config
-  (other than the job's ``may_change`` keys) or of another ``Job.meta`` is refused;
+  (other than the keys :func:`resume_may_change` allows) or of another ``Job.meta`` is refused;
 - a NaN or infinite loss stops the run with :class:`TrainingError`; ``ckpt.pt`` stays the last good one;
 - ``ckpt.pt`` every ``checkpoint_every`` steps and at the end (written atomically), ``log.csv`` (step,
   train_loss, val_loss, samples_per_s), ``curves.png`` at each validation, ``config.json``;
@@ -167,12 +167,33 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_resumable(saved: dict, cfg, may_change: tuple[str, ...]) -> None:
-    """Refuse to continue a run made with another config, other than the keys in ``may_change``
-    (``"train.lr"``; a key ending in ``.`` stands for its whole section)."""
+#: Keys of the trained section that a resume may change: they do not change the steps taken. ``lr`` too: a
+#: resumed run may lower it (a manual step schedule) and the new value wins; ``weights``: where ``refine`` reads
+#: the trained network.
+RESUME_RUN_KEYS = ("steps", "out", "device", "workers", "checkpoint_every", "val_every", "val_samples", "lr", "weights")
+#: Render keys that choose how, not what, is drawn.
+RESUME_RENDER_KEYS = ("render.backend", "render.gl_platform")
+#: The stages' config sections: a trainer's run depends on no other stage's keys but those it reads.
+STAGE_SECTIONS = ("train", "detail", "evaluate", "refine")
+
+
+def resume_may_change(key: str, section: str, reads: tuple[str, ...] = ()) -> bool:
+    """Whether a resume of the trainer of config ``section`` (``"train"``, ``"detail"``) may change the dotted
+    config ``key``: the run keys of its own section (:data:`RESUME_RUN_KEYS`), the render backend
+    (:data:`RESUME_RENDER_KEYS`) and the sections of the other stages (:data:`STAGE_SECTIONS`) but for the keys
+    in ``reads`` (those the trainer's data depends on, e.g. ``"evaluate.landmark_noise_px"``)."""
+    head, _, name = key.partition(".")
+    if head == section:
+        return name in RESUME_RUN_KEYS
+    return key in RESUME_RENDER_KEYS or (head in STAGE_SECTIONS and key not in reads)
+
+
+def check_resumable(saved: dict, cfg, section: str, reads: tuple[str, ...] = ()) -> None:
+    """Refuse to continue a run made with another config, other than the keys :func:`resume_may_change`
+    allows."""
     old, new = _flat(saved), _flat(cfg.to_dict())
     for key in sorted(set(old) | set(new)):
-        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in may_change):
+        if resume_may_change(key, section, reads):
             continue
         if old.get(key) != new.get(key):
             raise TrainingError(f"the run folder holds a run with another config ({key}: {old.get(key)!r} there, "
@@ -299,7 +320,6 @@ class Job:
 
     format: checkpoint format key; kind: what the checkpoint holds, for messages (``"iterative-network"``);
     desc: progress-bar label; loss_label: y axis of ``curves.png``;
-    may_change: config keys a resume may change (see :func:`check_resumable`);
     net: the network on the run's device (built after :func:`start_run`, so its initialisation is seeded);
     step_loss: ``(model, batch) -> (loss, samples)``, the training loss of one batch (``model`` is ``net``
     or its DDP wrapper; the loop does backward and the optimiser step);
@@ -308,20 +328,22 @@ class Job:
     :func:`eval_mode`);
     batches: ``batches(step)`` -> this process's training batches from ``step`` on;
     data_position: ``step -> dict``, where the stream resumes (saved in checkpoints);
-    meta: values saved in every checkpoint that a resume must match (e.g. the coarse start of the data).
+    meta: values saved in every checkpoint that a resume must match (e.g. the coarse start of the data);
+    reads: keys of other stages' sections that the run depends on: a resume must keep them
+    (:func:`resume_may_change`).
     """
 
     format: str
     kind: str
     desc: str
     loss_label: str
-    may_change: tuple[str, ...]
     net: torch.nn.Module
     step_loss: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, int]]
     validation: Callable[[], Callable[[torch.nn.Module], float]]
     batches: BatchFactory
     data_position: Callable[[int], dict]
     meta: dict = field(default_factory=dict)
+    reads: tuple[str, ...] = ()
 
 
 def saved_step(path: Path, fmt: str) -> int | str:
@@ -344,7 +366,7 @@ def run_training(run: Run, job: Job, progress: bool = True) -> dict:
     start_step, ckpt = 0, None
     if run.ckpt_path.exists():
         ckpt = read_checkpoint(run.ckpt_path, job.format, job.kind, map_location="cpu")  # RNG states stay on CPU
-        check_resumable(ckpt["config"], cfg, job.may_change)
+        check_resumable(ckpt["config"], cfg, run.section, job.reads)
         for key, value in job.meta.items():
             if ckpt.get(key) != value:
                 raise TrainingError(f"the run folder holds a run with another {key} ({ckpt.get(key)!r} there, "

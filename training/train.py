@@ -27,13 +27,6 @@ from .loop import (BatchFactory, CheckpointError, Job, TrainingError, autocast, 
 from .loss import GeometryLoss
 from coarse.network import FORMAT, IterativeNet
 
-#: Config keys that may differ between a run and its resume: they do not change the steps taken.
-#: ``train.lr`` may change too: a resumed run may lower it (a manual step schedule); the new value wins.
-#: The ``refine`` and ``detail`` sections belong to other stages.
-RESUME_MAY_CHANGE = ("train.steps", "train.out", "train.device", "train.workers", "train.checkpoint_every",
-                     "train.val_every", "train.val_samples", "train.lr", "render.backend", "render.gl_platform",
-                     "evaluate.", "refine.", "detail.")
-
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`train_iterative`; :class:`CheckpointError` if it is not one."""
@@ -131,6 +124,6 @@ def train_iterative(cfg, out_dir: str | Path | None = None, batches: BatchFactor
         return forward(model, b)
 
     job = Job(FORMAT, "iterative-network", "train iterative", "geometry loss (mm², mean squared vertex error)",
-              RESUME_MAY_CHANGE, net, step_loss, validation, factory,
+              net, step_loss, validation, factory,
               lambda step: data_position(cfg, step, tc.batch, run.world, custom))
     return run_training(run, job, progress)
