@@ -18,7 +18,7 @@ anything, an underestimate of the per-core ratio ``cpu_ratio_vs_naive``.
 
 Prints JSON lines::
 
-    .venv/bin/python benchmarks/datagen.py [--n 150] [--naive-n 12] [--rounds 3] [--profile-n 40]
+    .venv/bin/python benchmarks/datagen.py [--n 150] [--naive-n 12] [--rounds 5] [--profile-n 40]
 """
 from __future__ import annotations
 
@@ -213,7 +213,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=150, help="samples of each timed `datagen render` run")
     ap.add_argument("--naive-n", type=int, default=12, help="samples of each naive run")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ratios: median over rounds)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (ratios: median over rounds)")
     ap.add_argument("--profile-n", type=int, default=40, help="samples of the stage profile")
     ap.add_argument("--backend", default="auto")
     args = ap.parse_args()

@@ -15,7 +15,7 @@ from .detect import ReconstructionInputError, detect_faces
 from .landmarks import LandmarkModel, calibrate
 
 
-def detector_records(faces: Iterable, detect=detect_faces, progress: bool = False) -> dict:
+def detector_records(faces: Iterable, detect=detect_faces, progress: bool = False, total: int | None = None) -> dict:
     """Run ``detect`` on each face's render and collect what :func:`coarse.landmarks.calibrate` needs.
 
     Args:
@@ -24,31 +24,33 @@ def detector_records(faces: Iterable, detect=detect_faces, progress: bool = Fals
             it finds nothing.
     Returns:
         Arrays over the N faces: ``alpha``, ``scale``, ``rotation``, ``translation``, ``detected`` (N, 68, 2)
-        (NaN where nothing was found), ``face_id`` (N, 68), ``bary`` (N, 68, 3), ``detector`` (N,) str.
+        (NaN where nothing was found), ``face_id`` (N, 68), ``bary`` (N, 68, 3), ``detector`` (N,) str,
+        ``rotation_deg`` (N,), ``score`` (N,).
     """
-    keys = ("alpha", "scale", "rotation", "translation", "detected", "face_id", "bary", "detector")
+    keys = ("alpha", "scale", "rotation", "translation", "detected", "face_id", "bary", "detector", "rotation_deg",
+            "score")
     out = {k: [] for k in keys}
     if progress:
         from tqdm import tqdm
 
-        faces = tqdm(faces, desc="detect", unit="face")
+        faces = tqdm(faces, desc="detect", unit="face", total=total)
     for face in faces:
         if face.fragments is None:
             raise ValueError("calibration needs faces rendered on the fly (with their fragments)")
         image = np.clip(face.rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        points, fid, bary, kind = np.full((68, 2), np.nan), np.full(68, -1), np.zeros((68, 3)), "none"
+        points, fid, bary, kind, turn, score = np.full((68, 2), np.nan), np.full(68, -1), np.zeros((68, 3)), "none", 0.0, 0.0
         try:
             det = detect(image)[0]
         except ReconstructionInputError:
             pass
         else:
-            points, kind = det.landmarks, det.detector
+            points, kind, turn, score = det.landmarks, det.detector, det.rotation_deg, det.score
             H, W = image.shape[:2]
             i = np.clip(points[:, 1].astype(int), 0, H - 1)
             j = np.clip(points[:, 0].astype(int), 0, W - 1)
             fid, bary = face.fragments.face_id[i, j], face.fragments.bary[i, j]
         for k, v in zip(keys, (face.alpha_gt, face.pose.scale, face.pose.rotation, face.pose.translation, points,
-                               fid, bary, kind)):
+                               fid, bary, kind, turn, score)):
             out[k].append(v)
     return {k: np.asarray(v) for k, v in out.items()}
 

@@ -287,28 +287,34 @@ def _checked_identity(identity: np.ndarray, n_id: int) -> np.ndarray:
 
 
 def fit_map_shared_identity(model, points2d: np.ndarray, landmarks, prior, poses: list | None = None,
-                            detector: str | None = None, rounds: int = 4,
-                            identity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list]:
+                            detector: str | None = None, rounds: int = 4, identity: np.ndarray | None = None,
+                            evidence_frames: float | None = None) -> tuple[np.ndarray, np.ndarray, list]:
     """MAP fit of ONE identity shared by N frames of the same face, with an expression and a pose per frame.
 
-    Minimises the sum over frames of :func:`fit_map`'s landmark term plus one identity prior and each frame's
-    expression prior::
+    Minimises the sum over frames of :func:`fit_map`'s landmark term and expression prior, weighted by
+    ``c = evidence_frames / N``, plus one identity prior::
 
-        sum_f sum_k || (x_fk - proj_k(id, e_f, pose_f)) / (s_f sigma_k) ||^2 + ||id / identity_std||^2
-              + sum_f ||(e_f - expression_mean) / expression_std||^2,             0 <= e_f <= 1
+        c sum_f [ sum_k || (x_fk - proj_k(id, e_f, pose_f)) / (s_f sigma_k) ||^2
+                  + ||(e_f - expression_mean) / expression_std||^2 ] + ||id / identity_std||^2,   0 <= e_f <= 1
 
     by block coordinate descent, each step an exact minimisation over its block, so the energy never rises:
     per frame, expression and pose with the identity held (:func:`fit_map` with ``identity``); then the
     identity with every frame's expression, pose and jaw-line choice held (a linear least squares over all
-    frames' landmarks, the normal equations of 100 unknowns). N frames constrain the identity N times as well
-    as one frame does, so the landmarks' noise averages out and turned heads fix its depth.
+    frames' landmarks, the normal equations of 100 unknowns); ``c`` leaves each frame's own step unchanged.
+    The frames' landmarks are averaged, so their noise cancels and turned heads fix the identity's depth; but a
+    detector errs on one face in much the same way in every frame, so N frames are not N independent
+    measurements of the identity: ``evidence_frames`` (default N: independent frames) says how many they count
+    as, which keeps the identity prior's say.
 
     Args:
         model: :class:`morphable.model.FaceModel`; landmarks, prior, detector: as :func:`fit_map`.
         points2d: (N, 68, 2) detected pixel x, y of each frame (image frame, y down), N >= 1.
         poses: N start poses (e.g. a tracker's), or None (each fitted to the start face).
         rounds: block-descent rounds (each: every frame's expression and pose, then the identity).
-        identity: (n_identity,) start identity (default the mean face, 0).
+        identity: (n_identity,) start identity (default: the first frame's own :func:`fit_map`; from the mean
+            face the descent is slow, as the expressions take up what the identity lacks).
+        evidence_frames: how many independent frames the N frames' landmarks count as for the identity
+            (default N).
     Returns:
         (identity (n_identity,) float32, alphas (N, K) float32 with that identity, the N final Poses).
     Raises:
@@ -320,13 +326,18 @@ def fit_map_shared_identity(model, points2d: np.ndarray, landmarks, prior, poses
     if poses is not None and len(poses) != len(pts):
         raise FitError(f"expected {len(pts)} start poses; got {len(poses)}")
     K, n_id = model.n_coeffs, model.n_identity
-    ident = np.zeros(n_id) if identity is None else _checked_identity(identity, n_id)
     poses = [None] * len(pts) if poses is None else list(poses)
+    if identity is None:
+        identity = fit_map(model, pts[0], landmarks, prior, pose=poses[0], detector=detector)[0][:n_id]
+    ident = _checked_identity(identity, n_id)
     sigma = np.maximum(landmarks.sigma(detector) * prior.sigma_scale, prior.sigma_min_mm)
     w = 1.0 / sigma ** 2
     w[CONTOUR] *= prior.contour_weight
     sw = np.sqrt(w)[:, None]
     keep = w > 0
+    c = 1.0 if evidence_frames is None else float(evidence_frames) / len(pts)
+    if not c > 0:
+        raise FitError(f"evidence_frames must be > 0; got {evidence_frames}")
     alphas = np.zeros((len(pts), K))
     for _ in range(max(1, rounds)):
         for f in range(len(pts)):
@@ -344,8 +355,8 @@ def fit_map_shared_identity(model, points2d: np.ndarray, landmarks, prior, poses
                 expr = basis[:, :, n_id:] @ alphas[f, n_id:]
                 y = (sw * ((u - b) / poses[f].scale - (mean + expr) @ R2.T))[keep].reshape(-1)
                 A = (sw[:, :, None] * np.einsum("ij,njk->nik", R2, basis[:, :, :n_id]))[keep].reshape(-1, n_id)
-                normal += A.T @ A
-                rhs += A.T @ y
+                normal += c * (A.T @ A)
+                rhs += c * (A.T @ y)
             ident = np.linalg.solve(normal, rhs)
     for f in range(len(pts)):  # expression and pose for the final identity
         alphas[f], poses[f] = fit_map(model, pts[f], landmarks, prior, pose=poses[f], detector=detector,

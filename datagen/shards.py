@@ -65,9 +65,9 @@ def _png(arr: np.ndarray) -> bytes:
 
     Written here rather than by Pillow, which picks a filter per row by trying four of them: that search
     took two thirds of the encode time. Every row here gets the "Up" filter (the difference to the row
-    above; our images are smooth or flat) and zlib's run-length strategy, which makes files no larger
-    than Pillow's at a third of the time (``benchmarks/datagen.py``). The bytes are those of Python's
-    zlib build (``zlib.ZLIB_RUNTIME_VERSION``, recorded in the manifest).
+    above; our images are smooth or flat) and zlib's run-length strategy: at a third of the time, the 8-bit
+    images come out smaller than Pillow's and depth.png 3 % larger. The bytes are those of Python's zlib
+    build (``zlib.ZLIB_RUNTIME_VERSION``, recorded in the manifest).
     """
     if not (arr.dtype in (np.uint8, np.uint16) and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3
                                                                        and arr.dtype == np.uint8))):

@@ -305,8 +305,9 @@ class DetectConfig:
     ``max_search_side``: the longer side of HOG's scaled copy at most this (pixels); ``hog_min_score``: HOG's
     threshold; ``hog_sure_score``: weaker HOG boxes need the CNN's confirmation; ``cnn_sides``: longer sides
     (pixels) of the copies the CNN scans in turn, [] switches the CNN off; ``cnn_min_score``: the CNN's
-    threshold; ``rotations_deg``: angles the photo is turned by when nothing upright is found, [] for none;
-    ``min_interocular_px``: smaller faces are refused as too small."""
+    threshold; ``rotations_deg``: angles the photo is turned by when nothing upright is found, and the turns
+    tried to stand each face upright for its landmarks, [] for none; ``min_interocular_px``: smaller faces are
+    refused as too small."""
 
     min_face_px: float
     max_search_side: int
@@ -340,6 +341,33 @@ class FitConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """``refine video`` (:mod:`reconstruct.video`): the One-Euro filter of the landmarks (``min_cutoff_hz``,
+    ``beta`` per face size per second, ``d_cutoff_hz``), the clip's one identity (fitted jointly over the first
+    ``identity_frames`` frames with a face, ``identity_rounds`` block-descent rounds, the frames counting as
+    ``identity_evidence_frames`` independent ones), ``fit_iterations`` per
+    frame once it is held, when tracking is lost (``lost_residual_mm``, ``lost_jump``) and the overlay's
+    ``crf``."""
+
+    min_cutoff_hz: float
+    beta: float
+    d_cutoff_hz: float
+    identity_frames: int
+    identity_rounds: int
+    identity_evidence_frames: float
+    fit_iterations: int
+    lost_residual_mm: float
+    lost_jump: float
+    crf: int
+
+    def __post_init__(self):
+        if not (self.min_cutoff_hz > 0 and self.d_cutoff_hz > 0 and self.beta >= 0):
+            raise ValueError("min_cutoff_hz and d_cutoff_hz must be > 0, beta >= 0")
+        if self.identity_frames < 1 or self.identity_rounds < 1 or self.fit_iterations < 1:
+            raise ValueError("identity_frames, identity_rounds and fit_iterations must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig
     sampling: SamplingConfig
@@ -352,6 +380,7 @@ class Config:
     refine: RefineConfig
     detail: DetailConfig
     scan_eval: ScanEvalConfig
+    video: VideoConfig
 
     def to_dict(self) -> dict:
         return _to_plain(self)

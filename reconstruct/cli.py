@@ -150,5 +150,95 @@ def evaluate_scan(scan_dir, views, out, image_size, seed, weights, detail_weight
     click.echo(json.dumps(report, indent=1))
 
 
+@main.command(help="Track and reconstruct the face through CLIP (any video FFmpeg reads): landmarks tracked from "
+                   "frame to frame and smoothed, one identity for the clip, expression and pose per frame. Writes "
+                   "frames.jsonl, identity.json, neutral.obj, overlay.mp4 and summary.json to --out.")
+@click.argument("clip", type=click.Path(dir_okay=False))
+@config_option
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="output folder [default: CLIP's folder / CLIP's name]")
+@click.option("--obj", "obj", is_flag=True, help="also each frame's mesh, obj/frame_NNNNNN.obj (model frame)")
+@click.option("--animation", is_flag=True, help="also animation/: neutral.obj and coefficients.csv (pose and the 53 "
+                                               "expression weights per frame)")
+@click.option("--detail", is_flag=True, help="also the detail network and SfS per frame: detail/frame_NNNNNN.obj")
+@click.option("--no-overlay", is_flag=True, help="skip overlay.mp4")
+@click.option("--max-frames", type=int, default=None, help="only the first frames")
+@click.option("--resolution", type=int, default=None, help="SfS pixels over the face, with --detail"
+              + _d("refine.resolution"))
+@click.option("--detail-weights", type=click.Path(dir_okay=False), default=None,
+              help="detail network weights for --detail" + _d("detail.weights"))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="overwrite earlier outputs in --out")
+@user_errors(ReconstructionInputError, FitError, CheckpointError, TrainingError)
+def video(clip, config, out, obj, animation, detail, no_overlay, max_frames, resolution, detail_weights, device,
+          force):
+    from .models import StackOptions, load_stack
+    from .video import VideoOptions, existing_outputs, process_video, video_info
+
+    cfg = load_cfg(config, {"refine.resolution": resolution})
+    if max_frames is not None and max_frames < 1:
+        raise ReconstructionInputError(f"--max-frames must be at least 1, got {max_frames}")
+    video_info(clip)  # a bad file is a one-line error before anything loads
+    base = Path(out) if out else Path(clip).with_suffix("")
+    clash = existing_outputs(base)
+    if clash and not force:
+        raise ReconstructionInputError(f"{base / clash[0]} exists: use --force to overwrite or another --out")
+    stack = load_stack(cfg, StackOptions(detail_weights=detail_weights, no_detail=not detail, device=device))
+    options = VideoOptions(obj, animation, detail, not no_overlay, max_frames, cfg.refine.resolution)
+    s = process_video(clip, base, cfg, stack, options)
+    click.echo(f"{base}: {s['frames']} frames, {s['frames_with_face']} with a face ({s['detector_runs']} detector runs), "
+               f"identity from {s['identity_frames']} frames, {s['frames_per_s']:.1f} frames/s")
+
+
+@main.command("sample-clip", help="Render the project's synthetic clip to OUT (MP4): a face turning its head and "
+                                  "talking, with its truth per frame in OUT's name .truth.json.")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--frames", type=int, default=100, show_default=True)
+@click.option("--size", type=(int, int), default=(640, 480), show_default=True, help="width height, pixels")
+@click.option("--fps", type=int, default=25, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True, help="the face (datagen.scene.draw_scene)")
+@click.option("--still", is_flag=True, help="a head that does not move (for jitter)")
+@click.option("--noise", type=float, default=2.0, show_default=True, help="sensor noise, std in grey levels")
+@click.option("--crf", type=int, default=28, show_default=True, help="x264 quality (lower: better, bigger)")
+@config_option
+@user_errors(ReconstructionInputError)
+def sample_clip(out, frames, size, fps, seed, still, noise, crf, config):
+    from morphable.model import load_model
+
+    from .video_eval import make_sample_clip, truth_path
+
+    if frames < 1 or fps < 1 or min(size) < 64:
+        raise ReconstructionInputError("--frames and --fps must be >= 1 and --size at least 64 64")
+    cfg = load_cfg(config, {})
+    model = load_model(cfg.resolve_path(cfg.model.path))
+    make_sample_clip(out, model, cfg, frames, size[0], size[1], fps, seed, still, noise, crf)
+    click.echo(f"{out}: {frames} frames of {size[0]}x{size[1]} at {fps} fps; truth in {truth_path(out)}")
+
+
+@main.command("evaluate-video", help="Run refine video on CLIP and fit each frame alone (the baseline), and score "
+                                     "both against the clip's truth (refine sample-clip): pose, expression, "
+                                     "identity and frame-to-frame motion (on a --still clip: jitter). One JSON "
+                                     "object on stdout.")
+@click.argument("clip", type=click.Path(dir_okay=False))
+@click.option("--truth", type=click.Path(dir_okay=False), default=None,
+              help="the clip's truth [default: CLIP's name .truth.json]")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="refine video's outputs [default: CLIP's folder / CLIP's name]")
+@click.option("--max-frames", type=int, default=None, help="only the first frames")
+@click.option("--no-baseline", is_flag=True, help="skip fitting each frame alone")
+@config_option
+@user_errors(ReconstructionInputError, FitError)
+def evaluate_video(clip, truth, out, max_frames, no_baseline, config):
+    from .models import StackOptions, load_stack
+    from .video_eval import evaluate_clip, load_truth, truth_path
+
+    cfg = load_cfg(config, {})
+    t = load_truth(truth or truth_path(clip))
+    stack = load_stack(cfg, StackOptions(no_detail=True))
+    report = evaluate_clip(clip, t, cfg, stack, Path(out) if out else Path(clip).with_suffix(""), max_frames,
+                           not no_baseline)
+    click.echo(json.dumps(report, indent=1))
+
+
 if __name__ == "__main__":
     main()

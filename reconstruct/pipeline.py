@@ -58,7 +58,7 @@ class Reconstruction:
 
 
 def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, coarse: CoarseSettings, resolution: int = 256,
-                     sfs: bool = True, sfs_params=None, detail=None) -> Reconstruction:
+                     sfs: bool = True, sfs_params=None, detail=None, coarse_result=None) -> Reconstruction:
     """Reconstruct one detected face: coarse fit -> texture -> (detail network) -> (shape from shading).
 
     Args:
@@ -71,11 +71,13 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, coarse: Coar
         sfs: run shape from shading; sfs_params: its :class:`facesynth.config.SfSConfig` (None: cfg.refine.sfs).
         detail: the detail network as a :data:`training.detail_net.DetailPredictor`, or None. Its depth
             offset (mm, inside the face mask) is added to the coarse depth, and SfS starts from the sum.
+        coarse_result: a :class:`coarse.stage.CoarseFit` the caller already has (a video frame fitted with the
+            clip's identity), used instead of running the coarse stage.
     """
     timings = {}
     t0 = time.perf_counter()
     img = photo.astype(np.float32) / 255.0
-    cf = coarse_fit(img, det.landmarks, model, coarse, cfg.render, det.detector)
+    cf = coarse_result or coarse_fit(img, det.landmarks, model, coarse, cfg.render, det.detector)
     alpha, pose, method, its = cf.alpha, cf.pose, cf.method, [a.tolist() for a in cf.steps]
     timings["coarse_s"] = time.perf_counter() - t0
 

@@ -120,7 +120,7 @@ def evaluate_scan(scan: Scan, model, cfg, out: str | Path, n_views: int, coarse=
             photo = load_image(out / name)
             entry = {"view": i, "image": name, **view.to_dict(), "found": False, "error": None}
             try:
-                det = detect_faces(photo)[0]
+                det = detect_faces(photo, cfg.detect)[0]
                 rec = reconstruct_face(photo, det, model, cfg, coarse, cfg.refine.resolution, sfs=sfs,
                                        sfs_params=cfg.refine.sfs, detail=detail)
             except (ReconstructionInputError, FitError) as e:

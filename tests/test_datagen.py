@@ -161,15 +161,15 @@ def test_cli_workers_out_of_range_is_one_line(tmp_path):
     assert "--workers must lie in [0, " in res.stderr
 
 
-@pytest.mark.parametrize("kwargs, message", [({"workers": -1}, "--workers"), ({"workers": 10**6}, "--workers"),
-                                             ({"seed": -1}, "--seed"), ({"nodes": 0}, "--num-nodes")])
-def test_out_of_range_numbers_are_refused(cfg, tmp_path, kwargs, message):
-    with pytest.raises(DatagenError, match=message):
-        _render(cfg, tmp_path, 40, 4, **kwargs)
+@pytest.mark.parametrize("kwargs, image_size, message", [
+    ({"workers": -1}, SIZE, "--workers"), ({"workers": 10**6}, SIZE, "--workers"), ({"seed": -1}, SIZE, "--seed"),
+    ({"nodes": 0}, SIZE, "--num-nodes"), ({}, 0, "--image-size")])
+def test_out_of_range_numbers_are_refused(cfg, tmp_path, kwargs, image_size, message):
     from facesynth.config import override
 
-    with pytest.raises(DatagenError, match="--image-size"):
-        _render(override(cfg, "render.image_size", 0), tmp_path, 4, 4)
+    with pytest.raises(DatagenError, match=message):
+        _render(override(cfg, "render.image_size", image_size), tmp_path, 40, 4, **kwargs)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_png_encoder_round_trips_through_pillow():

@@ -162,7 +162,8 @@ def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_n
     png = Path(out) if out else (Path(path).parent if path else cfg.resolve_path(cfg.train.out)) / "eval_errors.png"
     report = run_evaluation(faces, model, coarse, cfg.render, ev.landmarks, ev.landmark_noise_px, pose_source,
                             error_maps_png=png, n_maps=ev.error_maps, progress=True,
-                            uncalibrated_fit=not no_uncalibrated_fit, fit_identity_modes=fit_identity_modes)
+                            uncalibrated_fit=not no_uncalibrated_fit, detect_params=cfg.detect,
+                            fit_identity_modes=fit_identity_modes)
     report["weights"] = None if path is None else str(path)
     click.echo(f"error maps: {png}", err=True)
     click.echo(json.dumps(report))
@@ -175,11 +176,16 @@ def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_n
 @click.option("--seed", type=int, default=7_000_001, show_default=True,
               help="seed of the renders (keep it apart from the evaluation's datagen.seed + 2000003)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="landmark model JSON" + _d("fit.landmarks"))
+@click.option("--records", "records_out", type=click.Path(dir_okay=False), default=None,
+              help="also save the detector's raw records (.npz) for analysis")
 @user_errors(TrainingError, CheckpointError)
-def calibrate_landmarks(config, n, seed, out):
+def calibrate_landmarks(config, n, seed, out, records_out):
     import sys
 
+    import numpy as np
+
     from coarse.calibrate import calibrate_detector, detector_records
+    from coarse.detect import detect_faces
     from datagen.faces import online_faces
     from facesynth.io import write_json
     from morphable.model import load_model
@@ -192,7 +198,10 @@ def calibrate_landmarks(config, n, seed, out):
     scene_cfg = photo_scene_config(cfg)
     model = load_model(cfg.resolve_path(cfg.model.path))
     renderer = FaceRenderer.from_config(model, scene_cfg.render)
-    records = detector_records(online_faces(scene_cfg, n, seed, model, renderer), progress=True)
+    records = detector_records(online_faces(scene_cfg, n, seed, model, renderer),
+                               lambda image: detect_faces(image, cfg.detect), progress=True, total=n)
+    if records_out:
+        np.savez_compressed(records_out, **records)
     command = "train calibrate-landmarks " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "train calibrate-landmarks"
     lm = calibrate_detector(records, model, {"command": command, "seed": seed, "image_size": ev.image_size,
                                              "yaw_std_deg": ev.yaw_std_deg, "max_yaw_deg": ev.max_yaw_deg,

@@ -45,7 +45,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         seed: seed of the landmark noise (face i uses (seed, i)).
         error_maps_png: where to draw per-vertex error maps of the first ``n_maps`` faces.
         uncalibrated_fit: also report the older landmark fit (about 0.3 s per face).
-        detect_params: the detector's settings (default: ``coarse.detect.detect_faces``' own).
+        detect_params: the detector's settings, the ``detect`` config section (None: ``pipeline.yaml``'s).
         fit_identity_modes: the out-of-span check: the landmark fit uses only the first this many identity
             modes while the faces are drawn from all of them (default: all).
     Returns:
@@ -73,8 +73,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         settings = coarse
         if landmarks == "detector":
             try:
-                dets = detect_faces(np.clip(photo * 255 + 0.5, 0, 255).astype(np.uint8),
-                                    **({} if detect_params is None else {"params": detect_params}))
+                dets = detect_faces(np.clip(photo * 255 + 0.5, 0, 255).astype(np.uint8), detect_params)
             except ReconstructionInputError:
                 continue
             points, detector = dets[0].landmarks, dets[0].detector
@@ -170,7 +169,8 @@ def draw_error_maps(path: Path, model, render_cfg, faces: list, gt: np.ndarray, 
             e, shading = error_image(model, renderer, gt[r], err[r], frontal)
             axes[r, c].imshow(shading, cmap="gray", vmin=0, vmax=1)
             im = axes[r, c].imshow(e, cmap="jet", vmin=0, vmax=vmax)
-            axes[r, c].set_title(f"{name}: {np.mean(err[r]):.2f} mm", fontsize=8)
+            label = {"landmark_fit_uncalibrated": "old fit", "landmark_fit": "fit"}.get(name, name.replace("_", " "))
+            axes[r, c].set_title(f"{label}: {np.mean(err[r]):.2f} mm", fontsize=8)
     for ax in axes.ravel():
         ax.set_axis_off()
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="vertex error (mm, similarity-aligned)")
