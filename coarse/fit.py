@@ -278,7 +278,7 @@ def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | Non
     return alpha.astype(np.float32), pose
 
 
-# ---------------------------------------------------------------------------------------------- one identity, many frames
+# ---------------------------------------------------------------------------------- one identity, many frames
 def _checked_identity(identity: np.ndarray, n_id: int) -> np.ndarray:
     ident = np.asarray(identity, np.float64)
     if ident.shape != (n_id,) or not np.isfinite(ident).all():

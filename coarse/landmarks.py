@@ -82,12 +82,14 @@ class LandmarkModel:
         valid = cand >= 0
         safe = np.where(valid, cand, 0)
         verts = model.mean[safe] + np.einsum("lmck,k->lmc", model.basis[safe], np.asarray(alpha, np.float32))
-        img = verts @ np.asarray(rotation, np.float64)[:2].T  # (17, M, 2) camera x, y (y up)
-        # outwards: from the face's middle towards the candidate row's end, in the image
-        base, end = img[:, :1], np.take_along_axis(img, (valid.sum(1) - 1)[:, None, None], 1)
-        direction = end - base
+        R2 = np.asarray(rotation, np.float64)[:2]
+        img = verts @ R2.T  # (17, M, 2) camera x, y (y up)
+        # outwards: the row's direction in the front view (x, y; from the middle to its end), as the pose shows it
+        first, last = model.mean[safe[:, 0]], model.mean[np.take_along_axis(safe, (valid.sum(1) - 1)[:, None], 1)[:, 0]]
+        out = (last - first) * np.array([1.0, 1.0, 0.0])
+        direction = out @ R2.T
         direction /= np.maximum(np.linalg.norm(direction, axis=-1, keepdims=True), 1e-9)
-        reach = np.where(valid, ((img - base) * direction).sum(-1), -np.inf)
+        reach = np.where(valid, (img * direction[:, None]).sum(-1), -np.inf)
         return np.take_along_axis(safe, reach.argmax(1)[:, None], 1)[:, 0]
 
     def project(self, model, alpha: np.ndarray, pose: Pose) -> np.ndarray:

@@ -186,8 +186,9 @@ def video(clip, config, out, obj, animation, detail, no_overlay, max_frames, res
     stack = load_stack(cfg, StackOptions(detail_weights=detail_weights, no_detail=not detail, device=device))
     options = VideoOptions(obj, animation, detail, not no_overlay, max_frames, cfg.refine.resolution)
     s = process_video(clip, base, cfg, stack, options)
-    click.echo(f"{base}: {s['frames']} frames, {s['frames_with_face']} with a face ({s['detector_runs']} detector runs), "
-               f"identity from {s['identity_frames']} frames, {s['frames_per_s']:.1f} frames/s")
+    click.echo(f"{base}: {s['frames']} frames, {s['frames_with_face']} with a face "
+               f"({s['detector_runs']} detector runs), identity from {s['identity_frames']} frames, "
+               f"{s['frames_per_s']:.1f} frames/s")
 
 
 @main.command("sample-clip", help="Render the project's synthetic clip to OUT (MP4): a face turning its head and "

@@ -42,15 +42,15 @@ def truth_path(clip: str | Path) -> Path:
 def clip_script(model, n: int, fps: float, still: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Head angles and expression of each of ``n`` frames.
 
-    Moving: yaw swings +-30 degrees (one period over the clip), pitch +-8 and roll +-5 at other rates; the jaw
-    opens and closes as in speech (about 3 syllables a second, 0-0.45), a smile comes and goes, the eyes blink
-    twice a second... every 1.6 s, the brows lift once. Still: a frontal head (yaw 10 degrees) with a slight smile.
+    Moving: yaw swings +-30 degrees (one period over the clip, at least 4 s), pitch +-8 and roll +-5 at other
+    rates; the jaw opens and closes as in speech (about 3 syllables a second, 0-0.45), a smile comes and goes,
+    the eyes blink every 1.6 s, the brows lift once. Still: a frontal head (yaw 10 degrees) with a slight smile.
 
     Returns:
         (angles (n, 3) radians yaw, pitch, roll; expression (n, 53) weights in [0, 1]).
     """
     t = np.arange(n) / fps
-    T = max(n / fps, 1e-6)
+    T = max(n / fps, 4.0)  # a shorter clip is the start of the 4-s motion
     expr = np.zeros((n, model.n_expression), np.float32)
     ix = model.expression_index
     if still:

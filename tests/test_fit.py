@@ -104,3 +104,49 @@ def test_fit_landmarks_does_not_modify_input(model, cfg):
     keep = pts2.copy()
     fit_landmarks(model, pts2, n_iter=1)
     np.testing.assert_array_equal(pts2, keep)
+
+
+# ---------------------------------------------------------------------------------------------- MAP fit
+def _prior(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg.fit, **changes)
+
+
+def test_fit_map_moves_towards_the_truth_with_good_landmarks_and_stays_home_without(model, cfg):
+    """Exact landmarks of the model's own vertices: the MAP fit beats the mean face. Landmarks it is told are
+    very noisy: the prior wins and the face stays near the mean face with a near-neutral expression."""
+    from coarse.fit import fit_map
+    from coarse.landmarks import vertex_landmarks
+    from training.metrics import coefficient_errors
+
+    exact, vague = vertex_landmarks(model, 0.5), vertex_landmarks(model, 500.0)
+    truths, fits, homes = [], [], []
+    for alpha_true, pts2 in _synthetic_faces(model, cfg, 4):
+        a, pose = fit_map(model, pts2, exact, _prior(cfg, sigma_scale=1.0))
+        assert a.shape == (model.n_coeffs,) and a.dtype == np.float32 and pose.scale > 0
+        expr = model.split(a)[1]
+        assert expr.min() >= 0 and expr.max() <= 1 + 1e-6
+        truths.append(alpha_true), fits.append(a), homes.append(fit_map(model, pts2, vague, cfg.fit)[0])
+    truths = np.asarray(truths)
+    err_fit = coefficient_errors(model, np.asarray(fits), truths).mean()
+    err_mean = coefficient_errors(model, np.zeros_like(truths), truths).mean()
+    assert err_fit < 0.8 * err_mean
+    home = np.asarray(homes)
+    assert np.abs(home[:, :model.n_identity]).max() < 0.05 and home[:, model.n_identity:].max() < 0.01
+
+
+def test_fit_map_identity_modes_and_errors(model, cfg):
+    from coarse.fit import fit_map
+    from coarse.landmarks import vertex_landmarks
+
+    _, pts2 = _synthetic_faces(model, cfg, 1)[0]
+    lm = vertex_landmarks(model, 1.0)
+    a, _ = fit_map(model, pts2, lm, cfg.fit, n_identity=10)
+    assert np.all(a[10:model.n_identity] == 0) and np.any(a[:10] != 0)
+    with pytest.raises(FitError):
+        fit_map(model, pts2[:60], lm, cfg.fit)
+    with pytest.raises(FitError):
+        fit_map(model, np.full((68, 2), np.nan), lm, cfg.fit)
+    with pytest.raises(FitError, match="n_identity"):
+        fit_map(model, pts2, lm, cfg.fit, n_identity=model.n_identity + 1)
