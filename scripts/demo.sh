@@ -15,3 +15,7 @@ echo "   wrote $OUT/preview.png, $OUT/stats.png, $OUT/stats.json"
 echo "== 2. refine: the sample photo to a textured, refined mesh"
 refine sfs data/astronaut.png --out "$OUT/astronaut" --force
 echo "   look at $OUT/astronaut/overlay.png (photo | coarse | + detail net | refined | mesh over the photo)"
+
+echo "== 3. refine video: the project's sample clip, tracked, one identity for the clip"
+refine video data/sample_clip.mp4 --out "$OUT/clip" --force
+echo "   look at $OUT/clip/overlay.mp4 (the fitted mesh over the frames) and $OUT/clip/frames.jsonl"
