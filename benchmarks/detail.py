@@ -28,7 +28,8 @@ import torch  # noqa: E402
 from benchmarks.common import emit as common_emit  # noqa: E402
 from benchmarks.sfs import scene  # noqa: E402
 from facesynth.config import load_config  # noqa: E402
-from reconstruct.sfs import depth_to_normals, sfs_refine  # noqa: E402
+from reconstruct.sfs import sfs_refine  # noqa: E402
+from render.filters import depth_to_normals  # noqa: E402
 from training.detail_net import DetailNet, detail_features  # noqa: E402
 from training.loop import autocast  # noqa: E402
 

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import emit  # noqa: E402
 from facesynth.config import load_config  # noqa: E402
-from reconstruct.sfs import depth_to_normals, sfs_refine  # noqa: E402
+from reconstruct.sfs import sfs_refine  # noqa: E402
+from render.filters import depth_to_normals  # noqa: E402
 from reconstruct.sfs_scene import dome_scene  # noqa: E402
 
 

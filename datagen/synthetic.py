@@ -3,9 +3,9 @@
 (:mod:`training.detail_data`).
 
 - :func:`detail_frame_config`: the generator's settings for such faces: ``datagen.detail`` on, a square
-  image of the SfS resolution (``refine.resolution``) that the face fills (``sampling.pose.scale_mean``
+  image of the SfS resolution (``refine.resolution``) that the face fills (``detail.frame_scale``
   0.0058: about 0.67 mm per pixel at 256 px, as :func:`coarse.frame.sfs_frame_pose` frames a
-  photo), yaw spread 15 degrees;
+  photo), yaw spread ``detail.frame_yaw_std_deg``;
 - :class:`DetailFace`: one face's parameters and detail ground truth, drawn on the fly (:func:`draw_face`)
   or read from shards made with ``datagen.detail`` (:func:`shard_face`); :func:`detail_faces` yields either;
 - :func:`render_scene`: the truth (detailed), the same face without detail, and the coarse start rendered as
@@ -27,19 +27,13 @@ from render.camera import Pose
 from render.renderer import FaceRender, Light
 
 
-#: Pixels per mm per pixel of image size of a face that fills the SfS frame (0.67 mm per pixel at 256 px).
-FRAME_SCALE = 0.0058
-#: Yaw spread (degrees) of the faces in that frame.
-FRAME_YAW_STD_DEG = 15.0
-
-
 def detail_frame_config(cfg, resolution: int | None = None):
     """``cfg`` with fine detail on and on-the-fly faces filling a square frame of ``resolution`` pixels
     (default ``refine.resolution``), the frame SfS and the detail network work in."""
     cfg = override(cfg, "datagen.detail", True)
     cfg = override(cfg, "render.image_size", resolution or cfg.refine.resolution)
-    cfg = override(cfg, "sampling.pose.scale_mean", FRAME_SCALE)
-    return override(cfg, "sampling.pose.yaw_std_deg", FRAME_YAW_STD_DEG)
+    cfg = override(cfg, "sampling.pose.scale_mean", cfg.detail.frame_scale)
+    return override(cfg, "sampling.pose.yaw_std_deg", cfg.detail.frame_yaw_std_deg)
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,20 @@ class SfSConfig:
 
 
 @dataclass(frozen=True)
+class RefinedMeshConfig:
+    """``refined.obj``: how the detail and SfS depth offsets move the coarse mesh's vertices
+    (:func:`reconstruct.pipeline.vertex_offset`). fade_mm: mm of surface over which the offset fades in from
+    the nearest vertex the SfS frame did not see; facing_from, facing_to: the offset fades in as the vertex
+    normal's component towards the camera rises between these; prefilter_mm: Gaussian blur (mm) of the depth
+    offset before it is sampled at the vertices (the face's mesh edges are ~2.5 mm)."""
+
+    fade_mm: float
+    facing_from: float
+    facing_to: float
+    prefilter_mm: float
+
+
+@dataclass(frozen=True)
 class RefineConfig:
     """``refine sfs``: weights of the iterative network (the landmark fit when the file is absent), SfS
     working resolution, network passes, and the SfS energy."""
@@ -229,6 +243,7 @@ class RefineConfig:
     resolution: int
     iterations: int
     refit_pose: bool
+    refined: RefinedMeshConfig
     sfs: SfSConfig
 
 
@@ -249,13 +264,17 @@ class DetailConfig(RunConfig):
     (:mod:`training.detail`; ``batch`` counts crops). ``weights``: the trained network ``refine`` uses (the
     stage is skipped without the file); ``crop``: training crops' side in pixels of the SfS frame
     (``refine.resolution``); ``crops_per_face``: crops cut from each rendered face; ``channels``: feature
-    maps per U-Net level; ``highpass_sigma_px``: the high-pass input's blur."""
+    maps per U-Net level; ``highpass_sigma_px``: the high-pass input's blur; ``frame_scale``,
+    ``frame_yaw_std_deg``: the synthetic faces' scale and yaw spread in the SfS frame
+    (:func:`datagen.synthetic.detail_frame_config`)."""
 
     weights: str
     crop: int
     crops_per_face: int
     channels: tuple[int, ...]
     highpass_sigma_px: float
+    frame_scale: float
+    frame_yaw_std_deg: float
     loss: DetailLossWeights
 
 

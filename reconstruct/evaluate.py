@@ -42,7 +42,7 @@ def _angle(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _metrics(est_depth, true_depth, mask, wrinkles, textured, pixel_mm) -> dict:
     """Metrics of one estimate. Normals are compared as the geometric normals of the depth maps, by the same
-    central differences for the estimate and the truth (:func:`reconstruct.sfs.depth_to_normals`), over the
+    central differences for the estimate and the truth (:func:`render.filters.depth_to_normals`), over the
     mask eroded by 2 pixels (no stencil crosses the silhouette): a renderer's interpolated vertex normals
     are not the normals of the surface it rasterises, and comparing them with a depth map's normals would
     charge every depth-map method about 1.2 degrees for the representation alone."""
@@ -50,7 +50,7 @@ def _metrics(est_depth, true_depth, mask, wrinkles, textured, pixel_mm) -> dict:
 
     from render.filters import masked_blur
 
-    from .sfs import depth_to_normals
+    from render.filters import depth_to_normals
 
     est_normals = depth_to_normals(np.where(mask, est_depth, true_depth), pixel_mm)
     true_normals = depth_to_normals(true_depth, pixel_mm)

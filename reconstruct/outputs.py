@@ -107,7 +107,7 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
     blend = _dots(_dots(blend, det_lm, (1.0, 0.2, 0.1)), frame_lm)
     panels = [rec.sfs_image, coarse_shade]
     if rec.detail_displacement is not None:  # what the detail network alone adds, before SfS
-        from .sfs import depth_to_normals
+        from render.filters import depth_to_normals
 
         dn = depth_to_normals(np.where(m, rec.coarse_depth + rec.detail_displacement, rec.coarse_depth),
                               1.0 / rec.sfs_frame.scale)

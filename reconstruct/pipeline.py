@@ -105,7 +105,7 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, coarse: Coar
         depth0 = coarse.depth + rec.detail_displacement
         timings["detail_s"] = time.perf_counter() - t2
         if not sfs:  # the refined mesh is the coarse one with the detail
-            from .sfs import depth_to_normals
+            from render.filters import depth_to_normals
 
             rec.refined_depth = depth0
             rec.refined_normals = np.where(rec.sfs_mask[..., None], depth_to_normals(depth0, 1.0 / frame.scale),
@@ -122,7 +122,7 @@ def reconstruct_face(photo: np.ndarray, det: Detection, model, cfg, coarse: Coar
         timings["sfs_s"] = time.perf_counter() - t3
         rec.refined_depth, rec.refined_normals = res.depth, res.normals
         rec.sh, rec.albedo = res.sh, res.albedo
-    rec.vertex_offset = vertex_offset(rec, model, verts)
+    rec.vertex_offset = vertex_offset(rec, model, cfg.refine.refined, verts)
     return rec
 
 
@@ -148,37 +148,29 @@ def depth_grid_mesh(depth: np.ndarray, mask: np.ndarray, frame: Pose) -> tuple[n
     return verts.astype(np.float32), tris, uv.astype(np.float32)
 
 
-#: Fade of the refined mesh's offsets, mm of surface (geodesic, along the mesh's edges), from the nearest
-#: vertex SfS did not see (occluded, facing away or outside the face mask) inwards: the weight rises from 0
-#: there to 1 this far in (cubic smoothstep, slope at most 1.5 / FADE_MM per mm).
-FADE_MM = 8.0
-#: The offsets also fade with the vertex normal's component along the view axis, n_view: 0 at or below the
-#: first value, 1 at or above the second (the visibility test refuses n_view < 0.25 anyway).
-FACING_FADE = (0.25, 0.5)
-#: Gaussian sigma (mm) of the masked blur applied to the depth offset before it is sampled at the vertices:
-#: the narrow face's edges are about 2.5 mm long, so finer detail would alias into noise.
-PREFILTER_MM = 1.0
-
-
-def vertex_offset(rec: Reconstruction, model, verts: np.ndarray | None = None) -> np.ndarray:
+def vertex_offset(rec: Reconstruction, model, fade, verts: np.ndarray | None = None) -> np.ndarray:
     """The refined surface as offsets of the coarse mesh's vertices along their normals.
 
     The depth offset ``refined_depth - coarse_depth`` (mm along the view axis, SfS frame, inside
-    ``rec.sfs_mask``; blurred by :data:`PREFILTER_MM`) is sampled bilinearly at each vertex's projection
+    ``rec.sfs_mask``; a masked Gaussian blur of ``fade.prefilter_mm``) is sampled bilinearly at each vertex's projection
     ``dz``. A height-field change dz is a move of ``dz * n_view`` along the unit normal (n_view: its
     component along the view axis, towards the camera), so each vertex moves along its normal by
     ``w * dz * n_view``, with the weight ``w`` in [0, 1] the product of two smooth fades:
 
-    - :data:`FADE_MM` of geodesic distance from the nearest vertex not seen in the SfS frame (hidden
+    - ``fade.fade_mm`` of geodesic distance from the nearest vertex not seen in the SfS frame (hidden
       (``rec.visible``: occluded or n_view < 0.25), or projecting outside the face mask), so nothing steps at
       the mask's edge or at an occlusion;
-    - n_view over :data:`FACING_FADE` (grazing views of the surface give unreliable depth).
+    - n_view from ``fade.facing_from`` (0) to ``fade.facing_to`` (1): grazing views give unreliable depth.
+
+    Both fades are cubic smoothsteps.
 
     So |offset| <= |dz|, and hidden vertices, and those outside the mask, do not move.
 
     Args:
         rec: a reconstruction with the SfS frame, mask and depths (``refined_depth`` None: all zero).
-        model: the face model; verts: ``model.vertices(rec.alpha)`` (V, 3) mm when the caller has it.
+        model: the face model; fade: the ``refine.refined`` config section (``fade_mm``, ``facing_from``,
+            ``facing_to``, ``prefilter_mm``); verts: ``model.vertices(rec.alpha)`` (V, 3) mm when the caller
+            has it.
     Returns:
         (V,) float32 mm along the coarse vertex normals (positive: outwards, towards the camera).
     """
@@ -188,8 +180,8 @@ def vertex_offset(rec: Reconstruction, model, verts: np.ndarray | None = None) -
         return np.zeros(len(verts), np.float32)
     frame = rec.sfs_frame
     dz = np.where(mask, rec.refined_depth - rec.coarse_depth, 0.0)
-    if PREFILTER_MM > 0:
-        dz = np.where(mask, masked_blur(dz, mask, PREFILTER_MM * frame.scale), 0.0)
+    if fade.prefilter_mm > 0:
+        dz = np.where(mask, masked_blur(dz, mask, fade.prefilter_mm * frame.scale), 0.0)
     vi = project(verts.astype(np.float64), frame)
     at = np.stack([vi[:, 1] - 0.5, vi[:, 0] - 0.5])  # (row, column) of each vertex
     dz_v = map_coordinates(dz, at, order=1, mode="constant", cval=0.0)
@@ -203,10 +195,10 @@ def vertex_offset(rec: Reconstruction, model, verts: np.ndarray | None = None) -
         length = np.linalg.norm(verts[e[:, 0]] - verts[e[:, 1]], axis=1).astype(np.float64)
         graph = coo_matrix((np.maximum(length, 1e-6), (e[:, 0], e[:, 1])), shape=(len(verts),) * 2).tocsr()
         dist = dijkstra(graph, directed=False, indices=unseen, min_only=True)
-        w = _smoothstep(0.0, FADE_MM, dist)
+        w = _smoothstep(0.0, fade.fade_mm, dist)
     else:
         w = np.ones(len(verts))
-    w = w * _smoothstep(FACING_FADE[0], FACING_FADE[1], n_view)
+    w = w * _smoothstep(fade.facing_from, fade.facing_to, n_view)
     return (w * dz_v * n_view).astype(np.float32)
 
 
@@ -214,8 +206,8 @@ def refined_mesh(rec: Reconstruction, model) -> tuple[np.ndarray, np.ndarray, np
     """The refined surface of a reconstruction: what ``refined.obj`` holds and ``refine evaluate-scan`` scores.
 
     The coarse mesh (its vertices, triangles and UVs: the same topology and texture as ``coarse.obj``) with
-    each vertex moved along its unit normal by ``rec.vertex_offset`` (computed by :func:`vertex_offset` when
-    the record has none): the detail network's and SfS's depth offsets where the SfS frame saw the face, faded
+    each vertex moved along its unit normal by ``rec.vertex_offset`` (:func:`vertex_offset`, set by
+    :func:`reconstruct_face`; none: the coarse mesh): the detail network's and SfS's depth offsets where the SfS frame saw the face, faded
     smoothly to zero where it did not. The mesh of the refined depth map itself is :func:`depth_grid_mesh`.
 
     Returns:
@@ -223,6 +215,7 @@ def refined_mesh(rec: Reconstruction, model) -> tuple[np.ndarray, np.ndarray, np
         (:func:`reconstruct.texture.atlas_uv`), tri_uv (F, 3) = ``model.tri_uv`` indices into ``uv``.
     """
     verts = model.vertices(rec.alpha)
-    offset = rec.vertex_offset if rec.vertex_offset is not None else vertex_offset(rec, model, verts)
-    moved = verts + offset[:, None] * model.vertex_normals(verts)
+    if rec.vertex_offset is None:
+        return verts.astype(np.float32), model.triangles, atlas_uv(model), model.tri_uv
+    moved = verts + rec.vertex_offset[:, None] * model.vertex_normals(verts)
     return moved.astype(np.float32), model.triangles, atlas_uv(model), model.tri_uv

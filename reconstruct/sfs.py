@@ -74,7 +74,7 @@ import scipy.sparse.linalg as spla
 from scipy import ndimage
 
 from facesynth.config import SfSConfig
-from render.filters import masked_blur
+from render.filters import masked_blur, normals_from_slopes
 from render.shading import sh_basis, sh_gradient, sh_least_squares, to_gray
 
 
@@ -175,33 +175,6 @@ def pcg(A: sp.csr_matrix, b: np.ndarray, rtol: float, maxiter: int,
     return x, maxiter
 
 
-def _normals_from_slopes(gx: np.ndarray, gy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Slopes -> (unit normals (..., 3), |(-gx, -gy, 1)| (...))."""
-    norm = np.sqrt(1.0 + gx * gx + gy * gy)
-    return np.stack([-gx / norm, -gy / norm, 1.0 / norm], axis=-1), norm
-
-
-def depth_to_normals(depth: np.ndarray, pixel_mm: float) -> np.ndarray:
-    """Camera-frame unit normals of a depth map.
-
-    Args:
-        depth: (H, W) mm, larger = nearer, image frame (rows down); H, W >= 2.
-        pixel_mm: size of one pixel, mm (1 / pose.scale).
-    Returns:
-        (H, W, 3) float64 unit normals (x right, y up, z towards the camera), from central differences
-        (one-sided on the border), the operators of the solver.
-    """
-    depth = np.asarray(depth, np.float64)
-    if depth.ndim != 2 or min(depth.shape) < 2:
-        raise ValueError(f"depth must be (H, W) with H, W >= 2; got {depth.shape}")
-    if not pixel_mm > 0:
-        raise ValueError(f"pixel_mm must be > 0; got {pixel_mm}")
-    z = depth / pixel_mm
-    gx = np.gradient(z, axis=1)
-    gy = -np.gradient(z, axis=0)
-    return _normals_from_slopes(gx, gy)[0]
-
-
 def fit_sh(normals: np.ndarray, image: np.ndarray, albedo, mask: np.ndarray) -> np.ndarray:
     """Second-order SH lighting by least squares over the mask: argmin_sh sum (albedo Y(n) . sh - I)^2.
 
@@ -287,7 +260,7 @@ class _DepthProblem:
         self.params = params
 
     def shading(self, zeta):
-        n, N = _normals_from_slopes(self.Dx @ zeta, self.Dy @ zeta)
+        n, N = normals_from_slopes(self.Dx @ zeta, self.Dy @ zeta)
         return self.rho * np.einsum("pk,k->p", sh_basis(n), self.sh), n, N
 
     def energy(self, zeta) -> float:
@@ -402,7 +375,7 @@ def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm
     lin_its: list[int] = []
     for _ in range(params.rounds):
         zc = zeta.reshape(msk.shape)
-        n_cur = _normals_from_slopes(np.gradient(zc, axis=1), -np.gradient(zc, axis=0))[0]
+        n_cur = normals_from_slopes(np.gradient(zc, axis=1), -np.gradient(zc, axis=0))[0]
         Y = sh_basis(n_cur)
         albedo = np.ones_like(img)
         for _ in range(params.light_iterations):
@@ -436,7 +409,7 @@ def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm
     depth = depth0.copy()
     depth[crop] = np.where(msk, zc * pixel_mm, depth0[crop])
     normals = np.zeros((H, W, 3))
-    nc = _normals_from_slopes(np.gradient(zc, axis=1), -np.gradient(zc, axis=0))[0]
+    nc = normals_from_slopes(np.gradient(zc, axis=1), -np.gradient(zc, axis=0))[0]
     normals[crop] = np.where(msk[..., None], nc, 0.0)
     alb = np.zeros((H, W))
     alb[crop] = albedo

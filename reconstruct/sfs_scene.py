@@ -13,7 +13,7 @@ import numpy as np
 
 from render.shading import sh_directional, sh_shade
 
-from .sfs import depth_to_normals
+from render.filters import depth_to_normals
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from facesynth.config import load_config
 from morphable.obj import read_obj, read_obj_topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +87,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, make):
 
 # ----------------------------------------------------------------------- refined.obj on the model's mesh
 SIZE = 128
+FADE = load_config().refine.refined
 
 
 @pytest.fixture(scope="module", params=[0.0, 30.0], ids=["frontal", "yaw30"])
@@ -124,11 +126,14 @@ def _edges(model) -> np.ndarray:
 
 
 def test_refined_mesh_is_the_coarse_mesh_without_an_offset(seen_face, model):
-    from reconstruct.pipeline import refined_mesh
+    from dataclasses import replace
+
+    from reconstruct.pipeline import refined_mesh, vertex_offset
     from reconstruct.texture import atlas_uv
 
     rec, verts, _ = seen_face
     for same in (rec, _with_offset(rec, 0.0)):  # no refinement, or a refined depth equal to the coarse one
+        same = replace(same, vertex_offset=vertex_offset(same, model, FADE, verts))
         rv, rt, uv, tri_uv = refined_mesh(same, model)
         np.testing.assert_array_equal(rt, model.triangles)
         np.testing.assert_array_equal(tri_uv, model.tri_uv)
@@ -140,23 +145,25 @@ def test_refined_mesh_is_the_coarse_mesh_without_an_offset(seen_face, model):
 def test_a_constant_depth_offset_moves_what_was_seen_towards_the_camera(seen_face, model, d):
     from scipy.spatial import cKDTree
 
-    from reconstruct.pipeline import FACING_FADE, FADE_MM, refined_mesh, vertex_offset
+    from reconstruct.pipeline import refined_mesh, vertex_offset
     from render.camera import rotate_normals
 
     rec, verts, seen = seen_face
     rec = _with_offset(rec, d)
-    off = vertex_offset(rec, model, verts)
+    off = vertex_offset(rec, model, FADE, verts)
     normals = model.vertex_normals(verts)
     n_view = rotate_normals(normals, rec.sfs_frame)[:, 2]
     assert np.all(np.abs(off) <= abs(d) + 1e-6)
     assert np.all(off[~seen] == 0)  # hidden, or outside the mask: not moved
     # seen vertices farther than the fade from anything unseen, facing the camera: the full height-field change
-    far = cKDTree(verts[~seen]).query(verts)[0] > FADE_MM + 0.5  # euclidean <= geodesic distance
-    full = seen & far & (n_view > FACING_FADE[1])
+    far = cKDTree(verts[~seen]).query(verts)[0] > FADE.fade_mm + 0.5  # euclidean <= geodesic distance
+    full = seen & far & (n_view > FADE.facing_to)
     assert full.sum() > 500
     np.testing.assert_allclose(off[full], d * n_view[full], rtol=1e-3, atol=1e-5)
     # refined.obj: along the normal, so a frontal vertex moves by ~d along the view axis
-    rv = refined_mesh(rec, model)[0]
+    from dataclasses import replace
+
+    rv = refined_mesh(replace(rec, vertex_offset=off), model)[0]
     np.testing.assert_allclose(rv - verts, off[:, None] * normals, atol=1e-5)
     view = np.asarray(rec.sfs_frame.rotation)[2]  # towards the camera, model frame
     frontal = full & (n_view > 0.97)
@@ -169,21 +176,23 @@ def test_a_sloped_offset_is_sampled_at_each_vertex_pixel(seen_face, model):
 
     from scipy.spatial import cKDTree
 
-    from reconstruct.pipeline import FACING_FADE, FADE_MM, vertex_offset
+    from reconstruct.pipeline import vertex_offset
     from render.camera import project, rotate_normals
 
     rec, verts, seen = seen_face
     ii, jj = np.mgrid[:SIZE, :SIZE]
     plane = lambda x, y: 0.2 + 0.02 * (x - SIZE / 2) - 0.01 * (y - SIZE / 2)  # noqa: E731  mm at pixel x, y
     rec = replace(rec, refined_depth=rec.coarse_depth + np.where(rec.sfs_mask, plane(jj + 0.5, ii + 0.5), 0.0))
-    off = vertex_offset(rec, model, verts)
+    off = vertex_offset(rec, model, FADE, verts)
     n_view = rotate_normals(model.vertex_normals(verts), rec.sfs_frame)[:, 2]
-    full = seen & (n_view > FACING_FADE[1]) & (cKDTree(verts[~seen]).query(verts)[0] > FADE_MM + 0.5)
+    full = seen & (n_view > FADE.facing_to) & (cKDTree(verts[~seen]).query(verts)[0] > FADE.fade_mm + 0.5)
     x, y = project(verts[full], rec.sfs_frame)[:, :2].T
     np.testing.assert_allclose(off[full], plane(x, y) * n_view[full], atol=2e-4)
 
 
-def test_the_offset_fades_smoothly(seen_face, model, monkeypatch):
+def test_the_offset_fades_smoothly(seen_face, model):
+    from dataclasses import replace
+
     import reconstruct.pipeline as pipeline
 
     rec, verts, seen = seen_face
@@ -192,14 +201,12 @@ def test_the_offset_fades_smoothly(seen_face, model, monkeypatch):
     length = np.linalg.norm(verts[e[:, 0]] - verts[e[:, 1]], axis=1)
     border = seen[e[:, 0]] != seen[e[:, 1]]
 
-    def jumps():
-        off = pipeline.vertex_offset(rec, model, verts)
+    def jumps(fade):
+        off = pipeline.vertex_offset(rec, model, fade, verts)
         step = np.abs(off[e[:, 0]] - off[e[:, 1]]) / d
         return float((step / length).max()), float(step[border].mean())
 
-    slope, at_border = jumps()
+    slope, at_border = jumps(FADE)
     assert slope < 0.5 and at_border < 0.1  # per mm of surface, and across the seen/unseen border
-    monkeypatch.setattr(pipeline, "FADE_MM", 1e-3)  # no fade: a step at the border
-    monkeypatch.setattr(pipeline, "FACING_FADE", (0.25, 0.2501))
-    slope, at_border = jumps()
+    slope, at_border = jumps(replace(FADE, fade_mm=1e-3, facing_to=0.2501))  # no fade: a step at the border
     assert slope > 2.0 and at_border > 0.3

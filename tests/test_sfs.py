@@ -8,7 +8,8 @@ import pytest
 from scipy import ndimage
 
 from facesynth.config import load_config
-from reconstruct.sfs import _DepthProblem, depth_to_normals, fit_sh, gradient_operators, laplacian_operator, sfs_refine
+from reconstruct.sfs import _DepthProblem, fit_sh, gradient_operators, laplacian_operator, sfs_refine
+from render.filters import depth_to_normals
 from reconstruct.sfs_scene import dome_scene
 from render.shading import sh_basis, sh_directional, sh_gradient, sh_shade
 
