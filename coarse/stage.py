@@ -80,7 +80,7 @@ def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: Coarse
 
 
 def synthetic_start(kind: str, model, noise_px: float, render_cfg=None, network=None, iterations: int = 3,
-                    refit_pose: bool = True):
+                    refit_pose: bool = True, coarse: CoarseSettings | None = None, detect_params=None):
     """The coarse start of a synthetic face as the pipeline would have it, for
     :func:`datagen.synthetic.render_scene`: a callable ``(face, truth render, rng) -> alpha (K,)``, or None for
     ``kind="true"`` (the true smooth face: measures what comes after alone).
@@ -89,7 +89,9 @@ def synthetic_start(kind: str, model, noise_px: float, render_cfg=None, network=
     come from the jaw vertices) of the true landmarks plus Gaussian noise of ``noise_px`` pixels;
     ``"network"``: the iterative network (:class:`coarse.network.IterativeWeights` ``network``) run on the
     truth render as on a photo (``iterations`` passes) from those landmarks; ``render_cfg``: its renderer's
-    ``render`` config section.
+    ``render`` config section; ``"detector"``: the real front end, as ``refine`` runs it: the detector
+    (``detect_params``, the ``detect`` config section) on the truth render, then :func:`coarse_fit` with
+    ``coarse`` (raises :class:`coarse.detect.ReconstructionInputError` when it finds no face).
     """
     from .fit import fit_landmarks
 
@@ -109,4 +111,11 @@ def synthetic_start(kind: str, model, noise_px: float, render_cfg=None, network=
                                    model, render_cfg, iterations, refit_pose)
             return steps[-1][0]
         return start
-    raise ValueError(f"coarse must be 'true', 'landmarks' or 'network'; got {kind!r}")
+    if kind == "detector":
+        from .detect import detect_faces
+
+        def start(face, truth, rng):
+            det = detect_faces(np.clip(truth.rgb * 255.0 + 0.5, 0, 255).astype(np.uint8), detect_params)[0]
+            return coarse_fit(truth.rgb, det.landmarks, model, coarse, render_cfg, det.detector).alpha
+        return start
+    raise ValueError(f"coarse must be 'true', 'landmarks', 'detector' or 'network'; got {kind!r}")

@@ -93,8 +93,9 @@ def sfs(images, config, out, weights, resolution, iterations, device, detail_wei
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="shards made with datagen.detail; default: generate --n faces on the fly")
 @click.option("--n", type=int, default=20, show_default=True, help="faces (on the fly, or at most from --data)")
-@click.option("--coarse", type=click.Choice(["true", "landmarks"]), default="true", show_default=True,
-              help="coarse start: the true smooth face, or the landmark fit")
+@click.option("--coarse", type=click.Choice(["true", "landmarks", "detector"]), default="true", show_default=True,
+              help="coarse start: the true smooth face, the old landmark fit of noisy true landmarks, or the real "
+                   "front end (the detector on the render, then the calibrated fit, as refine sfs runs it)")
 @click.option("--detail-weights", type=click.Path(dir_okay=False), default=None,
               help="detail network weights (without them only coarse and sfs are reported)" + _d("detail.weights"))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)

@@ -86,21 +86,28 @@ def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resoluti
     from morphable.model import load_model
 
     from .sfs import sfs_refine
-    from coarse.stage import synthetic_start
+    from coarse.detect import ReconstructionInputError
+    from coarse.stage import CoarseSettings, synthetic_start
     from datagen.synthetic import detail_faces, detail_frame_config, render_scene
 
     sfs_params = cfg.refine.sfs if sfs_params is None else sfs_params
     cfg = override(cfg, "datagen.detail", True) if data_dir is not None else detail_frame_config(cfg, resolution)
     model = load_model(cfg.resolve_path(cfg.model.path))
     renderer = FaceRenderer.from_config(model, cfg.render, backend="numba")
-    start = synthetic_start(coarse, model, cfg.evaluate.landmark_noise_px)
+    settings = CoarseSettings.from_config(cfg) if coarse == "detector" else None
+    begin = synthetic_start(coarse, model, cfg.evaluate.landmark_noise_px, cfg.render, coarse=settings,
+                            detect_params=cfg.detect)
     stages = STAGES if detail is not None else STAGES[:2]
     rows = {stage + tag: [] for stage in stages for tag in ("", "_smooth")}
     seconds = {"sfs": [], "detail": []}
-    count = 0
+    count = found = 0
     for i, face in enumerate(detail_faces(cfg, model, renderer.size, data_dir, n, seed)):
         count += 1
-        sc = render_scene(face, model, renderer, start, np.random.default_rng(i))
+        try:
+            sc = render_scene(face, model, renderer, begin, np.random.default_rng(i))
+        except ReconstructionInputError:  # the detector found no face (coarse "detector")
+            continue
+        found += 1
         mask, c = sc.mask, sc.coarse
         alb = to_gray(sc.albedo)
         textured = np.abs(alb - gaussian_filter(alb, 2.0)) > 0.015
@@ -123,10 +130,14 @@ def evaluate_sfs(cfg, data_dir=None, n: int = 20, coarse: str = "true", resoluti
                                                   sc.pixel_mm))
     if count == 0:
         raise FileNotFoundError(f"no faces to evaluate in {data_dir}")
+    if found == 0:
+        raise ReconstructionInputError(f"the detector found none of the {count} faces")
     report = {stage: _mean(rows[stage]) for stage in stages}
     report["smooth_albedo"] = {stage: _mean(rows[stage + "_smooth"]) for stage in stages}
-    report.update(seconds_per_image={k: float(np.mean(v)) for k, v in seconds.items() if v}, samples=count,
+    report.update(seconds_per_image={k: float(np.mean(v)) for k, v in seconds.items() if v}, samples=found,
                   coarse_start=coarse, resolution=cfg.render.image_size)
+    if coarse == "detector":
+        report["detector_found"] = found / count
     c = report["coarse"]
     for stage in stages[1:]:
         f = report[stage]

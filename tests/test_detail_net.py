@@ -300,3 +300,13 @@ def test_train_detail_cli_errors_are_one_line(tmp_path):
     r = runner.invoke(train, ["detail", "--data", str(tmp_path), "--online"])
     assert r.exit_code == 2 and "either --data or --online" in r.output
     assert "[pipeline.yaml: 20000]" in runner.invoke(train, ["detail", "--help"]).output
+
+
+def test_refine_evaluate_with_the_real_front_end(small_cfg):
+    """``--coarse detector``: the detector runs on each render and the calibrated fit gives the coarse start;
+    the report says how many faces it found."""
+    from reconstruct.evaluate import evaluate_sfs
+
+    rep = evaluate_sfs(small_cfg, n=2, coarse="detector", resolution=160)
+    assert rep["coarse_start"] == "detector" and 0 < rep["detector_found"] <= 1
+    assert rep["samples"] == round(2 * rep["detector_found"]) and rep["coarse"]["normal_deg_mean"] > 0
