@@ -245,3 +245,32 @@ def noisy_landmarks(points: np.ndarray, noise_px: float, rng: np.random.Generato
     """``points`` (N, 2) pixels plus Gaussian noise of ``noise_px`` pixels (std, each coordinate), drawn as one
     ``rng.normal`` call of ``points``' shape: synthetic faces' true landmarks made detector-like."""
     return points + rng.normal(0.0, noise_px, np.shape(points))
+
+
+# ---------------------------------------------------------------------------------------------- simulation
+def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose: Pose, rng: np.random.Generator,
+                         dof: float = 3.0) -> tuple[np.ndarray, str]:
+    """Where the calibrated detector would put its 68 points on face ``alpha`` (K,) under ``pose``: for
+    training pairs whose start is the landmark fit, without running the detector.
+
+    The detector is drawn from the calibration's shares (``provenance["detectors"]``, faces it missed left
+    out; the main detector alone when the model has no shares); each point is :meth:`LandmarkModel.project`
+    plus independent noise per coordinate, Student-t with ``dof`` degrees of freedom (the measured residuals
+    have heavy tails) scaled so that its robust scatter (1.4826 MAD) is that detector's ``sigma`` (mm) times
+    ``pose.scale`` (px/mm). Draws, in order: one ``rng.choice``, one ``rng.standard_t`` of shape (68, 2).
+
+    Returns:
+        (points (68, 2) float64 pixels (x right, y down), the detector's name).
+    """
+    from scipy.stats import norm, t
+
+    shares = {k: v for k, v in lm_model.provenance.get("detectors", {}).items() if k != "none" and v > 0}
+    names = sorted(shares)
+    if names:
+        counts = np.array([shares[k] for k in names], np.float64)
+        detector = names[int(rng.choice(len(names), p=counts / counts.sum()))]
+    else:
+        detector = str(lm_model.provenance.get("main_detector", "main"))
+    mad_to_scale = norm.ppf(0.75) / t.ppf(0.75, dof)  # a t variable of this scale has the normal's MAD
+    noise = rng.standard_t(dof, (68, 2)) * (lm_model.sigma(detector) * pose.scale * mad_to_scale)[:, None]
+    return lm_model.project(model, alpha, pose) + noise, detector
