@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .faces import FaceRecord, shard_faces
 from .generate import DatagenError
 from .scene import draw_scene
 from facesynth.config import override
@@ -67,23 +68,19 @@ def draw_face(cfg, model, seed: int, index: int) -> DetailFace:
                       s.detail.wrinkles, "uv", index)
 
 
-def shard_face(rec: dict, model, size: int, data_dir=None) -> DetailFace:
-    """A face from a decoded shard record (:func:`datagen.loader.iter_records`) of a dataset made with
-    ``datagen.detail``, for a renderer of ``size`` pixels."""
+def shard_face(face: FaceRecord, model, size: int, data_dir=None) -> DetailFace:
+    """A face read from shards (:func:`datagen.faces.shard_faces`) of a dataset made with ``datagen.detail``,
+    for a renderer of ``size`` pixels."""
     from morphable.materials import head_albedo
 
-    if "detail_uv" not in rec:
+    if face.detail_uv is None:
         raise FileNotFoundError(f"{data_dir} was made without datagen.detail: no fine-detail ground truth")
-    if rec["rgb"].shape[0] != size:
-        raise DatagenError(f"{data_dir} has {rec['rgb'].shape[0]} px images; use --config with "
-                                       f"render.image_size: {rec['rgb'].shape[0]}")
-    p = rec["params"]
-    skin = model.albedo_model.albedo(np.asarray(p["albedo"], np.float32))[0]
-    li = p["light"]
-    light = Light(np.asarray(li["direction"], np.float32), li["k_a"], li["k_d"], li["k_s"], li["shininess"])
-    return DetailFace(np.asarray(p["alpha_gt"], np.float32), Pose.from_dict(p["pose"]),
-                      head_albedo(model, skin, np.asarray(p["iris"], np.float32)), light, None, rec["detail_uv"],
-                      rec["wrinkles"], "image", int(p.get("index", -1)))
+    if face.rgb.shape[0] != size:
+        raise DatagenError(f"{data_dir} has {face.rgb.shape[0]} px images; use --config with "
+                           f"render.image_size: {face.rgb.shape[0]}")
+    skin = model.albedo_model.albedo(face.albedo)[0]
+    return DetailFace(face.alpha_gt, face.pose, head_albedo(model, skin, face.iris), face.light, None,
+                      face.detail_uv, face.wrinkles, "image", face.index)
 
 
 def detail_faces(cfg, model, size: int, data_dir=None, n: int = 20, seed: int = 0):
@@ -93,10 +90,8 @@ def detail_faces(cfg, model, size: int, data_dir=None, n: int = 20, seed: int = 
         for i in range(n):
             yield draw_face(cfg, model, seed, i)
         return
-    from datagen.loader import iter_records
-
-    for rec in iter_records(data_dir, limit=n):
-        yield shard_face(rec, model, size, data_dir)
+    for face in shard_faces(data_dir, n):
+        yield shard_face(face, model, size, data_dir)
 
 
 @dataclass(frozen=True)

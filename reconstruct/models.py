@@ -40,10 +40,10 @@ def load_detail_predictor(weights: str | None, cfg, device: str = "auto"):
     path = optional_file(cfg, weights, cfg.detail.weights)
     if path is None:
         return None, None
-    from training.detail_net import load_detail_network, torch_detail_predictor
+    from training.detail_net import load_detail
 
     dev = resolve_device(device)
-    return torch_detail_predictor(load_detail_network(path, map_location=dev), dev), str(path)
+    return load_detail(path, dev).predictor(dev), str(path)
 
 
 @dataclass(frozen=True)

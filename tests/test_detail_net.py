@@ -19,7 +19,7 @@ from coarse.landmarks import vertex_landmarks
 from coarse.stage import CoarseSettings, synthetic_start
 from datagen.synthetic import detail_frame_config, draw_face, render_scene
 from training.detail_data import DetailDataset, collate, face_example, random_crops
-from training.detail_net import FORMAT, DetailLoss, DetailNet, detail_features, load_detail_network
+from training.detail_net import FORMAT, DetailLoss, DetailNet, detail_features, load_detail
 
 SIZE = 64
 TINY = (4, 8)
@@ -177,8 +177,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(small_cfg, tmp_path,
         "source": "online", "seed": 0, "next_crop": 8}
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    net = load_detail_network(tmp_path / "ref" / "ckpt.pt")
-    assert net.channels == TINY and not net.training
+    loaded = load_detail(tmp_path / "ref" / "ckpt.pt")
+    assert loaded.net.channels == TINY and not loaded.net.training and loaded.step == 4
+    assert loaded.highpass_sigma_px == small_cfg.detail.highpass_sigma_px
     # another coarse start is another run
     from training.loop import TrainingError
 
@@ -310,3 +311,28 @@ def test_refine_evaluate_with_the_real_front_end(small_cfg):
     rep = evaluate_sfs(small_cfg, n=2, coarse="detector", resolution=160)
     assert rep["coarse_start"] == "detector" and 0 < rep["detector_found"] <= 1
     assert rep["samples"] == round(2 * rep["detector_found"]) and rep["coarse"]["normal_deg_mean"] > 0
+
+
+def test_detail_faces_read_back_from_shards_as_drawn(small_cfg, model, tmp_path):
+    """One face source: a detail dataset written by ``datagen render`` reads back (datagen.faces.shard_faces)
+    as the faces drawn on the fly, with its fine detail and wrinkles; a plain dataset is refused."""
+    from datagen.generate import RenderPlan, render_dataset
+    from datagen.synthetic import detail_faces, detail_frame_config
+
+    cfg = detail_frame_config(small_cfg)
+    render_dataset(cfg, RenderPlan(tmp_path / "d", 2, 5, 2), workers=1, progress=False)
+    read = list(detail_faces(cfg, model, SIZE, tmp_path / "d", n=2))
+    drawn = [draw_face(cfg, model, 5, i) for i in range(2)]
+    assert [f.index for f in read] == [0, 1] and all(f.wrinkles_space == "image" for f in read)
+    for r, d in zip(read, drawn):
+        np.testing.assert_allclose(r.alpha_gt, d.alpha_gt, atol=1e-6)
+        np.testing.assert_allclose(r.albedo, d.albedo, atol=1e-5)
+        assert r.displacement_uv.shape == d.displacement_uv.shape
+        assert np.abs(r.displacement_uv - d.displacement_uv).max() < 0.01  # 16-bit quantisation
+    plain = detail_frame_config(small_cfg)
+    import dataclasses
+
+    plain = dataclasses.replace(plain, datagen=dataclasses.replace(plain.datagen, detail=False))
+    render_dataset(plain, RenderPlan(tmp_path / "p", 1, 5, 1), workers=1, progress=False)
+    with pytest.raises(FileNotFoundError, match="without datagen.detail"):
+        list(detail_faces(plain, model, SIZE, tmp_path / "p", n=1))

@@ -151,13 +151,13 @@ class DetailDataset(OnlineDataset):
         a pass restarts when a process asks for an earlier record)."""
         if self.data_dir is None:
             return draw_face(self.cfg, model, self.seed, f)
-        from datagen.loader import iter_records
+        from datagen.faces import shard_faces
 
         st = self._process_state()
         while True:
             r = f % st["n"] if st["n"] else f
             if st["records"] is None or r < st["pos"]:
-                st["records"], st["pos"] = iter_records(self.data_dir), 0
+                st["records"], st["pos"] = shard_faces(self.data_dir), 0
             for rec in st["records"]:
                 st["pos"] += 1
                 if st["pos"] - 1 == r:

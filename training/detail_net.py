@@ -18,11 +18,12 @@ as depth maps), 0 outside the mask. The network predicts it in pixel units (the 
 slope times the pixel size is a depth), and the output is that times ``pixel_mm``, so the same weights hold
 at another resolution.
 
-Loss (:class:`DetailLoss`) and the predictor ``refine`` uses (:func:`torch_detail_predictor`) live here too;
+Loss (:class:`DetailLoss`) and the loader ``refine`` uses (:func:`load_detail`, :meth:`DetailWeights.predictor`) live here too;
 training is :mod:`training.detail`, its data :mod:`training.detail_data`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -219,40 +220,50 @@ class DetailLoss(nn.Module):
 FORMAT = "facesynth-detail/1"
 
 
-def load_detail_network(path: str | Path, map_location="cpu") -> DetailNet:
-    """The trained detail network of a checkpoint (``train detail``), built from the config saved in it, in
-    eval mode; ``highpass_sigma_px`` is kept as an attribute (the features it was trained with)."""
+@dataclass(frozen=True)
+class DetailWeights:
+    """A trained detail network and what inference needs to feed it as it was trained.
+
+    net: the :class:`DetailNet`, eval mode; highpass_sigma_px: the blur of its high-pass input channel;
+    config: its training config; step: training steps taken; path: the file; provenance: how it was made."""
+
+    net: DetailNet
+    highpass_sigma_px: float
+    config: object
+    step: int
+    path: str
+    provenance: dict
+
+    def predictor(self, device: str = "cpu", channels_last: bool | None = None) -> DetailPredictor:
+        """The network as a :data:`DetailPredictor` for a whole frame on ``device``.
+
+        ``channels_last``: default on CUDA only (on a 2-core CPU it gained nothing for one 256 x 256 frame:
+        0.96x, ``benchmarks/detail.py``)."""
+        net = self.net.to(device).eval()
+        channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        sigma = self.highpass_sigma_px
+
+        @torch.no_grad()
+        def predict(image, coarse_normals, mask, pixel_mm):
+            x = torch.from_numpy(detail_features(image, coarse_normals, mask, sigma)[None]).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return net(x, float(pixel_mm))[0, 0].float().cpu().numpy()
+
+        return predict
+
+
+def load_detail(path: str | Path, device: str = "cpu") -> DetailWeights:
+    """Load a ``train detail`` checkpoint or exported weights file (:class:`facesynth.checkpoint.CheckpointError`
+    when it is not one), built from the config saved in it."""
+    from facesynth.checkpoint import read_checkpoint
     from facesynth.config import config_from_dict
 
-    from .loop import read_checkpoint
-
-    ckpt = read_checkpoint(path, FORMAT, "detail-network", map_location)
+    ckpt = read_checkpoint(path, FORMAT, "detail-network", device)
     cfg = config_from_dict(ckpt["config"])
     net = DetailNet.from_config(cfg)
     net.load_state_dict(ckpt["model"])
-    net.highpass_sigma_px = cfg.detail.highpass_sigma_px
-    return net.to(map_location).eval()
-
-
-def torch_detail_predictor(net: DetailNet, device: str = "cpu", highpass_sigma_px: float | None = None,
-                           channels_last: bool | None = None) -> DetailPredictor:
-    """Wrap a :class:`DetailNet` (eval mode, no grad) as a :data:`DetailPredictor` for a whole frame.
-
-    ``channels_last``: default on CUDA only (on a 2-core CPU it gained nothing for one 256 x 256 frame:
-    0.96x, ``benchmarks/detail.py``); ``highpass_sigma_px``: default the one the network was trained with."""
-    net = net.to(device).eval()
-    channels_last = str(device).startswith("cuda") if channels_last is None else channels_last
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    sigma = highpass_sigma_px or getattr(net, "highpass_sigma_px", None)
-    if sigma is None:
-        raise ValueError("highpass_sigma_px is needed for a network not read by load_detail_network")
-
-    @torch.no_grad()
-    def predict(image, coarse_normals, mask, pixel_mm):
-        x = torch.from_numpy(detail_features(image, coarse_normals, mask, sigma)[None]).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return net(x, float(pixel_mm))[0, 0].float().cpu().numpy()
-
-    return predict
+    return DetailWeights(net.to(device).eval(), float(cfg.detail.highpass_sigma_px), cfg, int(ckpt.get("step", 0)),
+                         str(path), dict(ckpt.get("provenance", {})))
