@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 
 from .detect import ReconstructionInputError, detect_faces
-from .landmarks import LandmarkModel, calibrate
+from .landmarks import LandmarkModel, calibrate, detector_noise
 
 
 def detector_records(faces: Iterable, detect=detect_faces, progress: bool = False, total: int | None = None) -> dict:
@@ -56,8 +56,10 @@ def detector_records(faces: Iterable, detect=detect_faces, progress: bool = Fals
 
 
 def calibrate_detector(records: dict, model, provenance: dict | None = None) -> LandmarkModel:
-    """:func:`coarse.landmarks.calibrate` on the records of :func:`detector_records`, with the detection rate
-    and the detectors' share in the provenance."""
+    """:func:`coarse.landmarks.calibrate` on the records of :func:`detector_records`, with the detection rate,
+    the detectors' share and their noise model (:func:`coarse.landmarks.detector_noise`) in the provenance."""
     kinds, counts = np.unique(records["detector"], return_counts=True)
     prov = dict(provenance or {}, detectors={str(k): int(c) for k, c in zip(kinds, counts)})
-    return calibrate(model, records, prov)
+    lm = calibrate(model, records, prov)
+    lm.provenance["noise_model"] = detector_noise(lm, model, records)
+    return lm

@@ -247,23 +247,94 @@ def noisy_landmarks(points: np.ndarray, noise_px: float, rng: np.random.Generato
     return points + rng.normal(0.0, noise_px, np.shape(points))
 
 
+
 # ---------------------------------------------------------------------------------------------- simulation
+#: Multi-PIE landmark groups (jaw, brows, nose, eyes, mouth): a detector errs alike within a group.
+GROUPS = (range(0, 17), range(17, 27), range(27, 36), range(36, 48), range(48, 68))
+_GROUP_OF = np.concatenate([np.full(len(g), i) for i, g in enumerate(GROUPS)])
+
+
+def _followed(alpha: np.ndarray, n_identity: int, follow) -> np.ndarray:
+    a = np.asarray(alpha, np.float64).copy()
+    a[:n_identity] *= follow[0]
+    a[n_identity:] *= follow[1]
+    return a
+
+
+def detector_noise(lm_model: LandmarkModel, model, records: dict) -> dict:
+    """How a detector's points scatter around the calibrated ones, beyond ``sigma``: measured on calibration
+    records (the arrays of :func:`calibrate`: ``alpha``, ``scale``, ``rotation``, ``translation``,
+    ``detected``, ``detector``), for :func:`simulated_detections`.
+
+    Returns a JSON-ready dict:
+        ``follow``: {detector: [identity, expression]} the fraction of the face's deviation from the mean face
+        (identity part, expression part) its points follow (least squares over the inner landmarks 17-67, the
+        face's mean shift removed; 1 = unbiased, < 1 = pulled towards the mean face);
+        ``dof``: Student-t degrees of freedom of the residual (after ``follow``, in units of ``sigma``)
+        matching its 95 % / 50 % quantile ratio of |z|;
+        ``shared``, ``group``: correlation of two landmarks' residuals (per coordinate, Spearman, averaged over
+        pairs): over all pairs, and what pairs within one :data:`GROUPS` entry add.
+    """
+    from scipy.stats import spearmanr, t
+
+    kinds = np.asarray(records["detector"]).astype(str)
+    found = np.isfinite(records["detected"]).all((1, 2)) & (kinds != "none")
+    inner = np.arange(17, 68)
+    n_id = model.n_identity
+    res, dev_id, dev_exp = {}, {}, {}
+    for i in np.nonzero(found)[0]:
+        pose = Pose(float(records["scale"][i]), records["rotation"][i], records["translation"][i])
+        a = np.asarray(records["alpha"][i], np.float64)
+        base = lm_model.project(model, np.zeros_like(a), pose)
+        ident = lm_model.project(model, _followed(a, n_id, (1.0, 0.0)), pose)
+        full = lm_model.project(model, a, pose)
+        for store, v in ((res, records["detected"][i] - full), (dev_id, ident - base), (dev_exp, full - ident)):
+            store.setdefault(kinds[i], []).append(v / pose.scale)
+    follow, z = {}, []
+    for k in res:
+        r, di, de = (np.stack(d[k]) for d in (res, dev_id, dev_exp))
+        centred = [(x - x[:, inner].mean(1, keepdims=True))[:, inner].ravel() for x in (r, di, de)]
+        coef = np.linalg.lstsq(np.stack(centred[1:], 1), centred[0], rcond=None)[0]
+        follow[k] = [round(float(1.0 + c), 4) for c in coef]
+        rest = r - coef[0] * di - coef[1] * de - lm_model.offset_mm
+        z.append(rest / lm_model.sigma(k)[:, None])
+    z = np.concatenate(z)
+    absz = np.abs(z - np.median(z, 0))
+    ratio = np.quantile(absz, 0.95) / np.quantile(absz, 0.5)
+    dofs = np.arange(2.0, 30.5, 0.5)
+    dof = float(dofs[np.argmin(np.abs(t.ppf(0.975, dofs) / t.ppf(0.75, dofs) - ratio))])
+    corr = np.mean([spearmanr(z[:, :, c]).correlation for c in (0, 1)], axis=0)
+    off = ~np.eye(68, dtype=bool)
+    same = (_GROUP_OF[:, None] == _GROUP_OF[None, :]) & off
+    shared = float(np.clip(np.nan_to_num(np.nanmean(corr[off])), 0.0, 0.9))
+    group = float(np.clip(np.nan_to_num(np.nanmean(corr[same])) - shared, 0.0, 0.9 - shared))
+    return {"follow": follow, "dof": dof, "shared": round(shared, 3), "group": round(group, 3),
+            "faces": int(found.sum())}
+
+
 def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose: Pose, rng: np.random.Generator,
-                         dof: float = 3.0) -> tuple[np.ndarray, str]:
+                         noise: dict | None = None) -> tuple[np.ndarray, str]:
     """Where the calibrated detector would put its 68 points on face ``alpha`` (K,) under ``pose``: for
     training pairs whose start is the landmark fit, without running the detector.
 
     The detector is drawn from the calibration's shares (``provenance["detectors"]``, faces it missed left
-    out; the main detector alone when the model has no shares); each point is :meth:`LandmarkModel.project`
-    plus independent noise per coordinate, Student-t with ``dof`` degrees of freedom (the measured residuals
-    have heavy tails) scaled so that its robust scatter (1.4826 MAD) is that detector's ``sigma`` (mm) times
-    ``pose.scale`` (px/mm). Draws, in order: one ``rng.choice``, one ``rng.standard_t`` of shape (68, 2).
+    out; the main detector alone without shares). Its points are :meth:`LandmarkModel.project` of the face
+    pulled towards the mean face by the detector's ``follow`` fractions, plus noise: per coordinate, a shared
+    term (``shared`` of the variance), one per landmark group (``group``) and one per landmark (the rest),
+    Gaussian, times one Student-t scale per face (``dof``), so each point's error is Student-t (heavy tails),
+    scaled so that its robust scatter (1.4826 MAD) is the detector's ``sigma`` (mm) times ``pose.scale``
+    (px/mm), and the points of one face err together, as measured. ``noise``: that model, a dict of
+    :func:`detector_noise` (default the landmark model's ``provenance["noise_model"]``; without one:
+    unbiased, independent points, ``dof`` 3).
+
+    Draws, in order: ``rng.choice``; ``rng.standard_normal`` (1, 2), (5, 2), (68, 2); ``rng.chisquare``.
 
     Returns:
         (points (68, 2) float64 pixels (x right, y down), the detector's name).
     """
     from scipy.stats import norm, t
 
+    nm = dict(lm_model.provenance.get("noise_model", {}) if noise is None else noise)
     shares = {k: v for k, v in lm_model.provenance.get("detectors", {}).items() if k != "none" and v > 0}
     names = sorted(shares)
     if names:
@@ -271,6 +342,13 @@ def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose
         detector = names[int(rng.choice(len(names), p=counts / counts.sum()))]
     else:
         detector = str(lm_model.provenance.get("main_detector", "main"))
+    dof, shared, group = float(nm.get("dof", 3.0)), float(nm.get("shared", 0.0)), float(nm.get("group", 0.0))
+    if not (dof > 0 and shared >= 0 and group >= 0 and shared + group <= 1):
+        raise ValueError(f"noise model needs dof > 0, shared, group >= 0 and shared + group <= 1; got {nm}")
+    z = (np.sqrt(shared) * rng.standard_normal((1, 2)) + np.sqrt(group) * rng.standard_normal((len(GROUPS), 2))[_GROUP_OF]
+         + np.sqrt(1.0 - shared - group) * rng.standard_normal((68, 2)))
+    z *= np.sqrt(dof / rng.chisquare(dof))  # one scale per face: each coordinate is Student-t
     mad_to_scale = norm.ppf(0.75) / t.ppf(0.75, dof)  # a t variable of this scale has the normal's MAD
-    noise = rng.standard_t(dof, (68, 2)) * (lm_model.sigma(detector) * pose.scale * mad_to_scale)[:, None]
-    return lm_model.project(model, alpha, pose) + noise, detector
+    face = _followed(alpha, model.n_identity, nm.get("follow", {}).get(detector, (1.0, 1.0)))
+    points = lm_model.project(model, face, pose)
+    return points + z * (lm_model.sigma(detector) * pose.scale * mad_to_scale)[:, None], detector

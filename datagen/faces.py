@@ -47,21 +47,35 @@ class FaceRecord:
     wrinkles: np.ndarray | None = None
 
 
-def online_faces(cfg, n: int, seed: int, model, renderer, start: int = 0) -> Iterator[FaceRecord]:
+def online_faces(cfg, n: int, seed: int, model, renderer, start: int = 0,
+                 distance_mm: tuple[float, float] | None = None) -> Iterator[FaceRecord]:
     """Faces ``start .. start + n - 1`` of the on-the-fly set ``seed``, drawn by :func:`datagen.scene.draw_scene`
-    with ``cfg`` and rendered (true face only) by ``renderer``; deterministic in (seed, index)."""
-    from .scene import draw_scene
+    with ``cfg`` and rendered (true face only) by ``renderer``; deterministic in (seed, index).
+
+    ``distance_mm``: (near, far) for a perspective camera at a distance drawn log-uniformly in that range per
+    face (:func:`render.camera.perspective_warp`; phone photos ~350-600 mm, portraits 1-1.5 m), the face's
+    ``pose`` then the weak-perspective camera of the same scale at the face's centre; None: weak perspective.
+    """
+    from render.camera import perspective_warp
+
+    from .scene import draw_scene, model_centre
 
     for i in range(start, start + n):
         s = draw_scene(seed, i, model, cfg)
-        f = render_truth(s, model, renderer)
+        verts = None
+        if distance_mm is not None:
+            d = float(np.exp(np.random.default_rng([seed, i, 17]).uniform(*np.log(distance_mm))))
+            verts = perspective_warp(model.vertices(s.alpha_gt), s.pose, d, model_centre(model))
+        f = render_truth(s, model, renderer, verts)
         yield FaceRecord(f.rgb, s.pose, f.landmarks.astype(np.float64), s.alpha_gt, s.albedo_coeffs, s.iris,
                          s.light, i, f.fragments)
 
 
-def render_truth(scene, model, renderer):
-    """The true face of a drawn scene, lit, over its background (:class:`render.renderer.FaceRender`)."""
-    return renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light, scene.background)
+def render_truth(scene, model, renderer, verts: np.ndarray | None = None):
+    """The true face of a drawn scene, lit, over its background (:class:`render.renderer.FaceRender`);
+    ``verts``: (V, 3) the geometry to draw instead of ``model.vertices(scene.alpha_gt)``."""
+    return renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light, scene.background,
+                                verts=verts)
 
 
 def record_face(rec: dict) -> FaceRecord:
@@ -83,8 +97,10 @@ def shard_faces(data_dir, n: int | None = None) -> Iterator[FaceRecord]:
         yield record_face(rec)
 
 
-def face_source(cfg, n: int, seed: int, model, renderer, data_dir=None) -> Iterator[FaceRecord]:
-    """``n`` faces: from the shards in ``data_dir`` when given, else drawn on the fly with ``seed``."""
+def face_source(cfg, n: int, seed: int, model, renderer, data_dir=None,
+                distance_mm: tuple[float, float] | None = None) -> Iterator[FaceRecord]:
+    """``n`` faces: from the shards in ``data_dir`` when given, else drawn on the fly with ``seed`` (perspective
+    camera distances ``distance_mm``, :func:`online_faces`)."""
     if data_dir is not None:
         return shard_faces(data_dir, n)
-    return online_faces(cfg, n, seed, model, renderer)
+    return online_faces(cfg, n, seed, model, renderer, distance_mm=distance_mm)

@@ -153,7 +153,8 @@ class TrainConfig(RunConfig):
 @dataclass(frozen=True)
 class EvaluateConfig:
     """``train evaluate``: network passes, landmark source and noise, error maps, and the online test faces
-    (photo-like renders: ``image_size`` pixels, yaw ~ N(0, ``yaw_std_deg``) cut at ``max_yaw_deg``)."""
+    (photo-like renders: ``image_size`` pixels, yaw ~ N(0, ``yaw_std_deg``) cut at ``max_yaw_deg``; with
+    ``--perspective`` a pinhole camera at a distance drawn in ``perspective_distance_mm``)."""
 
     iterations: int
     landmark_noise_px: float
@@ -163,6 +164,7 @@ class EvaluateConfig:
     image_size: int
     yaw_std_deg: float
     max_yaw_deg: float
+    perspective_distance_mm: tuple[float, float]
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,28 @@ def project(points: np.ndarray, pose: Pose) -> np.ndarray:
     return out
 
 
+def perspective_warp(points: np.ndarray, pose: Pose, distance_mm: float, centre: np.ndarray) -> np.ndarray:
+    """Model points moved so that their weak-perspective image under ``pose`` is the pinhole image of a camera
+    ``distance_mm`` in front of ``centre`` (the optical axis through it, the same scale there).
+
+    A point at depth ``z`` (mm, camera frame, relative to the centre, towards the camera) is seen magnified by
+    ``D / (D - z)`` about the axis: near parts (the nose) grow and far parts (ears, the far cheek) shrink, as in
+    a phone photo at arm's length. Depths and the drawing order stay as they were.
+
+    Args:
+        points: (..., 3) model-frame positions, mm; centre: (3,) model-frame point on the optical axis.
+        distance_mm: camera distance D from the centre, mm (> the face's depth).
+    Returns:
+        (..., 3) model-frame positions, mm, to draw with ``pose``.
+    """
+    R = np.asarray(pose.rotation, np.float64)
+    rp = np.asarray(points, np.float64) @ R.T
+    c = np.asarray(centre, np.float64) @ R.T
+    k = distance_mm / np.maximum(distance_mm - (rp[..., 2] - c[2]), 1e-3)
+    rp[..., :2] = c[:2] + (rp[..., :2] - c[:2]) * k[..., None]
+    return (rp @ R).astype(np.asarray(points).dtype)
+
+
 def rotate_normals(normals: np.ndarray, pose: Pose) -> np.ndarray:
     """(..., 3) model-frame normals -> camera-frame normals (x right, y up, z towards the camera)."""
     return normals @ np.asarray(pose.rotation, normals.dtype).T

@@ -161,3 +161,27 @@ def test_cli_evaluate_prints_one_json_object(small_cfg, tmp_path):
     assert "iterations" not in report and report["weights"] is None and report["landmark_fit"]["mean_mm"] > 0
     bad = CliRunner().invoke(cli, args + ["--landmark-noise", "-1"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_perspective_faces_magnify_what_is_near(model):
+    """The perspective option: a near camera magnifies the nose tip's offset from the face centre more than the
+    ears', as a phone photo does; a far camera converges to the weak-perspective render."""
+    from datagen.scene import model_centre
+    from render.camera import Pose, euler_to_rotation, perspective_warp, project
+
+    pose = Pose(2.0, euler_to_rotation(0.3, 0.1, 0.0), np.array([256.0, 256.0]))
+    pts = model.mean.astype(np.float64)
+    c = model_centre(model)
+    weak, near, far = (project(p, pose) for p in (pts, perspective_warp(pts, pose, 400.0, c),
+                                                   perspective_warp(pts, pose, 1e8, c)))
+    centre = project(c[None], pose)[0, :2]
+    nose, ear = model.landmarks68[30], int(np.argmin(pts[:, 2]))  # nose tip, the rearmost vertex
+    grow = lambda k: np.linalg.norm(near[k, :2] - centre) / np.linalg.norm(weak[k, :2] - centre)  # noqa: E731
+    assert grow(nose) > 1.05 and grow(ear) < 0.95
+    np.testing.assert_allclose(near[:, 2], weak[:, 2], atol=1e-6)  # depth order kept
+    np.testing.assert_allclose(far, weak, atol=1e-2)
+    cfg = load_config(overrides={"render.image_size": 64, "render.backend": "numba"})
+    renderer = FaceRenderer.from_config(model, cfg.render)
+    a = next(online_faces(cfg, 1, 3, model, renderer))
+    b = next(online_faces(cfg, 1, 3, model, renderer, distance_mm=(350.0, 400.0)))
+    assert np.abs(a.rgb - b.rgb).max() > 0.05 and np.array_equal(a.alpha_gt, b.alpha_gt)

@@ -120,11 +120,13 @@ def detail(config, quiet, coarse_weights, **run):
               help="error-map PNG [default: eval_errors.png next to the weights, else in train.out]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help=_d("train.device")[1:])
 @click.option("--no-uncalibrated-fit", is_flag=True, help="skip the older landmark fit (reported for reference)")
+@click.option("--perspective", is_flag=True,
+              help="perspective camera (distances evaluate.perspective_distance_mm) instead of weak perspective")
 @click.option("--fit-identity-modes", type=int, default=None,
               help="out-of-span check: the fit uses only the first N identity modes (faces use all)")
 @user_errors(TrainingError, CheckpointError)
 def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_noise, iterations, pose_source, out,
-             device, no_uncalibrated_fit, fit_identity_modes):
+             device, no_uncalibrated_fit, perspective, fit_identity_modes):
     from coarse.network import load_iterative
     from coarse.stage import CoarseSettings
     from datagen.faces import EVAL_SEED_OFFSET, face_source
@@ -158,13 +160,17 @@ def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_n
     # the online test faces: photo-like renders (the scene sampler's settings with the evaluate section's)
     scene_cfg = photo_scene_config(cfg)
     renderer = FaceRenderer.from_config(model, scene_cfg.render)
-    faces = face_source(scene_cfg, ev.n, cfg.datagen.seed + EVAL_SEED_OFFSET, model, renderer, data)
+    if perspective and data is not None:
+        raise click.UsageError("--perspective renders faces on the fly: give it without --data")
+    faces = face_source(scene_cfg, ev.n, cfg.datagen.seed + EVAL_SEED_OFFSET, model, renderer, data,
+                        tuple(ev.perspective_distance_mm) if perspective else None)
     png = Path(out) if out else (Path(path).parent if path else cfg.resolve_path(cfg.train.out)) / "eval_errors.png"
     report = run_evaluation(faces, model, coarse, cfg.render, ev.landmarks, ev.landmark_noise_px, pose_source,
                             error_maps_png=png, n_maps=ev.error_maps, progress=True,
                             uncalibrated_fit=not no_uncalibrated_fit, detect_params=cfg.detect,
                             fit_identity_modes=fit_identity_modes)
     report["weights"] = None if path is None else str(path)
+    report["camera"] = f"perspective {ev.perspective_distance_mm} mm" if perspective else "weak perspective"
     click.echo(f"error maps: {png}", err=True)
     click.echo(json.dumps(report))
 
