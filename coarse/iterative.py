@@ -1,5 +1,6 @@
-"""The iterative inference of the paper: start from the mean face, render the shading image and the mask of
-the current estimate under the face's pose, feed [masked image, shading] to the network, update, repeat.
+"""The iterative inference of the paper: start from the mean face (or the landmark fit), render the shading
+image and the mask of the current estimate under the face's pose, feed [masked image, shading] to the network,
+update, repeat.
 
 Used by ``train evaluate`` (synthetic faces) and ``refine sfs`` (photos), so both run the same loop.
 """
@@ -69,8 +70,8 @@ def iterative_fit(predict: Predictor, image: np.ndarray, pose: Pose, renderer, i
 
 
 def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, landmarks: np.ndarray, model,
-                render_cfg, iterations: int = 3, refit_pose: bool = True, pose: Pose | None = None
-                ) -> tuple[list, Pose]:
+                render_cfg, iterations: int = 3, refit_pose: bool = True, pose: Pose | None = None,
+                alpha0: np.ndarray | None = None) -> tuple[list, Pose]:
     """The iterative network on one face of a photo, in the network frame.
 
     Args:
@@ -81,14 +82,17 @@ def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, land
         iterations: network passes; refit_pose: re-fit the pose to the landmarks of each new shape.
         pose: the face's pose in the photo frame when it is known (evaluation with the true pose: no pose
             fits); default fitted to the landmarks.
+        alpha0: (K,) the first pass's a_t (e.g. the landmark fit, as ``train.start: fit`` trains); default the
+            mean face.
     Returns:
         ([(alpha_t (K,), pose_t in the network frame)] per pass, the final shape's pose in the photo frame).
     """
     w = landmark_weights(0.0)
     lm3d = lambda a: model.landmarks(a).astype(np.float64)  # noqa: E731
     known = pose is not None
+    start = np.zeros(model.n_coeffs, np.float32) if alpha0 is None else np.asarray(alpha0, np.float32)
     if not known:
-        pose = fit_pose(landmarks, lm3d(np.zeros(model.n_coeffs, np.float32)), w)
+        pose = fit_pose(landmarks, lm3d(start), w)
     net_pose = frame.pose(model, pose.rotation)
     gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, frame_map(pose, net_pose), frame.size)
     renderer = FaceRenderer.from_config(model, render_cfg, image_size=frame.size, backend="numba")
@@ -96,6 +100,6 @@ def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, land
     def refit(a):
         return frame.pose(model, fit_pose(landmarks, lm3d(a), w).rotation)
 
-    steps = iterative_fit(predict, gray, net_pose, renderer, iterations,
+    steps = iterative_fit(predict, gray, net_pose, renderer, iterations, alpha0=start,
                           refit_pose=refit if refit_pose and not known else None)
     return steps, pose if known else fit_pose(landmarks, lm3d(steps[-1][0]), w)

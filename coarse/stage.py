@@ -1,5 +1,6 @@
 """The coarse stage as ``refine`` and ``train evaluate`` run it: a photo's 68 landmarks -> the MAP landmark fit
-(:func:`coarse.fit.fit_map`) -> optionally the iterative network's passes (:func:`coarse.iterative.network_fit`).
+(:func:`coarse.fit.fit_map`) -> optionally the iterative network's passes (:func:`coarse.iterative.network_fit`),
+from the fit or the mean face (``refine.network_start``).
 
 Frames: the photo frame (pixels, x right, y down) for the landmarks and the returned pose; coefficients
 ``alpha`` (K,) identity first.
@@ -25,7 +26,8 @@ class CoarseSettings:
     section, :func:`coarse.fit.fit_map`);
     predict: the iterative network (None: the fit is the coarse face); frame: its network frame
     (:class:`coarse.frame.NetworkFrame`; with ``predict``); iterations: network passes; refit_pose: re-fit the
-    pose to the landmarks after each pass.
+    pose to the landmarks after each pass; network_start: the first pass's a_t, ``fit`` (the landmark fit) or
+    ``mean`` (the mean face).
     """
 
     landmarks: LandmarkModel
@@ -34,6 +36,15 @@ class CoarseSettings:
     frame: object = None
     iterations: int = 3
     refit_pose: bool = True
+    network_start: str = "fit"
+
+    def __post_init__(self):
+        if self.network_start not in ("fit", "mean"):
+            raise ValueError(f"network_start must be 'fit' or 'mean'; got {self.network_start!r}")
+
+    def start(self, fit: np.ndarray) -> np.ndarray | None:
+        """The network's first a_t for the landmark fit ``fit`` (K,): the fit, or None (the mean face)."""
+        return fit if self.network_start == "fit" else None
 
     @staticmethod
     def from_config(cfg, network=None, iterations: int | None = None) -> "CoarseSettings":
@@ -42,7 +53,8 @@ class CoarseSettings:
         return CoarseSettings(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)), cfg.fit,
                               None if network is None else network.predictor(str(next(network.net.parameters()).device)),
                               None if network is None else network.frame,
-                              cfg.refine.iterations if iterations is None else iterations, cfg.refine.refit_pose)
+                              cfg.refine.iterations if iterations is None else iterations, cfg.refine.refit_pose,
+                              cfg.refine.network_start)
 
 
 @dataclass(frozen=True)
@@ -75,7 +87,7 @@ def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: Coarse
     if settings.predict is None:
         return CoarseFit(alpha, pose, "landmark_fit", alpha)
     steps, net_pose = network_fit(settings.predict, settings.frame, photo, landmarks, model, render_cfg,
-                                  settings.iterations, settings.refit_pose)
+                                  settings.iterations, settings.refit_pose, alpha0=settings.start(alpha))
     return CoarseFit(steps[-1][0], net_pose, "iterative_network", alpha, [a for a, _ in steps])
 
 

@@ -6,6 +6,7 @@ a_t with the shared renderer, and mask the face image with a_t's silhouette.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,9 +42,18 @@ class Sample:
     wrinkles: np.ndarray | None = None
 
 
-def make_sample(seed: int, index: int, model, cfg, renderer) -> Sample:
-    """Generate sample ``index`` of the dataset ``seed`` (deterministic in (seed, index) alone)."""
+def make_sample(seed: int, index: int, model, cfg, renderer, alpha_t: np.ndarray | None = None) -> Sample:
+    """Generate sample ``index`` of the dataset ``seed`` (deterministic in (seed, index) alone).
+
+    ``alpha_t``: (K,) the current estimate to render the shading and mask of, instead of the scene's a_t (e.g.
+    a landmark-fit start, :mod:`training.starts`); the scene keeps its other draws.
+    """
     scene = draw_scene(seed, index, model, cfg)
+    if alpha_t is not None:
+        alpha_t = np.asarray(alpha_t, np.float32)
+        if alpha_t.shape != scene.alpha_t.shape:
+            raise ValueError(f"alpha_t must have shape {scene.alpha_t.shape}; got {alpha_t.shape}")
+        scene = dataclasses.replace(scene, alpha_t=alpha_t)
     # Both geometries in one product: the 16-bit basis is read from memory once.
     verts_gt, verts_t = model.draw_vertices(np.stack([scene.alpha_gt, scene.alpha_t]))
     detail = scene.detail

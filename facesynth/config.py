@@ -146,8 +146,43 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """On-the-fly augmentation of cached training pairs (:mod:`training.cache`): a joint shift (of the image
+    size) and scale of image and shading; on the image alone gamma, noise, blur and JPEG."""
+
+    shift: float
+    scale_std: float
+    gamma_std: float
+    noise_max: float
+    blur_max_px: float
+    jpeg_prob: float
+    jpeg_quality_min: int
+
+    def __post_init__(self):
+        if min(self.shift, self.scale_std, self.gamma_std, self.noise_max, self.blur_max_px) < 0:
+            raise ValueError("shift, scale_std, gamma_std, noise_max and blur_max_px must be >= 0")
+        if not 0 <= self.jpeg_prob <= 1 or not 1 <= self.jpeg_quality_min <= 95:
+            raise ValueError("jpeg_prob must lie in [0, 1] and jpeg_quality_min in [1, 95]")
+
+
+@dataclass(frozen=True)
 class TrainConfig(RunConfig):
-    """``train iterative``: the run settings alone."""
+    """``train iterative``: the run settings, the samples' start (``start``: ``fit`` or ``mean``, with
+    ``start_fit_prob`` and ``start_fit_iterations``, :mod:`training.starts`), and the cache of pre-rendered pairs
+    (``cache`` file, ``cache_chunk`` samples per part, ``augment``)."""
+
+    start: str
+    start_fit_prob: float
+    start_fit_iterations: int
+    cache: str
+    cache_chunk: int
+    augment: AugmentConfig
+
+    def __post_init__(self):
+        if self.start not in ("fit", "mean"):
+            raise ValueError(f"start must be 'fit' or 'mean'; got {self.start!r}")
+        if not 0 <= self.start_fit_prob <= 1 or self.start_fit_iterations < 1 or self.cache_chunk < 1:
+            raise ValueError("start_fit_prob must lie in [0, 1], start_fit_iterations and cache_chunk be >= 1")
 
 
 @dataclass(frozen=True)
@@ -244,9 +279,14 @@ class RefineConfig:
     weights: str
     resolution: int
     iterations: int
+    network_start: str
     refit_pose: bool
     refined: RefinedMeshConfig
     sfs: SfSConfig
+
+    def __post_init__(self):
+        if self.network_start not in ("fit", "mean"):
+            raise ValueError(f"network_start must be 'fit' or 'mean'; got {self.network_start!r}")
 
 
 @dataclass(frozen=True)

@@ -105,11 +105,16 @@ def test_perfect_predictor_has_zero_error(small_cfg, faces, model, tmp_path):
 
 
 def test_landmark_pose_and_untrained_network(small_cfg, faces, model):
-    """The untrained network returns a_t = 0 at every pass: each iteration's error is the mean face's."""
+    """The untrained network returns a_t unchanged at every pass: each iteration's error is its start's, the
+    landmark fit's (``network_start`` fit) or the mean face's."""
     torch.manual_seed(0)
     report = evaluate(faces, model, _settings(model, small_cfg, IterativeNet.from_config(small_cfg)), small_cfg.render,
                       "true", 1.0, uncalibrated_fit=False)
     assert "landmark_fit_uncalibrated" not in report and report["faces"] == 2
+    for it in report["iterations"]:
+        assert it == pytest.approx(report["landmark_fit"], rel=1e-6)
+    mean_start = dataclasses.replace(_settings(model, small_cfg, IterativeNet.from_config(small_cfg)), network_start="mean")
+    report = evaluate(faces, model, mean_start, small_cfg.render, "true", 1.0, uncalibrated_fit=False)
     for it in report["iterations"]:
         assert it == pytest.approx(report["mean_face"], rel=1e-6)
     with pytest.raises(ValueError, match="pose_source"):

@@ -68,16 +68,55 @@ def run_config(section: str, config, values: dict):
     return load_cfg(config, {f"{section}.{k}": values[k] for k in RUN_KEYS})
 
 
+START_HELP = "a_t of the samples: fit (landmark fit of simulated detector landmarks) or mean"
+
+
 @main.command(help="Train (or resume: the same command again) the iterative network; run folder --out.")
 @run_options("train", "shard folder", "generate samples on the fly", "samples per step (per GPU)",
              "initialisation and shuffle seed")
+@click.option("--cache", type=click.Path(dir_okay=False), default=None,
+              help="train on the pairs of a `train cache` file, augmented on the fly" + _d("train.cache"))
+@click.option("--start", type=click.Choice(["fit", "mean"]), default=None, help=START_HELP + _d("train.start"))
 @user_errors(TrainingError, CheckpointError)
-def iterative(config, quiet, **run):
+def iterative(config, quiet, cache, start, **run):
+    from facesynth.config import override
+
     from .train import train_iterative
 
-    result = train_iterative(run_config("train", config, run), progress=not quiet)
+    if cache is not None and (run["data"] is not None or run["online"]):
+        raise click.UsageError("give one of --cache, --data and --online")
+    cfg = run_config("train", config, run)
+    for key, value in (("train.cache", cache), ("train.start", start)):
+        if value is not None:
+            cfg = override(cfg, key, value)
+    result = train_iterative(cfg, progress=not quiet)
     click.echo(f"step {result['step']}: train loss {result['train_loss']:.4g} mm², validation loss "
                f"{result['val_loss']:.4g} mm²; checkpoint {result['checkpoint']}")
+
+
+@main.command(help="Render training pairs of the iterative network once, into one file for `train iterative --cache` "
+                   "(resumable: the same command again).")
+@config_option
+@click.option("--n", type=int, required=True, help="samples (0 .. n - 1 of the dataset)")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="cache file (HDF5)")
+@click.option("--seed", type=int, default=None, help="dataset seed" + _d("datagen.seed"))
+@click.option("--start", type=click.Choice(["fit", "mean"]), default=None, help=START_HELP + _d("train.start"))
+@click.option("--workers", type=int, default=0, show_default=True, help="render processes (0: this process)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@user_errors(TrainingError, CheckpointError)
+def cache(config, n, out, seed, start, workers, quiet):
+    import time
+
+    from .cache import write_cache
+
+    if workers < 0:
+        raise click.ClickException(f"--workers must be >= 0; got {workers}")
+    cfg = load_cfg(config, {"datagen.seed": seed, "train.start": start})
+    t0 = time.perf_counter()
+    result = write_cache(cfg, out, n, cfg.datagen.seed, workers, progress=not quiet)
+    took = time.perf_counter() - t0
+    rate = f", {result['rendered'] / took:.3g} samples/s" if result["rendered"] else ""
+    click.echo(f"{result['path']}: {result['n']} samples ({result['rendered']} rendered now in {took:.0f} s{rate})")
 
 
 @main.command(help="Train (or resume: the same command again) the detail network; run folder --out.")

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datagen.sample import make_sample, training_record
+from datagen.sample import training_record
+
+from .starts import start_policy, start_sample
 
 
 def collate(records: list[dict]) -> dict:
@@ -42,7 +44,8 @@ def collate(records: list[dict]) -> dict:
 
 
 class OnlineDataset(IterableDataset):
-    """Samples of the dataset ``seed`` generated on the fly by :func:`datagen.sample.make_sample`.
+    """Samples of the dataset ``seed`` generated on the fly by :func:`datagen.sample.make_sample`, their a_t
+    from ``train.start`` (:func:`training.starts.start_sample`).
 
     Each process (DataLoader worker or the main process) loads the model and builds its own
     :class:`render.renderer.FaceRenderer` (its own GL context with backend ``gl``; a context inherited
@@ -89,10 +92,17 @@ class OnlineDataset(IterableDataset):
             self._state = {"pid": os.getpid(), "model": model, "renderer": renderer}
         return self._state["model"], self._state["renderer"]
 
+    def sample(self, index: int):
+        """(:class:`datagen.sample.Sample`, :class:`training.starts.StartDraw` or None) of sample ``index``,
+        its a_t from ``train.start`` (:mod:`training.starts`)."""
+        model, renderer = self._renderer()
+        if "start" not in self._state:
+            self._state["start"] = start_policy(self.cfg)
+        return start_sample(self.seed, index, model, self.cfg, renderer, self._state["start"])
+
     def record(self, index: int) -> dict:
         """Training record of sample ``index``."""
-        model, renderer = self._renderer()
-        s = make_sample(self.seed, index, model, self.cfg, renderer)
+        s, _ = self.sample(index)
         return training_record(s.image, s.shading, s.scene.alpha_gt, s.scene.alpha_t, index)
 
     def __iter__(self) -> Iterator[dict]:

@@ -3,8 +3,10 @@
 
 - Loss: the geometry loss (:class:`training.loss.GeometryLoss`, mm^2 over the ``face`` region).
 - Optimiser: Adam with a fixed learning rate (``train.lr``), as in the paper.
-- Data: online generation (``train.online``) or shards in ``train.data``; validation on a fixed held-out
-  set of ``train.val_samples`` samples generated once with seed ``datagen.seed + VAL_SEED_OFFSET``.
+- Data: a cache of pre-rendered pairs with on-the-fly augmentation (``train.cache``, :mod:`training.cache`),
+  online generation (``train.online``) or shards in ``train.data``; the samples' a_t from ``train.start``
+  (:mod:`training.starts`); validation on a fixed held-out set of ``train.val_samples`` samples generated once
+  with seed ``datagen.seed + VAL_SEED_OFFSET``.
 - Run folder ``train.out``: ``ckpt.pt`` (latest checkpoint, written atomically every
   ``train.checkpoint_every`` steps and at the end), ``log.csv`` (step, train_loss, val_loss,
   samples_per_s), ``curves.png``, ``config.json``.
@@ -44,7 +46,18 @@ def to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[t
 
 
 def default_batches(cfg, batch: int, rank: int, world: int, workers: int, pin_memory: bool) -> BatchFactory:
-    """The configured training stream: online generation (``train.online``) or shards (``train.data``)."""
+    """The configured training stream: a cache file (``train.cache``, augmented), online generation
+    (``train.online``) or shards (``train.data``)."""
+    if cfg.train.cache:
+        from .cache import cache_loader, check_cache
+
+        path = cfg.resolve_path(cfg.train.cache)
+        check_cache(path, cfg)
+
+        def cached(step: int):
+            return cache_loader(path, cfg.train.augment, cfg.train.seed, batch, step * world, workers, rank, world,
+                                pin_memory, spawn=pin_memory)
+        return cached
     if cfg.train.online:
         def online(step: int):
             return online_loader(cfg, cfg.datagen.seed, batch, step * world * batch, workers, rank, world,
@@ -64,6 +77,8 @@ def data_position(cfg, step: int, batch: int, world: int, custom: bool) -> dict:
     """Where the data stream resumes after ``step`` steps (see :mod:`training.data`)."""
     if custom:
         return {"source": "custom", "batches": step}
+    if cfg.train.cache:
+        return {"source": "cache", "file": cfg.train.cache, "batches": step * world}
     if cfg.train.online:
         return {"source": "online", "seed": cfg.datagen.seed, "next_index": step * world * batch}
     return {"source": "shards", "batches": step}

@@ -1,0 +1,145 @@
+"""The training cache: pairs rendered once (``train cache``), read back with augmentation
+(``train iterative --cache``); round trip, resume after a kill, the stream's exact resume, training from it."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.data import DataLoader
+
+from datagen.sample import network_input
+from datagen.shards import to_uint8
+from facesynth.config import load_config, override
+from training.cache import CacheDataset, augment, read_cache_info, write_cache
+from training.cli import main as cli
+from training.data import OnlineDataset
+from training.train import TrainingError, load_checkpoint, train_iterative
+
+SIZE = 64
+N = 10
+
+
+@pytest.fixture(scope="module")
+def small_cfg(model_path):
+    return load_config(overrides={
+        "render.image_size": SIZE, "render.backend": "numba", "train.start": "fit", "train.cache_chunk": 4,
+        "train.batch": 4, "train.steps": 2, "train.val_samples": 4, "train.val_every": 1,
+        "train.checkpoint_every": 1, "train.device": "cpu", "train.workers": 0})
+
+
+@pytest.fixture(scope="module")
+def cache_file(small_cfg, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache") / "pairs.h5"
+    result = write_cache(small_cfg, path, N, 3, progress=False)
+    assert result == {"path": str(path), "n": N, "rendered": N}
+    return path
+
+
+def test_cache_holds_the_online_samples_in_8_bits(small_cfg, cache_file):
+    ds = OnlineDataset(small_cfg, 3)
+    with h5py.File(cache_file, "r") as f:
+        assert f["inputs"].shape == (N, 2, SIZE, SIZE) and f["inputs"].dtype == np.uint8
+        np.testing.assert_array_equal(f["index"][:], np.arange(N))
+        for i in (0, 5, N - 1):
+            s, draw = ds.sample(i)
+            np.testing.assert_array_equal(f["inputs"][i], to_uint8(network_input(s.image, s.shading)))
+            np.testing.assert_array_equal(f["alpha_gt"][i], s.scene.alpha_gt.astype(np.float32))
+            np.testing.assert_array_equal(f["alpha_t"][i], draw.alpha_t)
+            np.testing.assert_array_equal(f["alpha_fit"][i], draw.alpha_fit)
+            np.testing.assert_array_equal(f["points"][i], draw.points)
+    info = read_cache_info(cache_file)
+    assert info["n"] == N and info["seed"] == 3 and info["shape"] == (2, SIZE, SIZE)
+    assert not cache_file.with_name(cache_file.name + ".parts").exists()
+    assert write_cache(small_cfg, cache_file, N, 3, progress=False)["rendered"] == 0  # done: nothing to do
+    with pytest.raises(TrainingError, match="another cache .*seed"):
+        write_cache(small_cfg, cache_file, N, 4, progress=False)
+
+
+def test_a_killed_cache_resumes_with_the_same_bytes(small_cfg, cache_file, tmp_path, monkeypatch):
+    import training.cache as cache_module
+
+    real_savez, calls = np.savez, []
+
+    def dying_savez(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_savez(*args, **kwargs)
+
+    path = tmp_path / "pairs.h5"
+    monkeypatch.setattr(cache_module.np, "savez", dying_savez)
+    with pytest.raises(KeyboardInterrupt):
+        write_cache(small_cfg, path, N, 3, progress=False)
+    monkeypatch.setattr(cache_module.np, "savez", real_savez)
+    parts = sorted(p.name for p in (tmp_path / "pairs.h5.parts").iterdir())
+    assert parts == ["meta.json", "part_000000000_000000004.npz"] and not path.exists()
+    with pytest.raises(TrainingError, match="parts of another cache"):
+        write_cache(override(small_cfg, "train.start_fit_prob", 0.5), path, N, 3, progress=False)
+    assert write_cache(small_cfg, path, N, 3, progress=False)["rendered"] == N - 4
+    with h5py.File(path, "r") as a, h5py.File(cache_file, "r") as b:
+        for k in b:
+            np.testing.assert_array_equal(a[k][:], b[k][:])
+
+
+def test_augment(small_cfg, cache_file):
+    aug = small_cfg.train.augment
+    with h5py.File(cache_file, "r") as f:
+        x = torch.from_numpy(f["inputs"][:4])
+    none = dataclasses.replace(aug, shift=0.0, scale_std=0.0, gamma_std=0.0, noise_max=0.0, blur_max_px=0.0)
+    torch.testing.assert_close(augment(x, none, torch.Generator().manual_seed(0)), x.float() / 255)
+    heavy = dataclasses.replace(aug, shift=0.05, noise_max=0.1, jpeg_prob=1.0)
+    a = augment(x, heavy, torch.Generator().manual_seed(1))
+    b = augment(x, heavy, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.dtype == torch.float32 and a.shape == x.shape
+    assert not torch.equal(a, augment(x, heavy, torch.Generator().manual_seed(2)))
+    assert a.min() >= 0 and a.max() <= 1
+    assert (a[:, 0][a[:, 1] == 0] == 0).all()  # the image stays masked by the shading's support
+    assert ((a[:, 0] - x[:, 0].float() / 255).abs().mean() > 0.01)
+
+
+def test_the_cache_stream_resumes_exactly_for_any_worker_count(small_cfg, cache_file):
+    aug = small_cfg.train.augment
+
+    def stream(start, workers, k):
+        it = iter(DataLoader(CacheDataset(cache_file, aug, 0, 4, start), batch_size=None, num_workers=workers))
+        return [next(it) for _ in range(k)]
+
+    ref = stream(0, 0, 5)
+    for got, want in zip(stream(2, 0, 3), ref[2:], strict=True):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    for got, want in zip(stream(0, 2, 5), ref, strict=True):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    seen = torch.cat([b["index"] for b in ref]).tolist()  # 20 positions: two epochs of the 10 samples
+    assert sorted(seen[:N]) == list(range(N)) and sorted(seen[N:2 * N]) == list(range(N)) and seen[:N] != seen[N:]
+
+
+def test_training_from_the_cache_runs_and_resumes(small_cfg, cache_file, tmp_path):
+    cfg = override(small_cfg, "train.cache", str(cache_file))
+    ref = train_iterative(cfg, tmp_path / "ref", progress=False)
+    train_iterative(cfg, tmp_path / "run", steps=1, progress=False)
+    result = train_iterative(cfg, tmp_path / "run", progress=False)
+    assert result["resumed_from"] == 1 and result["train_loss"] == ref["train_loss"]
+
+    def losses(run):
+        with open(run / "log.csv", newline="") as f:
+            return [r["train_loss"] for r in csv.DictReader(f)]
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref") and len(losses(tmp_path / "ref")) == 2
+    assert load_checkpoint(tmp_path / "run" / "ckpt.pt")["data_position"] == {
+        "source": "cache", "file": str(cache_file), "batches": 2}
+    with pytest.raises(TrainingError, match="another config .*render.image_size"):
+        train_iterative(override(cfg, "render.image_size", 48), tmp_path / "other", progress=False)
+
+
+def test_cli_errors_are_one_line(cache_file, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(cli, ["cache", "--n", "0", "--out", str(tmp_path / "c.h5")])
+    assert r.exit_code == 1 and "n >= 1" in r.output and "Traceback" not in r.output
+    r = runner.invoke(cli, ["iterative", "--cache", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "missing.h5 not found" in r.output and len(r.output.strip().splitlines()) == 1
+    r = runner.invoke(cli, ["iterative", "--cache", str(cache_file), "--online", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "one of --cache" in r.output

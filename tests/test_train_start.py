@@ -1,0 +1,189 @@
+"""The landmark-fit start of training samples: simulated detector landmarks, their noise model, the start
+policy of ``train.start``, and inference that starts where training did (``refine.network_start``)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from coarse.landmarks import detector_noise, load_landmark_model, simulated_detections
+from datagen.scene import centred_pose, draw_scene
+from facesynth.config import load_config
+from render.camera import euler_to_rotation
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def lm(cfg, model):
+    return load_landmark_model(cfg.resolve_path(cfg.fit.landmarks))
+
+
+@pytest.fixture(scope="module")
+def small_cfg(model_path):
+    return load_config(overrides={"render.image_size": SIZE, "render.backend": "numba", "train.start": "fit"})
+
+
+def _random_face(model, rng):
+    return np.r_[rng.normal(size=model.n_identity), rng.uniform(0, 0.4, model.n_expression)].astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- simulated detections
+def test_simulated_detections_scatter_as_calibrated_around_the_projection(model, lm):
+    """On the mean face (where the pull towards it changes nothing): per detector and landmark the robust
+    scatter is the calibrated sigma x pose scale, the median offset from project() is ~0, and the detectors
+    come in the calibration's shares."""
+    pose = centred_pose(model, euler_to_rotation(0.2, 0.1, 0.0), 2.0, 512)
+    alpha = np.zeros(model.n_coeffs, np.float32)
+    ref = lm.project(model, alpha, pose)
+    rng = np.random.default_rng(0)
+    draws = [simulated_detections(lm, model, alpha, pose, rng) for _ in range(2500)]
+    names = np.array([d for _, d in draws])
+    shares = {k: v for k, v in lm.provenance["detectors"].items() if k != "none"}
+    total = sum(shares.values())
+    for name, count in shares.items():
+        assert abs(np.mean(names == name) - count / total) < 0.04, name
+        err = np.stack([p for p, d in draws if d == name]) - ref  # (n, 68, 2) px
+        sigma_px = lm.sigma(name) * pose.scale
+        robust = 1.4826 * np.median(np.abs(err - np.median(err, 0)), axis=(0, 2))
+        np.testing.assert_allclose(robust / sigma_px, 1.0, atol=0.2, err_msg=name)
+        assert (np.abs(np.median(err, 0)) / sigma_px[:, None]).max() < 0.15, name
+        # heavy tails: more far points than a Gaussian of that scatter would give (0.27 % beyond 3 sigma)
+        assert np.mean(np.abs(err) > 3 * sigma_px[:, None]) > 0.02
+
+
+def test_simulated_detections_follow_the_face_partly_and_err_together(model, lm):
+    nm = {"follow": {"hog": [0.5, 0.25]}, "dof": 30.0, "shared": 0.5, "group": 0.3}
+    one = dataclasses.replace(lm, provenance={"detectors": {"hog": 10}})
+    rng = np.random.default_rng(1)
+    alpha = _random_face(model, rng) * 2
+    pose = centred_pose(model, np.eye(3), 2.0, 512)
+    pts = np.stack([simulated_detections(one, model, alpha, pose, rng, nm)[0] for _ in range(400)])
+    followed = alpha.copy()
+    followed[:model.n_identity] *= 0.5
+    followed[model.n_identity:] *= 0.25
+    med = np.median(pts, 0)
+    assert np.abs(med - one.project(model, followed, pose)).mean() < 0.3 * np.abs(med - one.project(model, alpha, pose)).mean()
+    z = (pts - one.project(model, followed, pose)) / (lm.sigma("hog") * pose.scale)[:, None]
+    corr = np.corrcoef(z[:, :, 0].T)
+    assert 0.4 < corr[40, 60] < 0.6 and 0.7 < corr[40, 41] < 0.9  # other groups share 0.5; one group 0.8
+    a, b = (simulated_detections(one, model, alpha, pose, np.random.default_rng(5), nm) for _ in range(2))
+    np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(ValueError, match="shared"):
+        simulated_detections(one, model, alpha, pose, rng, dict(nm, shared=0.9))
+
+
+def test_detector_noise_recovers_a_known_noise_model(model, lm):
+    truth = {"follow": {"cnn": [0.7, 0.4]}, "dof": 3.0, "shared": 0.3, "group": 0.25}
+    one = dataclasses.replace(lm, provenance={"detectors": {"cnn": 1}})
+    rng = np.random.default_rng(2)
+    recs = {k: [] for k in ("alpha", "scale", "rotation", "translation", "detected", "detector")}
+    for _ in range(250):
+        alpha = _random_face(model, rng)
+        pose = centred_pose(model, euler_to_rotation(*rng.normal(0, 0.2, 3)), 2.0, 512)
+        points, det = simulated_detections(one, model, alpha, pose, rng, truth)
+        for k, v in zip(recs, (alpha, pose.scale, pose.rotation, pose.translation, points, det)):
+            recs[k].append(v)
+    got = detector_noise(lm, model, {k: np.asarray(v) for k, v in recs.items()})
+    np.testing.assert_allclose(got["follow"]["cnn"], truth["follow"]["cnn"], atol=0.08)
+    assert 2.0 <= got["dof"] <= 5.0 and abs(got["shared"] - 0.3) < 0.1 and abs(got["group"] - 0.25) < 0.1
+
+
+def test_the_shipped_landmarks_carry_a_noise_model(lm):
+    nm = lm.provenance["noise_model"]
+    assert set(nm["follow"]) == {k for k in lm.provenance["detectors"] if k != "none"}
+    assert 0 < nm["shared"] + nm["group"] < 1 and nm["dof"] > 1
+
+
+# ----------------------------------------------------------------------------------------- the start policy
+def test_fit_u_keeps_zero_and_starts_at_the_fit_for_the_given_share():
+    from training.starts import fit_u
+
+    u = np.linspace(0.0, 1.0, 10001)[1:]
+    mapped = np.array([fit_u(x, 0.6) for x in u])
+    assert fit_u(0.0, 0.6) == 0.0 and abs(np.mean(mapped == 1.0) - 0.6) < 0.01
+    assert mapped.min() > 0 and mapped.max() == 1.0 and fit_u(0.5, 1.0) == 1.0 and fit_u(0.2, 0.0) == 0.2
+
+
+def test_make_sample_renders_the_given_alpha_t(small_cfg, model):
+    from datagen.sample import make_sample
+    from render.renderer import FaceRenderer
+
+    renderer = FaceRenderer.from_config(model, small_cfg.render)
+    scene = draw_scene(0, 3, model, small_cfg)
+    plain = make_sample(0, 3, model, small_cfg, renderer)
+    same = make_sample(0, 3, model, small_cfg, renderer, alpha_t=scene.alpha_t)
+    np.testing.assert_array_equal(plain.image, same.image)
+    np.testing.assert_array_equal(plain.shading, same.shading)
+    at_truth = make_sample(0, 3, model, small_cfg, renderer, alpha_t=scene.alpha_gt)
+    np.testing.assert_array_equal(at_truth.mask, at_truth.face_mask)
+    np.testing.assert_array_equal(at_truth.scene.alpha_t, scene.alpha_gt)
+    with pytest.raises(ValueError, match="alpha_t must have shape"):
+        make_sample(0, 3, model, small_cfg, renderer, alpha_t=np.zeros(5))
+
+
+def test_fit_start_samples(small_cfg, model):
+    """a_t is the truth where the scene drew u = 0, the fit of simulated landmarks where u maps to 1, and a
+    sample depends on (seed, index) alone."""
+    from training.data import OnlineDataset
+    from training.starts import FitStart, fit_u, start_policy
+
+    policy = start_policy(small_cfg)
+    assert isinstance(policy, FitStart) and start_policy(dataclasses.replace(
+        small_cfg, train=dataclasses.replace(small_cfg.train, start="mean"))) is None
+    ds = OnlineDataset(small_cfg, 0)
+    seen = set()
+    for index in range(40):
+        scene = draw_scene(0, index, model, small_cfg)
+        sample, draw = ds.sample(index)
+        np.testing.assert_array_equal(sample.scene.alpha_t, draw.alpha_t)
+        u = fit_u(scene.u, small_cfg.train.start_fit_prob)
+        want = scene.alpha_gt + u * (draw.alpha_fit - scene.alpha_gt)
+        np.testing.assert_allclose(draw.alpha_t, want, atol=1e-5)
+        seen.add("truth" if u == 0 else "fit" if u == 1 else "between")
+        if u == 0:
+            np.testing.assert_array_equal(draw.alpha_t, scene.alpha_gt.astype(np.float32))
+        if len(seen) == 3 and index >= 6:
+            break
+    assert seen == {"truth", "fit", "between"}
+    # the fit is the landmark fit of the sample's own face: better than the mean face
+    from training.metrics import coefficient_errors
+
+    gts = np.stack([draw_scene(0, i, model, small_cfg).alpha_gt for i in range(8)])
+    fits = np.stack([policy.draw(draw_scene(0, i, model, small_cfg), model, 0).alpha_fit for i in range(8)])
+    assert coefficient_errors(model, fits, gts).mean() < coefficient_errors(model, np.zeros_like(gts), gts).mean()
+    # deterministic for any worker count
+    def batches(workers):
+        return list(DataLoader(OnlineDataset(small_cfg, 5, stop_index=4, batch_size=2), batch_size=None,
+                               num_workers=workers))
+    for got, want in zip(batches(2), batches(0), strict=True):
+        assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+# ----------------------------------------------------------------------------------------- inference from the fit
+@pytest.mark.parametrize("start", ["fit", "mean"])
+def test_coarse_fit_starts_the_network_where_training_did(cfg, model, lm, start):
+    from coarse.frame import NetworkFrame
+    from coarse.stage import CoarseSettings, coarse_fit
+    from datagen.sample import make_sample
+    from render.renderer import FaceRenderer
+
+    photo_cfg = load_config(overrides={"render.image_size": 256, "render.backend": "numba"})
+    face = make_sample(3, 1, model, photo_cfg, FaceRenderer.from_config(model, photo_cfg.render))
+    seen = []
+
+    def predict(x, alpha):
+        seen.append(alpha[0].copy())
+        return alpha + 0.01
+
+    settings = CoarseSettings(lm, cfg.fit, predict, NetworkFrame(SIZE, cfg.sampling.pose.scale_mean), 2,
+                              network_start=start)
+    out = coarse_fit(face.rgb, face.landmarks, model, settings, photo_cfg.render, "hog")
+    assert out.method == "iterative_network" and len(seen) == 2
+    np.testing.assert_array_equal(seen[0], out.fit if start == "fit" else np.zeros(model.n_coeffs, np.float32))
+    np.testing.assert_allclose(out.alpha, seen[0] + 0.02, atol=1e-6)
+    with pytest.raises(ValueError, match="network_start"):
+        dataclasses.replace(settings, network_start="random")

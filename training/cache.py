@@ -1,0 +1,359 @@
+"""Training pairs rendered once and reused over epochs: ``train cache`` writes them, ``train iterative --cache``
+reads them back with on-the-fly augmentation.
+
+The file (HDF5, :data:`FORMAT`) holds samples 0 .. N-1 of the dataset ``seed`` exactly as online training
+generates them (:class:`training.data.OnlineDataset`: ``train.start``, at ``render.image_size``)::
+
+    inputs     (N, C + 1, H, W) uint8   masked image channel(s), then the shading image of a_t (x / 255)
+    alpha_gt   (N, K) float32
+    alpha_t    (N, K) float32
+    alpha_fit  (N, K) float32           the landmark fit (NaN with start ``mean``)
+    points     (N, 68, 2) float32       the simulated detector landmarks, pixels (NaN with start ``mean``)
+    index      (N,) int64               sample index in the dataset
+
+and, as attributes, ``format``, ``seed``, ``n`` and ``config`` (JSON of :func:`cache_config`: what the samples
+depend on). Writing is resumable: parts of ``train.cache_chunk`` samples go to ``FILE.parts/`` (each written
+atomically; the same command after a kill renders only the missing ones); when all are there they are copied
+into ``FILE`` (atomically) and the parts are removed.
+
+Reading (:class:`CacheDataset`): batch k of the stream holds positions kB .. kB + B - 1 of the endless
+sequence of per-epoch permutations of the N samples (epoch e shuffled by (seed, e)), augmented with a
+generator seeded by (seed, k) (:func:`augment`), so a stream restarted at batch k continues exactly, for any
+number of DataLoader workers; with ``world`` processes, process ``rank`` takes batches rank, rank + world, ...
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import IterableDataset, get_worker_info
+
+from datagen.shards import to_uint8
+from facesynth.io import atomic_path, write_json
+
+from .data import OnlineDataset, batch_loader
+from .errors import TrainingError
+from .loop import _flat
+
+FORMAT = "facesynth-pairs/1"
+ARRAYS = ("inputs", "alpha_gt", "alpha_t", "alpha_fit", "points", "index")
+#: A pixel of the (resampled) shading image belongs to the face where it exceeds this (the shading is >=
+#: ``render.shading_ambient`` on the face and 0 off it).
+MASK_LEVEL = 0.05
+
+
+def cache_config(cfg) -> dict:
+    """What the cached samples depend on: the datagen sections (:func:`datagen.generate.data_config`), the start
+    policy and, for ``fit`` starts, the fit section and the landmark model's file size."""
+    from datagen.generate import data_config, resolved_backend
+
+    tc = cfg.train
+    out = dict(data_config(cfg, resolved_backend(cfg)),
+               start={"start": tc.start, "start_fit_prob": tc.start_fit_prob,
+                      "start_fit_iterations": tc.start_fit_iterations})
+    if tc.start == "fit":
+        out["fit"] = cfg.to_dict()["fit"]
+        out["fit"]["landmarks_bytes"] = cfg.resolve_path(cfg.fit.landmarks).stat().st_size
+    return out
+
+
+def _first_difference(a: dict, b: dict) -> str | None:
+    fa, fb = _flat(a), _flat(b)
+    for key in sorted(set(fa) | set(fb)):
+        if fa.get(key) != fb.get(key):
+            return f"{key}: {fa.get(key)!r} there, {fb.get(key)!r} now"
+    return None
+
+
+# ----------------------------------------------------------------------------------------- writing
+class PairSource(OnlineDataset):
+    """:class:`training.data.OnlineDataset` whose records are what the cache stores (uint8 inputs, the start's
+    fit and landmarks)."""
+
+    def record(self, index: int) -> dict:
+        from datagen.sample import network_input
+
+        s, draw = self.sample(index)
+        K = len(s.scene.alpha_gt)
+        nan_k, nan_p = np.full(K, np.nan, np.float32), np.full((68, 2), np.nan, np.float32)
+        return {"inputs": to_uint8(network_input(s.image, s.shading)),
+                "alpha_gt": np.asarray(s.scene.alpha_gt, np.float32), "alpha_t": np.asarray(s.scene.alpha_t, np.float32),
+                "alpha_fit": nan_k if draw is None else draw.alpha_fit,
+                "points": nan_p if draw is None else draw.points, "index": np.int64(index)}
+
+    @staticmethod
+    def collate(records: list[dict]) -> dict:
+        return {k: np.stack([r[k] for r in records]) for k in ARRAYS}
+
+
+def parts_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".parts")
+
+
+def _part_path(parts: Path, start: int, stop: int) -> Path:
+    return parts / f"part_{start:09d}_{stop:09d}.npz"
+
+
+def write_cache(cfg, out: str | Path, n: int, seed: int, workers: int = 0, progress: bool = True) -> dict:
+    """Render samples 0 .. ``n`` - 1 of dataset ``seed`` into the cache file ``out`` (module docstring).
+
+    Args:
+        cfg: the full config (``train.start``, ``train.cache_chunk``, the datagen sections).
+        workers: DataLoader processes rendering parts (0: this process).
+    Returns:
+        ``{"path", "n", "rendered"}`` (rendered: samples rendered by this call).
+    Raises:
+        TrainingError: ``out`` or its parts folder holds another config, seed or size; bad ``n``.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    if n < 1:
+        raise TrainingError(f"the cache needs n >= 1 samples; got {n}")
+    meta = {"format": FORMAT, "seed": int(seed), "n": int(n), "chunk": int(cfg.train.cache_chunk),
+            "config": cache_config(cfg)}
+    if out.exists():
+        info = read_cache_info(out)
+        diff = _first_difference({k: info[k] for k in ("seed", "n", "config")}, {k: meta[k] for k in ("seed", "n", "config")})
+        if diff:
+            raise TrainingError(f"{out} holds another cache ({diff}); use another --out")
+        return {"path": str(out), "n": n, "rendered": 0}
+    parts = parts_dir(out)
+    parts.mkdir(parents=True, exist_ok=True)
+    meta_path = parts / "meta.json"
+    if meta_path.exists():
+        diff = _first_difference(json.loads(meta_path.read_text()), json.loads(json.dumps(meta)))
+        if diff:
+            raise TrainingError(f"{parts} holds parts of another cache ({diff}); remove it or use another --out")
+    else:
+        write_json(meta_path, meta)
+    chunk = meta["chunk"]
+    ranges = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    missing = [i for i, (a, b) in enumerate(ranges) if not _part_path(parts, a, b).exists()]
+    rendered = 0
+    if missing:
+        first = missing[0]
+        ds = PairSource(cfg, seed, ranges[first][0], n, batch_size=chunk)
+        bar = tqdm(total=n, initial=ranges[first][0], desc="cache", unit="sample", disable=not progress,
+                   dynamic_ncols=True)
+        for (a, b), batch in zip(ranges[first:], batch_loader(ds, workers)):
+            path = _part_path(parts, a, b)
+            if not path.exists():
+                with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, **batch)
+                rendered += b - a
+            bar.update(b - a)
+        bar.close()
+    _merge_parts(out, parts, ranges, meta)
+    return {"path": str(out), "n": n, "rendered": rendered}
+
+
+def _merge_parts(out: Path, parts: Path, ranges: list, meta: dict) -> None:
+    import h5py
+
+    first = np.load(_part_path(parts, *ranges[0]))
+    n = ranges[-1][1]
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            for k in ARRAYS:
+                shape = (n,) + first[k].shape[1:]
+                f.create_dataset(k, shape, first[k].dtype, chunks=(1,) + shape[1:] if k == "inputs" else None)
+            for a, b in ranges:
+                part = np.load(_part_path(parts, a, b))
+                for k in ARRAYS:
+                    f[k][a:b] = part[k]
+            f.attrs.update({"format": FORMAT, "seed": meta["seed"], "n": n, "config": json.dumps(meta["config"])})
+    shutil.rmtree(parts)
+
+
+def read_cache_info(path: str | Path) -> dict:
+    """The attributes of a cache file: ``format``, ``seed``, ``n``, ``config`` (dict) and ``shape`` of one
+    input; :class:`TrainingError` when it is not one."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"cache file {path} not found (make it with `train cache`)")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise TrainingError(f"{path} is not a training cache (format {f.attrs.get('format')!r})")
+            return {"format": FORMAT, "seed": int(f.attrs["seed"]), "n": int(f.attrs["n"]),
+                    "config": json.loads(f.attrs["config"]), "shape": tuple(f["inputs"].shape[1:])}
+    except OSError as e:
+        raise TrainingError(f"{path} is not a readable training cache ({e})") from None
+
+
+def check_cache(path: str | Path, cfg) -> dict:
+    """The cache's info (:func:`read_cache_info`) when its samples are what ``cfg`` would generate; else
+    :class:`TrainingError` naming the first differing key."""
+    info = read_cache_info(path)
+    diff = _first_difference(info["config"], json.loads(json.dumps(cache_config(cfg))))
+    if diff:
+        raise TrainingError(f"the cache {path} was made with another config ({diff}); train with its config "
+                            "(--config) or make another cache")
+    return info
+
+
+# ----------------------------------------------------------------------------------------- augmentation
+def _gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B,) sigmas (pixels; 0: none) -> (B, 2 radius + 1) normalised 1D kernels."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    s = sigma.clamp(min=1e-3)[:, None]
+    k = torch.exp(-0.5 * (x[None] / s) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
+def _blur(img: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with one sigma per sample (edges replicated)."""
+    B, C, H, W = img.shape
+    k = _gaussian_kernels(sigma, radius).repeat_interleave(C, 0)  # (B C, 2r + 1)
+    x = F.pad(img.reshape(1, B * C, H, W), (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, k[:, None, None, :], groups=B * C)
+    x = F.conv2d(x, k[:, None, :, None], groups=B * C)
+    return x.reshape(B, C, H, W)
+
+
+def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """(C, H, W) in [0, 1] (C = 1 gray or 3 colour) through a JPEG round trip at ``quality``."""
+    from PIL import Image
+
+    arr = to_uint8(img.permute(1, 2, 0).numpy())
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="JPEG", quality=int(quality))
+    back = np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255.0
+    return torch.from_numpy(back.reshape(arr.shape)).permute(2, 0, 1)
+
+
+def augment(inputs: torch.Tensor, aug, generator: torch.Generator) -> torch.Tensor:
+    """Augment a batch of cached inputs.
+
+    Args:
+        inputs: (B, C + 1, H, W) uint8: image channel(s), then the shading image of a_t.
+        aug: the ``train.augment`` section (:class:`facesynth.config.AugmentConfig`).
+        generator: the draws' source (a CPU ``torch.Generator``).
+    Returns:
+        (B, C + 1, H, W) float32 in [0, 1]: image and shading shifted (``shift`` x H, per axis) and scaled
+        together (the face elsewhere in the frame, as a photo's pose fit puts it); then on the image alone
+        gamma, blur, noise and (with ``jpeg_prob``) a JPEG round trip; the image masked again by the shading's
+        support.
+    """
+    x = inputs.float() / 255.0
+    B = x.shape[0]
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    def uniform(*shape):
+        return torch.rand(*shape, generator=generator)
+
+    scale = torch.exp(aug.scale_std * normal(B))
+    shift = 2.0 * aug.shift * normal(B, 2)  # normalised coordinates span 2 across the image
+    gamma = torch.exp(aug.gamma_std * normal(B))
+    blur = aug.blur_max_px * uniform(B)
+    noise = aug.noise_max * uniform(B)
+    jpeg = uniform(B) < aug.jpeg_prob
+    quality = aug.jpeg_quality_min + (95 - aug.jpeg_quality_min) * uniform(B)
+    if aug.shift > 0 or aug.scale_std > 0:
+        theta = torch.zeros(B, 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scale
+        theta[:, :, 2] = -shift / scale[:, None]
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    img, shading = x[:, :-1], x[:, -1:]
+    mask = shading > MASK_LEVEL
+    shading = shading * mask
+    img = img.clamp(min=0.0) ** gamma[:, None, None, None]
+    radius = int(np.ceil(2.0 * aug.blur_max_px))
+    if radius > 0:
+        img = _blur(img, blur, radius)
+    img = img + noise[:, None, None, None] * normal(*img.shape)
+    img = img.clamp(0.0, 1.0)
+    for i in torch.nonzero(jpeg).flatten().tolist():
+        img[i] = _jpeg(img[i], int(quality[i]))
+    return torch.cat([img * mask, shading], 1).contiguous()
+
+
+# ----------------------------------------------------------------------------------------- reading
+class CacheDataset(IterableDataset):
+    """Endless batches of a cache file (module docstring), augmented on the fly.
+
+    Args:
+        path: the cache file; aug: the ``train.augment`` section, or None (no augmentation).
+        seed: shuffle and augmentation seed; batch_size: B.
+        start_batch: first global batch (``step * world`` to resume after ``step`` steps).
+        rank, world: this process takes global batches start_batch + rank + world j (DDP).
+    Yields:
+        ``{"input" (B, C + 1, H, W) float32, "alpha_gt" (B, K), "alpha_t" (B, K), "index" (B,) int64}``.
+    """
+
+    def __init__(self, path: str | Path, aug, seed: int, batch_size: int, start_batch: int = 0, rank: int = 0,
+                 world: int = 1):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.path, self.aug, self.seed = str(path), aug, int(seed)
+        self.batch_size, self.start_batch, self.rank, self.world = batch_size, int(start_batch), rank, world
+        self._state: dict | None = None
+
+    def __getstate__(self) -> dict:  # an open HDF5 file does not cross processes
+        return dict(self.__dict__, _state=None)
+
+    def _arrays(self) -> dict:
+        if self._state is None or self._state["pid"] != os.getpid():
+            import h5py
+
+            f = h5py.File(self.path, "r")
+            self._state = {"pid": os.getpid(), "file": f, "inputs": f["inputs"], "n": int(f["inputs"].shape[0]),
+                           **{k: f[k][:] for k in ("alpha_gt", "alpha_t", "index")}, "epochs": {}}
+        return self._state
+
+    def positions(self, k: int) -> np.ndarray:
+        """(B,) sample rows of global batch ``k``."""
+        st = self._arrays()
+        n = st["n"]
+        flat = np.arange(k * self.batch_size, (k + 1) * self.batch_size)
+        rows = np.empty(len(flat), np.int64)
+        for e in np.unique(flat // n):
+            if e not in st["epochs"]:
+                st["epochs"] = {e: np.random.Generator(np.random.PCG64(
+                    np.random.SeedSequence([self.seed, int(e)]))).permutation(n)}
+            sel = flat // n == e
+            rows[sel] = st["epochs"][e][flat[sel] % n]
+        return rows
+
+    def batch(self, k: int) -> dict:
+        """Global batch ``k``, augmented with the generator of (seed, k)."""
+        st = self._arrays()
+        rows = self.positions(k)
+        uniq, inverse = np.unique(rows, return_inverse=True)  # HDF5 reads increasing rows
+        x = torch.from_numpy(st["inputs"][uniq][inverse])
+        if self.aug is not None:
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, k, 1]).generate_state(1)[0]))
+            x = augment(x, self.aug, g)
+        else:
+            x = x.float() / 255.0
+        return {"input": x, "alpha_gt": torch.from_numpy(st["alpha_gt"][rows]),
+                "alpha_t": torch.from_numpy(st["alpha_t"][rows]), "index": torch.from_numpy(st["index"][rows])}
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        w, W = (0, 1) if info is None else (info.id, info.num_workers)
+        j = w
+        while True:
+            yield self.batch(self.start_batch + self.rank + self.world * j)
+            j += W
+
+
+def cache_loader(path: str | Path, aug, seed: int, batch_size: int, start_batch: int = 0, workers: int = 0,
+                 rank: int = 0, world: int = 1, pin_memory: bool = False, spawn: bool = False):
+    """A DataLoader of :class:`CacheDataset` batches (``spawn``: as :func:`training.data.online_loader`)."""
+    return batch_loader(CacheDataset(path, aug, seed, batch_size, start_batch, rank, world), workers, pin_memory,
+                        spawn)

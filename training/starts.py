@@ -1,0 +1,103 @@
+"""The current estimate a_t of a training sample (``train.start``): where the iterative network starts.
+
+- ``mean``: the scene's a_t (:func:`datagen.scene.draw_scene`): on the path from a random face or the mean face
+  (the paper's inference start) to the truth.
+- ``fit``: the calibrated landmark fit, as inference starts (:func:`coarse.stage.coarse_fit`): the detector's
+  68 points are simulated on the truth render's face and pose (:func:`coarse.landmarks.simulated_detections`:
+  the detector's measured pull towards the mean face, heavy tails, correlated errors), the MAP fit
+  (:func:`coarse.fit.fit_map`, the ``fit`` section with ``train.start_fit_iterations``) gives a_fit, and
+  ``a_t = a_gt + u (a_fit - a_gt)``: u = 0 where the scene drew u = 0 (``datagen.u_zero_prob``: no correction is
+  a valid, easy answer); else u = 1 (the fit itself, what the first pass sees) for a share
+  ``train.start_fit_prob`` of the samples, and u ~ U[0, 1) for the others (estimates part way to the truth, as
+  later passes see), both from the scene's u (no extra draw).
+
+The simulated detections draw from their own generator (:func:`start_rng`), seeded by (seed, index): a sample
+depends on (seed, index) alone, whatever the number of workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from coarse.fit import fit_map
+from coarse.landmarks import LandmarkModel, load_landmark_model, simulated_detections
+from datagen.sample import Sample, make_sample
+from datagen.scene import SceneParams, draw_scene
+
+START_POLICIES = ("mean", "fit")
+#: The third word of the start generator's seed: its stream differs from every scene's (seed, index).
+START_STREAM = 14
+
+
+def start_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index``'s simulated detections (independent of its scene's generator)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index), START_STREAM])))
+
+
+def fit_u(u: float, fit_prob: float) -> float:
+    """The scene's u in [0, 1] -> the fit start's: 0 stays 0; else 1 with probability ``fit_prob`` (for u
+    uniform), and u / (1 - fit_prob) in [0, 1) otherwise."""
+    if u <= 0.0:
+        return 0.0
+    if fit_prob >= 1.0:
+        return 1.0
+    return float(min(1.0, u / (1.0 - fit_prob)))
+
+
+@dataclass(frozen=True)
+class StartDraw:
+    """One sample's fit start: alpha_t (K,) float32; alpha_fit (K,) float32 the landmark fit; points (68, 2)
+    float32 the simulated detections (pixels of the sample's render); detector: the simulated detector."""
+
+    alpha_t: np.ndarray
+    alpha_fit: np.ndarray
+    points: np.ndarray
+    detector: str
+
+
+@dataclass(frozen=True)
+class FitStart:
+    """The ``fit`` policy (module docstring): landmarks, the fit's prior (``fit`` section, its iterations set
+    for training) and the share of samples that start exactly at the fit."""
+
+    landmarks: LandmarkModel
+    prior: object
+    fit_prob: float
+
+    @staticmethod
+    def from_config(cfg) -> "FitStart":
+        tc = cfg.train
+        return FitStart(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)),
+                        dataclasses.replace(cfg.fit, iterations=tc.start_fit_iterations), tc.start_fit_prob)
+
+    def draw(self, scene: SceneParams, model, seed: int) -> StartDraw:
+        """The start of the sample of ``scene`` in dataset ``seed``."""
+        points, detector = simulated_detections(self.landmarks, model, scene.alpha_gt, scene.pose,
+                                                start_rng(seed, scene.index))
+        fit, _ = fit_map(model, points, self.landmarks, self.prior, detector=detector)
+        gt = np.asarray(scene.alpha_gt, np.float32)
+        u = fit_u(scene.u, self.fit_prob)
+        return StartDraw((gt + u * (fit - gt)).astype(np.float32), fit.astype(np.float32),
+                         points.astype(np.float32), detector)
+
+
+def start_policy(cfg) -> FitStart | None:
+    """The policy of ``train.start``: a :class:`FitStart`, or None for ``mean`` (the scene's a_t)."""
+    start = cfg.train.start
+    if start not in START_POLICIES:
+        raise ValueError(f"train.start must be one of {START_POLICIES}; got {start!r}")
+    if not 0.0 <= cfg.train.start_fit_prob <= 1.0 or cfg.train.start_fit_iterations < 1:
+        raise ValueError("train.start_fit_prob must lie in [0, 1] and train.start_fit_iterations be >= 1")
+    return FitStart.from_config(cfg) if start == "fit" else None
+
+
+def start_sample(seed: int, index: int, model, cfg, renderer, policy: FitStart | None
+                 ) -> tuple[Sample, StartDraw | None]:
+    """Sample ``index`` of dataset ``seed`` (:func:`datagen.sample.make_sample`) with its a_t from ``policy``
+    (:func:`start_policy`; None: the scene's a_t), and the start's draw (None for ``mean``)."""
+    if policy is None:
+        return make_sample(seed, index, model, cfg, renderer), None
+    draw = policy.draw(draw_scene(seed, index, model, cfg), model, seed)
+    return make_sample(seed, index, model, cfg, renderer, alpha_t=draw.alpha_t), draw
