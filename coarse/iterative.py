@@ -69,6 +69,12 @@ def iterative_fit(predict: Predictor, image: np.ndarray, pose: Pose, renderer, i
     return out
 
 
+def landmark_pose(landmarks: np.ndarray, model, alpha: np.ndarray) -> Pose:
+    """The pose the network's passes use: fitted to ``landmarks`` (68, 2) pixels with the model's own 68
+    landmark vertices of face ``alpha`` (K,), the jaw line left out (:func:`coarse.fit.fit_pose`)."""
+    return fit_pose(landmarks, model.landmarks(np.asarray(alpha, np.float32)).astype(np.float64), landmark_weights(0.0))
+
+
 def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, landmarks: np.ndarray, model,
                 render_cfg, iterations: int = 3, refit_pose: bool = True, pose: Pose | None = None,
                 alpha0: np.ndarray | None = None) -> tuple[list, Pose]:
@@ -87,19 +93,17 @@ def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, land
     Returns:
         ([(alpha_t (K,), pose_t in the network frame)] per pass, the final shape's pose in the photo frame).
     """
-    w = landmark_weights(0.0)
-    lm3d = lambda a: model.landmarks(a).astype(np.float64)  # noqa: E731
     known = pose is not None
     start = np.zeros(model.n_coeffs, np.float32) if alpha0 is None else np.asarray(alpha0, np.float32)
     if not known:
-        pose = fit_pose(landmarks, lm3d(start), w)
+        pose = landmark_pose(landmarks, model, start)
     net_pose = frame.pose(model, pose.rotation)
     gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, frame_map(pose, net_pose), frame.size)
     renderer = FaceRenderer.from_config(model, render_cfg, image_size=frame.size, backend="numba")
 
     def refit(a):
-        return frame.pose(model, fit_pose(landmarks, lm3d(a), w).rotation)
+        return frame.pose(model, landmark_pose(landmarks, model, a).rotation)
 
     steps = iterative_fit(predict, gray, net_pose, renderer, iterations, alpha0=start,
                           refit_pose=refit if refit_pose and not known else None)
-    return steps, pose if known else fit_pose(landmarks, lm3d(steps[-1][0]), w)
+    return steps, pose if known else landmark_pose(landmarks, model, steps[-1][0])

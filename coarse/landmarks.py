@@ -345,7 +345,8 @@ def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose
     dof, shared, group = float(nm.get("dof", 3.0)), float(nm.get("shared", 0.0)), float(nm.get("group", 0.0))
     if not (dof > 0 and shared >= 0 and group >= 0 and shared + group <= 1):
         raise ValueError(f"noise model needs dof > 0, shared, group >= 0 and shared + group <= 1; got {nm}")
-    z = (np.sqrt(shared) * rng.standard_normal((1, 2)) + np.sqrt(group) * rng.standard_normal((len(GROUPS), 2))[_GROUP_OF]
+    z = (np.sqrt(shared) * rng.standard_normal((1, 2))
+         + np.sqrt(group) * rng.standard_normal((len(GROUPS), 2))[_GROUP_OF]
          + np.sqrt(1.0 - shared - group) * rng.standard_normal((68, 2)))
     z *= np.sqrt(dof / rng.chisquare(dof))  # one scale per face: each coordinate is Student-t
     mad_to_scale = norm.ppf(0.75) / t.ppf(0.75, dof)  # a t variable of this scale has the normal's MAD

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from render.camera import Pose
 from render.shading import shading_image
 
 from .scene import SceneParams, draw_scene
@@ -42,11 +43,13 @@ class Sample:
     wrinkles: np.ndarray | None = None
 
 
-def make_sample(seed: int, index: int, model, cfg, renderer, alpha_t: np.ndarray | None = None) -> Sample:
+def make_sample(seed: int, index: int, model, cfg, renderer, alpha_t: np.ndarray | None = None,
+                pose_t: Pose | None = None) -> Sample:
     """Generate sample ``index`` of the dataset ``seed`` (deterministic in (seed, index) alone).
 
     ``alpha_t``: (K,) the current estimate to render the shading and mask of, instead of the scene's a_t (e.g.
-    a landmark-fit start, :mod:`training.starts`); the scene keeps its other draws.
+    a landmark-fit start, :mod:`training.starts`); ``pose_t``: the pose to render them under, instead of the
+    face's (e.g. the pose inference would fit to the landmarks); the scene keeps its other draws.
     """
     scene = draw_scene(seed, index, model, cfg)
     if alpha_t is not None:
@@ -60,11 +63,11 @@ def make_sample(seed: int, index: int, model, cfg, renderer, alpha_t: np.ndarray
     face = renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light,
                                 scene.background, verts=verts_gt,
                                 displacement_uv=None if detail is None else detail.displacement)
-    if detail is None and np.array_equal(verts_t, verts_gt):  # u = 0: one set of fragments serves both
+    if detail is None and pose_t is None and np.array_equal(verts_t, verts_gt):  # u = 0: one set of fragments
         mask = face.mask
         shading = shading_image(face.normals, mask, renderer.shading_ambient, renderer.shading_diffuse)
     else:
-        shading, mask = renderer.render_shading(scene.alpha_t, scene.pose, verts=verts_t)
+        shading, mask = renderer.render_shading(scene.alpha_t, scene.pose if pose_t is None else pose_t, verts=verts_t)
     src = face.rgb if cfg.datagen.color_input else face.gray
     image = src * (mask[..., None] if src.ndim == 3 else mask)
     wrinkles = None

@@ -168,19 +168,22 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
     """``train iterative``: the run settings, the samples' start (``start``: ``fit`` or ``mean``, with
-    ``start_fit_prob`` and ``start_fit_iterations``, :mod:`training.starts`), and the cache of pre-rendered pairs
+    ``start_fit_prob``, ``start_fit_iterations`` and ``start_pose``, :mod:`training.starts`), and the cache of
+    pre-rendered pairs
     (``cache`` file, ``cache_chunk`` samples per part, ``augment``)."""
 
     start: str
     start_fit_prob: float
     start_fit_iterations: int
+    start_pose: str
     cache: str
     cache_chunk: int
     augment: AugmentConfig
 
     def __post_init__(self):
-        if self.start not in ("fit", "mean"):
-            raise ValueError(f"start must be 'fit' or 'mean'; got {self.start!r}")
+        if self.start not in ("fit", "mean") or self.start_pose not in ("fit", "true"):
+            raise ValueError(f"start must be 'fit' or 'mean', start_pose 'fit' or 'true'; got {self.start!r}, "
+                             f"{self.start_pose!r}")
         if not 0 <= self.start_fit_prob <= 1 or self.start_fit_iterations < 1 or self.cache_chunk < 1:
             raise ValueError("start_fit_prob must lie in [0, 1], start_fit_iterations and cache_chunk be >= 1")
 

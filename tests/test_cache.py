@@ -80,10 +80,13 @@ def test_a_killed_cache_resumes_with_the_same_bytes(small_cfg, cache_file, tmp_p
     assert parts == ["meta.json", "part_000000000_000000004.npz"] and not path.exists()
     with pytest.raises(TrainingError, match="parts of another cache"):
         write_cache(override(small_cfg, "train.start_fit_prob", 0.5), path, N, 3, progress=False)
-    assert write_cache(small_cfg, path, N, 3, progress=False)["rendered"] == N - 4
+    # resumed with another n: the finished part is kept, the rest rendered
+    assert write_cache(small_cfg, path, 8, 3, progress=False)["rendered"] == 4
     with h5py.File(path, "r") as a, h5py.File(cache_file, "r") as b:
         for k in b:
-            np.testing.assert_array_equal(a[k][:], b[k][:])
+            np.testing.assert_array_equal(a[k][:], b[k][:8])
+    with pytest.raises(TrainingError, match="another cache .*n: 8 there, 10 now"):
+        write_cache(small_cfg, path, N, 3, progress=False)
 
 
 def test_augment(small_cfg, cache_file):
@@ -133,6 +136,17 @@ def test_training_from_the_cache_runs_and_resumes(small_cfg, cache_file, tmp_pat
         "source": "cache", "file": str(cache_file), "batches": 2}
     with pytest.raises(TrainingError, match="another config .*render.image_size"):
         train_iterative(override(cfg, "render.image_size", 48), tmp_path / "other", progress=False)
+
+
+def test_cli_makes_a_cache_and_its_preview(tmp_path, model_path):
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("render:\n  image_size: 48\n  backend: numba\ntrain:\n  cache_chunk: 2\n")
+    out = tmp_path / "c.h5"
+    r = CliRunner().invoke(cli, ["cache", "--config", str(cfg), "--n", "3", "--out", str(out), "--start", "mean",
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "3 samples (3 rendered now" in r.output and read_cache_info(out)["shape"] == (2, 48, 48)
+    assert (tmp_path / "c.h5.png").stat().st_size > 5_000
 
 
 def test_cli_errors_are_one_line(cache_file, tmp_path):

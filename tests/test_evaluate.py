@@ -113,7 +113,8 @@ def test_landmark_pose_and_untrained_network(small_cfg, faces, model):
     assert "landmark_fit_uncalibrated" not in report and report["faces"] == 2
     for it in report["iterations"]:
         assert it == pytest.approx(report["landmark_fit"], rel=1e-6)
-    mean_start = dataclasses.replace(_settings(model, small_cfg, IterativeNet.from_config(small_cfg)), network_start="mean")
+    untrained = _settings(model, small_cfg, IterativeNet.from_config(small_cfg))
+    mean_start = dataclasses.replace(untrained, network_start="mean")
     report = evaluate(faces, model, mean_start, small_cfg.render, "true", 1.0, uncalibrated_fit=False)
     for it in report["iterations"]:
         assert it == pytest.approx(report["mean_face"], rel=1e-6)

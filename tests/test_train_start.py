@@ -66,7 +66,8 @@ def test_simulated_detections_follow_the_face_partly_and_err_together(model, lm)
     followed[:model.n_identity] *= 0.5
     followed[model.n_identity:] *= 0.25
     med = np.median(pts, 0)
-    assert np.abs(med - one.project(model, followed, pose)).mean() < 0.3 * np.abs(med - one.project(model, alpha, pose)).mean()
+    off_followed = np.abs(med - one.project(model, followed, pose)).mean()
+    assert off_followed < 0.3 * np.abs(med - one.project(model, alpha, pose)).mean()
     z = (pts - one.project(model, followed, pose)) / (lm.sigma("hog") * pose.scale)[:, None]
     corr = np.corrcoef(z[:, :, 0].T)
     assert 0.4 < corr[40, 60] < 0.6 and 0.7 < corr[40, 41] < 0.9  # other groups share 0.5; one group 0.8
@@ -121,6 +122,10 @@ def test_make_sample_renders_the_given_alpha_t(small_cfg, model):
     at_truth = make_sample(0, 3, model, small_cfg, renderer, alpha_t=scene.alpha_gt)
     np.testing.assert_array_equal(at_truth.mask, at_truth.face_mask)
     np.testing.assert_array_equal(at_truth.scene.alpha_t, scene.alpha_gt)
+    moved = dataclasses.replace(scene.pose, translation=scene.pose.translation + np.array([3.0, 0.0]))
+    elsewhere = make_sample(0, 3, model, small_cfg, renderer, alpha_t=scene.alpha_gt, pose_t=moved)
+    assert (elsewhere.mask != elsewhere.face_mask).sum() > 20 and not elsewhere.image[~elsewhere.mask].any()
+    np.testing.assert_array_equal(elsewhere.mask[:, 3:], at_truth.mask[:, :-3])
     with pytest.raises(ValueError, match="alpha_t must have shape"):
         make_sample(0, 3, model, small_cfg, renderer, alpha_t=np.zeros(5))
 
@@ -132,8 +137,10 @@ def test_fit_start_samples(small_cfg, model):
     from training.starts import FitStart, fit_u, start_policy
 
     policy = start_policy(small_cfg)
-    assert isinstance(policy, FitStart) and start_policy(dataclasses.replace(
+    assert isinstance(policy, FitStart) and policy.fitted_pose and start_policy(dataclasses.replace(
         small_cfg, train=dataclasses.replace(small_cfg.train, start="mean"))) is None
+    true_pose = start_policy(dataclasses.replace(small_cfg, train=dataclasses.replace(small_cfg.train, start_pose="true")))
+    assert true_pose.draw(draw_scene(0, 1, model, small_cfg), model, 0).pose_t is None
     ds = OnlineDataset(small_cfg, 0)
     seen = set()
     for index in range(40):
@@ -146,6 +153,9 @@ def test_fit_start_samples(small_cfg, model):
         seen.add("truth" if u == 0 else "fit" if u == 1 else "between")
         if u == 0:
             np.testing.assert_array_equal(draw.alpha_t, scene.alpha_gt.astype(np.float32))
+        # a_t is drawn under the pose inference would fit to the landmarks: near the face's, not it
+        angle = np.degrees(np.arccos(np.clip((np.trace(draw.pose_t.rotation @ scene.pose.rotation.T) - 1) / 2, -1, 1)))
+        assert 0 < angle < 30
         if len(seen) == 3 and index >= 6:
             break
     assert seen == {"truth", "fit", "between"}

@@ -13,8 +13,9 @@ generates them (:class:`training.data.OnlineDataset`: ``train.start``, at ``rend
 
 and, as attributes, ``format``, ``seed``, ``n`` and ``config`` (JSON of :func:`cache_config`: what the samples
 depend on). Writing is resumable: parts of ``train.cache_chunk`` samples go to ``FILE.parts/`` (each written
-atomically; the same command after a kill renders only the missing ones); when all are there they are copied
-into ``FILE`` (atomically) and the parts are removed.
+atomically; the same command after a kill renders only the missing ones, and another ``--n`` keeps the parts
+of the same config and seed); when all are there they are copied into ``FILE`` (atomically) and the parts
+are removed.
 
 Reading (:class:`CacheDataset`): batch k of the stream holds positions kB .. kB + B - 1 of the endless
 sequence of per-epoch permutations of the N samples (epoch e shuffled by (seed, e)), augmented with a
@@ -57,7 +58,7 @@ def cache_config(cfg) -> dict:
     tc = cfg.train
     out = dict(data_config(cfg, resolved_backend(cfg)),
                start={"start": tc.start, "start_fit_prob": tc.start_fit_prob,
-                      "start_fit_iterations": tc.start_fit_iterations})
+                      "start_fit_iterations": tc.start_fit_iterations, "start_pose": tc.start_pose})
     if tc.start == "fit":
         out["fit"] = cfg.to_dict()["fit"]
         out["fit"]["landmarks_bytes"] = cfg.resolve_path(cfg.fit.landmarks).stat().st_size
@@ -84,7 +85,8 @@ class PairSource(OnlineDataset):
         K = len(s.scene.alpha_gt)
         nan_k, nan_p = np.full(K, np.nan, np.float32), np.full((68, 2), np.nan, np.float32)
         return {"inputs": to_uint8(network_input(s.image, s.shading)),
-                "alpha_gt": np.asarray(s.scene.alpha_gt, np.float32), "alpha_t": np.asarray(s.scene.alpha_t, np.float32),
+                "alpha_gt": np.asarray(s.scene.alpha_gt, np.float32),
+                "alpha_t": np.asarray(s.scene.alpha_t, np.float32),
                 "alpha_fit": nan_k if draw is None else draw.alpha_fit,
                 "points": nan_p if draw is None else draw.points, "index": np.int64(index)}
 
@@ -110,18 +112,19 @@ def write_cache(cfg, out: str | Path, n: int, seed: int, workers: int = 0, progr
     Returns:
         ``{"path", "n", "rendered"}`` (rendered: samples rendered by this call).
     Raises:
-        TrainingError: ``out`` or its parts folder holds another config, seed or size; bad ``n``.
+        TrainingError: ``out`` holds another cache, or its parts folder parts of another config, seed or part
+            size; bad ``n``.
     """
     from tqdm import tqdm
 
     out = Path(out)
     if n < 1:
         raise TrainingError(f"the cache needs n >= 1 samples; got {n}")
-    meta = {"format": FORMAT, "seed": int(seed), "n": int(n), "chunk": int(cfg.train.cache_chunk),
-            "config": cache_config(cfg)}
+    meta = {"format": FORMAT, "seed": int(seed), "chunk": int(cfg.train.cache_chunk), "config": cache_config(cfg)}
     if out.exists():
         info = read_cache_info(out)
-        diff = _first_difference({k: info[k] for k in ("seed", "n", "config")}, {k: meta[k] for k in ("seed", "n", "config")})
+        diff = _first_difference({k: info[k] for k in ("seed", "n", "config")},
+                                 {"seed": meta["seed"], "n": n, "config": meta["config"]})
         if diff:
             raise TrainingError(f"{out} holds another cache ({diff}); use another --out")
         return {"path": str(out), "n": n, "rendered": 0}
@@ -333,8 +336,7 @@ class CacheDataset(IterableDataset):
         """Global batch ``k``, augmented with the generator of (seed, k)."""
         st = self._arrays()
         rows = self.positions(k)
-        uniq, inverse = np.unique(rows, return_inverse=True)  # HDF5 reads increasing rows
-        x = torch.from_numpy(st["inputs"][uniq][inverse])
+        x = torch.from_numpy(np.stack([st["inputs"][i] for i in rows]))  # row by row: 60x h5py's fancy indexing
         if self.aug is not None:
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, k, 1]).generate_state(1)[0]))
             x = augment(x, self.aug, g)
@@ -350,6 +352,32 @@ class CacheDataset(IterableDataset):
         while True:
             yield self.batch(self.start_batch + self.rank + self.world * j)
             j += W
+
+
+def draw_preview(path: str | Path, aug, png: str | Path, n: int = 6, seed: int = 0) -> Path:
+    """PNG of the first ``n`` pairs of a cache: per row the image and the shading of a_t as stored, then as
+    augmented (``aug``, the ``train.augment`` section; generator ``seed``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ds = CacheDataset(path, None, 0, 1)
+    st = ds._arrays()
+    n = min(n, st["n"])
+    raw = torch.from_numpy(st["inputs"][:n])
+    shown = [raw.float() / 255.0, augment(raw, aug, torch.Generator().manual_seed(seed))]
+    fig = Figure(figsize=(8.0, 2.0 * n), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, 4, squeeze=False)
+    titles = ("image", "shading of a_t", "image, augmented", "shading, augmented")
+    for r in range(n):
+        for c, (x, ch) in enumerate(((shown[0], 0), (shown[0], -1), (shown[1], 0), (shown[1], -1))):
+            axes[r, c].imshow(x[r, ch].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[r, c].set_axis_off()
+            axes[r, c].set_title(f"{titles[c]} (sample {int(st['index'][r])})" if c == 0 else titles[c], fontsize=8)
+    fig.tight_layout()
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(png)
 
 
 def cache_loader(path: str | Path, aug, seed: int, batch_size: int, start_batch: int = 0, workers: int = 0,

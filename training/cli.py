@@ -107,7 +107,7 @@ def iterative(config, quiet, cache, start, **run):
 def cache(config, n, out, seed, start, workers, quiet):
     import time
 
-    from .cache import write_cache
+    from .cache import draw_preview, write_cache
 
     if workers < 0:
         raise click.ClickException(f"--workers must be >= 0; got {workers}")
@@ -116,7 +116,9 @@ def cache(config, n, out, seed, start, workers, quiet):
     result = write_cache(cfg, out, n, cfg.datagen.seed, workers, progress=not quiet)
     took = time.perf_counter() - t0
     rate = f", {result['rendered'] / took:.3g} samples/s" if result["rendered"] else ""
-    click.echo(f"{result['path']}: {result['n']} samples ({result['rendered']} rendered now in {took:.0f} s{rate})")
+    png = draw_preview(out, cfg.train.augment, str(out) + ".png")
+    click.echo(f"{result['path']}: {result['n']} samples ({result['rendered']} rendered now in {took:.0f} s{rate}); "
+               f"preview {png}")
 
 
 @main.command(help="Train (or resume: the same command again) the detail network; run folder --out.")

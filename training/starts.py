@@ -9,7 +9,9 @@
   ``a_t = a_gt + u (a_fit - a_gt)``: u = 0 where the scene drew u = 0 (``datagen.u_zero_prob``: no correction is
   a valid, easy answer); else u = 1 (the fit itself, what the first pass sees) for a share
   ``train.start_fit_prob`` of the samples, and u ~ U[0, 1) for the others (estimates part way to the truth, as
-  later passes see), both from the scene's u (no extra draw).
+  later passes see), both from the scene's u (no extra draw). With ``train.start_pose: fit`` a_t is rendered
+  under the pose inference fits to those landmarks (:func:`coarse.iterative.landmark_pose`), not the true one:
+  the image and the shading of a_t are misaligned as a photo's are.
 
 The simulated detections draw from their own generator (:func:`start_rng`), seeded by (seed, index): a sample
 depends on (seed, index) alone, whatever the number of workers.
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from coarse.fit import fit_map
+from coarse.iterative import landmark_pose
 from coarse.landmarks import LandmarkModel, load_landmark_model, simulated_detections
 from datagen.sample import Sample, make_sample
 from datagen.scene import SceneParams, draw_scene
+from render.camera import Pose
 
 START_POLICIES = ("mean", "fit")
 #: The third word of the start generator's seed: its stream differs from every scene's (seed, index).
@@ -49,28 +53,33 @@ def fit_u(u: float, fit_prob: float) -> float:
 @dataclass(frozen=True)
 class StartDraw:
     """One sample's fit start: alpha_t (K,) float32; alpha_fit (K,) float32 the landmark fit; points (68, 2)
-    float32 the simulated detections (pixels of the sample's render); detector: the simulated detector."""
+    float32 the simulated detections (pixels of the sample's render); detector: the simulated detector;
+    pose_t: the pose to render a_t under (None: the face's own)."""
 
     alpha_t: np.ndarray
     alpha_fit: np.ndarray
     points: np.ndarray
     detector: str
+    pose_t: Pose | None = None
 
 
 @dataclass(frozen=True)
 class FitStart:
     """The ``fit`` policy (module docstring): landmarks, the fit's prior (``fit`` section, its iterations set
-    for training) and the share of samples that start exactly at the fit."""
+    for training), the share of samples that start exactly at the fit, and whether a_t is rendered under the
+    pose fitted to the landmarks."""
 
     landmarks: LandmarkModel
     prior: object
     fit_prob: float
+    fitted_pose: bool = True
 
     @staticmethod
     def from_config(cfg) -> "FitStart":
         tc = cfg.train
         return FitStart(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)),
-                        dataclasses.replace(cfg.fit, iterations=tc.start_fit_iterations), tc.start_fit_prob)
+                        dataclasses.replace(cfg.fit, iterations=tc.start_fit_iterations), tc.start_fit_prob,
+                        tc.start_pose == "fit")
 
     def draw(self, scene: SceneParams, model, seed: int) -> StartDraw:
         """The start of the sample of ``scene`` in dataset ``seed``."""
@@ -79,8 +88,9 @@ class FitStart:
         fit, _ = fit_map(model, points, self.landmarks, self.prior, detector=detector)
         gt = np.asarray(scene.alpha_gt, np.float32)
         u = fit_u(scene.u, self.fit_prob)
-        return StartDraw((gt + u * (fit - gt)).astype(np.float32), fit.astype(np.float32),
-                         points.astype(np.float32), detector)
+        alpha_t = (gt + u * (fit - gt)).astype(np.float32)
+        pose_t = landmark_pose(points, model, alpha_t) if self.fitted_pose else None
+        return StartDraw(alpha_t, fit.astype(np.float32), points.astype(np.float32), detector, pose_t)
 
 
 def start_policy(cfg) -> FitStart | None:
@@ -100,4 +110,4 @@ def start_sample(seed: int, index: int, model, cfg, renderer, policy: FitStart |
     if policy is None:
         return make_sample(seed, index, model, cfg, renderer), None
     draw = policy.draw(draw_scene(seed, index, model, cfg), model, seed)
-    return make_sample(seed, index, model, cfg, renderer, alpha_t=draw.alpha_t), draw
+    return make_sample(seed, index, model, cfg, renderer, alpha_t=draw.alpha_t, pose_t=draw.pose_t), draw
