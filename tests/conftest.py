@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from facesynth.config import load_config
+from facesynth.config import REPO_ROOT, load_config
 
-#: Where the ICT-FaceKit ``FaceXModel`` folder is looked for (``ICT_FACEKIT_DIR`` overrides).
-ICT_DIR_DEFAULT = Path("/work/shared/morphable/ict-facekit/FaceXModel")
+#: Where the ICT-FaceKit ``FaceXModel`` folder is looked for: the ``shared/`` folder beside the repository
+#: (``ICT_FACEKIT_DIR`` overrides).
+ICT_DIR_DEFAULT = REPO_ROOT.parent / "shared" / "morphable" / "ict-facekit" / "FaceXModel"
 
 
 @pytest.fixture(scope="session")
