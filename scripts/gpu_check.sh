@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with an NVIDIA GPU: one JSON line per figure on stdout, in under 8 minutes (each
 # step has a time limit; 7 min 50 s all together at worst).
-#   1. the EGL rasteriser agrees with the numba one (tests/test_render.py::test_numba_and_gl_rasterisers_agree)
+#   1. the EGL rasteriser agrees with the numba one (tests/render/test_render.py::test_numba_and_gl_rasterisers_agree)
 #   2. `datagen render` with the GL backend on EGL, one worker per core: samples/s
 #   3. benchmarks/train.py on CUDA: loader, model alone (fp32, channels_last, bf16 autocast), both
 #   4. `train iterative --online` on CUDA for 2 minutes: steps done, samples/s and loss from its log.csv
@@ -83,7 +83,7 @@ fi
 # --------------------------------------------------------------------- 1. EGL and numba rasterisers agree
 # The test skips when it gets no GL context: here that is a failure.
 t0=$SECONDS
-out="$(step egl_agreement 90 env PYOPENGL_PLATFORM=$PLATFORM "$PY" -m pytest tests/test_render.py -o addopts= -q -rs -k numba_and_gl 2>&1)"
+out="$(step egl_agreement 90 env PYOPENGL_PLATFORM=$PLATFORM "$PY" -m pytest tests/render/test_render.py -o addopts= -q -rs -k numba_and_gl 2>&1)"
 if [ "$DRY" = 1 ]; then
     :
 elif echo "$out" | grep -q "1 passed"; then

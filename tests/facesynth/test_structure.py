@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAYERS = ("facesynth", "morphable", "render", "datagen", "coarse", "training", "reconstruct")
 RANK = {name: i for i, name in enumerate(LAYERS)}
 

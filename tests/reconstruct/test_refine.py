@@ -14,7 +14,7 @@ from PIL import Image
 from facesynth.config import load_config
 from morphable.obj import read_obj, read_obj_topology
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "data" / "astronaut.png"
 
 

@@ -272,7 +272,7 @@ def test_refine_sfs_with_and_without_the_detail_stage(small_cfg, tmp_path):
 
     from reconstruct.cli import main as refine
 
-    photo = Path(__file__).resolve().parent.parent / "data" / "astronaut.png"
+    photo = Path(__file__).resolve().parents[2] / "data" / "astronaut.png"
     weights = _tiny_weights(tmp_path / "tiny.pt", small_cfg)
     out = tmp_path / "out"
     runner = CliRunner()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "data" / "astronaut.png"
 FAST = ("--no-sfs", "--no-detail", "--resolution", "64")
 
