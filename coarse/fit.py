@@ -8,12 +8,25 @@ model points to pixels by ``x = s (R P)_x + t_x``, ``y = t_y - s (R P)_y``. Inte
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy.optimize import lsq_linear
 from scipy.spatial.transform import Rotation
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from render.camera import Pose
+
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()  # scanning the loaded libraries costs ms: once per process
+
+
+def _one_blas_thread():
+    """A context with BLAS on one thread: bvls makes ~25 small LAPACK calls per solve, and threaded BLAS makes
+    them 4-6x slower on a busy 2-core machine."""
+    return _blas().limit(limits=1, user_api="blas")
+
 
 #: Multi-PIE jaw-line (face contour) landmarks. On a real face they lie on the silhouette, which slides
 #: over the skin as the head turns, while the model pins each to one vertex: they are excluded from the
@@ -176,8 +189,7 @@ def fit_landmarks(model, points2d: np.ndarray, n_iter: int = 5, reg_identity: fl
     alpha = np.zeros(K)
     if pose is None:
         pose = fit_pose(pts, mean, w)
-    # bvls makes ~25 small LAPACK calls per solve; threaded BLAS makes them 4-6x slower on a busy 2-core box
-    with threadpool_limits(1, user_api="blas"):
+    with _one_blas_thread():
         for _ in range(n_iter):
             R2 = np.asarray(pose.rotation, np.float64)[:2]
             b = np.array([pose.translation[0], -pose.translation[1]])
@@ -255,7 +267,7 @@ def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | Non
     if pose is None:
         mean, basis = landmarks.vertex_rows(model, alpha, np.eye(3))
         pose = fit_pose(pts, mean + basis @ alpha, w)
-    with threadpool_limits(1, user_api="blas"):
+    with _one_blas_thread():
         for _ in range(max(1, prior.iterations)):
             mean, basis = landmarks.vertex_rows(model, alpha, pose.rotation)
             # the detector's offset, moved from the image to the points: pixels -> corrected pixels
@@ -346,7 +358,7 @@ def fit_map_shared_identity(model, points2d: np.ndarray, landmarks, prior, poses
         # identity step: normal equations of every frame's landmark rows plus the prior
         normal = np.eye(n_id) / prior.identity_std ** 2
         rhs = np.zeros(n_id)
-        with threadpool_limits(1, user_api="blas"):
+        with _one_blas_thread():
             for f in range(len(pts)):
                 mean, basis = landmarks.vertex_rows(model, alphas[f], poses[f].rotation)
                 R2 = np.asarray(poses[f].rotation, np.float64)[:2]
