@@ -121,15 +121,13 @@ class LandmarkModel:
 def vertex_landmarks(model, sigma_mm: float = 1.0) -> LandmarkModel:
     """The model's own 68 landmark vertices, no offset, ``sigma_mm`` everywhere, each contour row a single
     vertex: the uncalibrated landmarks (for synthetic landmarks projected from those vertices)."""
-    tri_of = {}
-    for t, tri in enumerate(model.triangles):
-        for j, v in enumerate(tri):
-            tri_of.setdefault(int(v), (t, j))
-    triangles, bary = np.zeros(68, np.int64), np.zeros((68, 3))
-    for k, v in enumerate(model.landmarks68):
-        t, j = tri_of[int(v)]
-        triangles[k], bary[k, j] = t, 1.0
-    return LandmarkModel(triangles, bary, np.asarray(model.landmarks68)[CONTOUR, None].astype(np.int64),
+    # the first corner (in triangle order) that is each landmark vertex: weight 1 there
+    hit = np.asarray(model.triangles).reshape(-1)[None, :] == np.asarray(model.landmarks68)[:, None]  # (68, 3F)
+    first = hit.argmax(1)
+    triangles, corner = first // 3, first % 3
+    bary = np.zeros((68, 3))
+    bary[np.arange(68), corner] = 1.0
+    return LandmarkModel(triangles.astype(np.int64), bary, np.asarray(model.landmarks68)[CONTOUR, None].astype(np.int64),
                          np.zeros((68, 2)), np.full(68, float(sigma_mm)), {}, {"made_by": "vertex_landmarks"})
 
 
@@ -180,8 +178,8 @@ def _snap_to_surface(model, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     barycentric weights (N, 3))."""
     import trimesh
 
-    tris = model.triangles[np.all(model.triangles < len(model.regions["narrow_face"]), axis=1)]
     tri_ids = np.nonzero(np.all(model.triangles < len(model.regions["narrow_face"]), axis=1))[0]
+    tris = model.triangles[tri_ids]
     mesh = trimesh.Trimesh(model.mean, tris, process=False)
     closest, _, local = trimesh.proximity.closest_point_naive(mesh, points)
     corners = model.mean[tris[local]]
