@@ -168,7 +168,7 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
     """``train iterative``: the run settings, the samples' start (``start``: ``fit`` or ``mean``, with
-    ``start_fit_prob``, ``start_fit_iterations`` and ``start_pose``, :mod:`training.starts`), and the cache of
+    ``start_fit_prob``, ``start_fit_iterations``, ``start_pose`` and its noise, :mod:`training.starts`), and the cache of
     pre-rendered pairs
     (``cache`` file, ``cache_chunk`` samples per part, ``augment``)."""
 
@@ -176,6 +176,8 @@ class TrainConfig(RunConfig):
     start_fit_prob: float
     start_fit_iterations: int
     start_pose: str
+    start_pose_noise_deg: tuple[float, float, float]
+    start_pitch_follow: float
     cache: str
     cache_chunk: int
     augment: AugmentConfig

@@ -11,7 +11,10 @@
   ``train.start_fit_prob`` of the samples, and u ~ U[0, 1) for the others (estimates part way to the truth, as
   later passes see), both from the scene's u (no extra draw). With ``train.start_pose: fit`` a_t is rendered
   under the pose inference fits to those landmarks (:func:`coarse.iterative.landmark_pose`), not the true one:
-  the image and the shading of a_t are misaligned as a photo's are.
+  the image and the shading of a_t are misaligned as a photo's are. The simulated landmarks give half the pose
+  error that dlib's give (3.3 against 7 degrees median), so that pose gets extra noise
+  (``train.start_pose_noise_deg``, per yaw, pitch and roll) and misses a share ``train.start_pitch_follow`` of the
+  true pitch, as the fit to dlib's points does.
 
 The simulated detections draw from their own generator (:func:`start_rng`), seeded by (seed, index): a sample
 depends on (seed, index) alone, whatever the number of workers.
@@ -28,7 +31,7 @@ from coarse.iterative import landmark_pose
 from coarse.landmarks import LandmarkModel, load_landmark_model, simulated_detections
 from datagen.sample import Sample, make_sample
 from datagen.scene import SceneParams, draw_scene
-from render.camera import Pose
+from render.camera import Pose, euler_to_rotation, rotation_to_euler
 
 START_POLICIES = ("mean", "fit")
 #: The third word of the start generator's seed: its stream differs from every scene's (seed, index).
@@ -38,6 +41,20 @@ START_STREAM = 14
 def start_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of sample ``index``'s simulated detections (independent of its scene's generator)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index), START_STREAM])))
+
+
+def pose_error_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index``'s extra pose error (a stream of its own: the landmarks stay as they were)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index), START_STREAM, 1])))
+
+
+def detector_pose(fitted: Pose, true: Pose, noise_deg, pitch_follow: float, rng: np.random.Generator) -> Pose:
+    """``fitted`` with the pose error of dlib's points added: (yaw, pitch, roll) + N(0, ``noise_deg``) degrees,
+    and the pitch less ``pitch_follow`` x the true pitch (the fit to dlib's points underestimates pitch)."""
+    angles = np.asarray(rotation_to_euler(fitted.rotation))
+    angles = angles + np.radians(rng.normal(0.0, 1.0, 3) * np.asarray(noise_deg, float))
+    angles[1] -= pitch_follow * rotation_to_euler(true.rotation)[1]
+    return Pose(fitted.scale, euler_to_rotation(*angles), np.asarray(fitted.translation))
 
 
 def fit_u(u: float, fit_prob: float) -> float:
@@ -73,13 +90,15 @@ class FitStart:
     prior: object
     fit_prob: float
     fitted_pose: bool = True
+    pose_noise_deg: tuple = (0.0, 0.0, 0.0)
+    pitch_follow: float = 0.0
 
     @staticmethod
     def from_config(cfg) -> "FitStart":
         tc = cfg.train
         return FitStart(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)),
                         dataclasses.replace(cfg.fit, iterations=tc.start_fit_iterations), tc.start_fit_prob,
-                        tc.start_pose == "fit")
+                        tc.start_pose == "fit", tuple(tc.start_pose_noise_deg), tc.start_pitch_follow)
 
     def draw(self, scene: SceneParams, model, seed: int) -> StartDraw:
         """The start of the sample of ``scene`` in dataset ``seed``."""
@@ -89,7 +108,12 @@ class FitStart:
         gt = np.asarray(scene.alpha_gt, np.float32)
         u = fit_u(scene.u, self.fit_prob)
         alpha_t = (gt + u * (fit - gt)).astype(np.float32)
-        pose_t = landmark_pose(points, model, alpha_t) if self.fitted_pose else None
+        pose_t = None
+        if self.fitted_pose:
+            pose_t = landmark_pose(points, model, alpha_t)
+            if any(self.pose_noise_deg) or self.pitch_follow:
+                pose_t = detector_pose(pose_t, scene.pose, self.pose_noise_deg, self.pitch_follow,
+                                       pose_error_rng(seed, scene.index))
         return StartDraw(alpha_t, fit.astype(np.float32), points.astype(np.float32), detector, pose_t)
 
 

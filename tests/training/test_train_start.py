@@ -109,6 +109,27 @@ def test_fit_u_keeps_zero_and_starts_at_the_fit_for_the_given_share():
     assert mapped.min() > 0 and mapped.max() == 1.0 and fit_u(0.5, 1.0) == 1.0 and fit_u(0.2, 0.0) == 0.2
 
 
+def test_detector_pose_adds_the_configured_error():
+    """The extra pose error of the fit start: zero noise and follow change nothing; the noise has the
+    configured spread per axis; follow takes that share of the true pitch off; same (seed, index), same pose."""
+    from render.camera import Pose, rotation_to_euler
+    from training.starts import detector_pose, pose_error_rng
+
+    true = Pose(2.0, euler_to_rotation(0.3, 0.25, 0.05), np.array([10.0, 20.0]))
+    fitted = Pose(2.1, euler_to_rotation(0.32, 0.2, 0.04), np.array([11.0, 19.0]))
+    same = detector_pose(fitted, true, (0, 0, 0), 0.0, pose_error_rng(1, 2))
+    assert np.allclose(same.rotation, fitted.rotation, atol=1e-9) and same.scale == fitted.scale
+    followed = detector_pose(fitted, true, (0, 0, 0), 0.5, pose_error_rng(1, 2))
+    assert rotation_to_euler(followed.rotation)[1] == pytest.approx(0.2 - 0.5 * 0.25, abs=1e-9)
+    noise = (4.0, 3.0, 1.0)
+    errors = np.degrees([np.subtract(rotation_to_euler(detector_pose(fitted, true, noise, 0.0,
+                                                                     pose_error_rng(1, i)).rotation),
+                                     rotation_to_euler(fitted.rotation)) for i in range(400)])
+    assert np.allclose(errors.std(axis=0), noise, rtol=0.15) and np.all(np.abs(errors.mean(axis=0)) < 0.5)
+    a, b = (detector_pose(fitted, true, noise, 0.5, pose_error_rng(3, 7)) for _ in range(2))
+    assert np.array_equal(a.rotation, b.rotation)
+
+
 def test_make_sample_renders_the_given_alpha_t(small_cfg, model):
     from datagen.sample import make_sample
     from render.renderer import FaceRenderer
