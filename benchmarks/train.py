@@ -3,7 +3,13 @@
 - ``loader``: online generation alone (:class:`training.data.OnlineDataset` through a DataLoader);
 - ``model``: the network alone on random tensors (forward + backward + Adam step), NCHW fp32 as the
   baseline, then channels_last (and bf16 autocast on CUDA), each with ``ratio_vs_baseline``;
-- ``both``: online batches fed to the model (the real training step), ``ratio_vs_model_alone``.
+- ``both``: online batches fed to the model (the real training step), ``ratio_vs_model_alone``;
+- with ``--recipe CONFIG --cache FILE`` (the shipped recipe, issue 14): ``recipe``, its training step on
+  augmented batches of the cache (``training.cache``), against ``paper``, the paper's network at ``--size``
+  fed by online generation, measured in the same interleaved rounds (``ratio_vs_paper``); and ``inference``:
+  the seconds per face of ``--iterations`` network passes (:func:`coarse.iterative.network_fit`: warp, render
+  the shading of a_t, the network) and of the whole coarse stage (the landmark fit, then the passes) on the
+  sample photo, the landmarks found once beforehand.
 
 Rates are the best over interleaved rounds of the median time per step (other processes may share the
 cores).
@@ -11,11 +17,13 @@ cores).
 Prints one JSON line per measurement::
 
     .venv/bin/python benchmarks/train.py [--size 200] [--batch 16] [--steps 5] [--rounds 2] [--workers 0]
+        [--recipe runs/issue14.yaml --cache runs/cache128p.h5 [--weights FILE] [--iterations 3]]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import sys
 import time
@@ -97,6 +105,78 @@ def best_rates(steps_by_name: dict, steps: int, batch: int, device, rounds: int)
     return best
 
 
+def recipe_vs_paper(args, paper_cfg, face_model, device, common: dict) -> None:
+    """The recipe's training rate (cache + augmentation + its network) against the paper's (online generation
+    at ``--size`` + the paper's widths), interleaved; then the recipe network's inference time per face."""
+    from training.cache import cache_loader, check_cache
+
+    recipe = load_config(args.recipe)
+    check_cache(args.cache, recipe)
+    paper = load_config(overrides={"render.image_size": args.size, "train.start": "mean",  # the paper's samples
+                                   "train.widths": list(load_config().train.widths)})
+    cuda = device.type == "cuda"
+    batch = recipe.train.batch
+    steps = {"paper": training_step(paper, face_model, batch, device, channels_last=cuda, amp=cuda,
+                                    data=iter(online_loader(paper, 0, batch, workers=args.workers))),
+             "recipe": training_step(recipe, face_model, batch, device, channels_last=True, amp=cuda,
+                                     data=iter(cache_loader(args.cache, recipe.train.augment, 0, batch,
+                                                            workers=args.workers)))}
+    rates = best_rates(steps, args.steps, batch, device, args.rounds)
+    base = {**common, "batch": batch}
+    emit({**base, "what": "paper: online generation + the paper's network (baseline)",
+          "image_size": args.size, "widths": list(paper.train.widths), "samples_per_s": rates["paper"]})
+    emit({**base, "what": "recipe: cache + augmentation + its network", "image_size": recipe.render.image_size,
+          "widths": list(recipe.train.widths), "samples_per_s": rates["recipe"],
+          "ratio_vs_paper": rates["recipe"] / rates["paper"]})
+    inference(args, recipe, face_model, common)
+
+
+def inference(args, recipe, face_model, common: dict) -> None:
+    """Seconds per face of the coarse stage with the recipe's network on the sample photo (CPU)."""
+    import numpy as np
+
+    from coarse.detect import detect_faces, load_image
+    from coarse.fit import fit_map
+    from coarse.iterative import network_fit, torch_predictor
+    from coarse.network import IterativeNet, load_iterative
+    from coarse.stage import CoarseSettings, coarse_fit
+
+    if args.weights:
+        weights = load_iterative(args.weights)
+        net, frame = weights.net, weights.frame
+    else:  # timing only: an untrained network of the recipe's shape
+        from coarse.frame import NetworkFrame
+
+        net, frame = IterativeNet.from_config(recipe).eval(), NetworkFrame.from_config(recipe)
+    net = net.to(memory_format=torch.channels_last)
+    rgb8 = load_image(recipe.resolve_path("data/astronaut.png"))
+    det = detect_faces(rgb8, recipe.detect)[0]
+    photo = rgb8.astype(np.float32) / 255.0
+    settings = dataclasses.replace(CoarseSettings.from_config(recipe, iterations=args.iterations),
+                                   predict=torch_predictor(net), frame=frame)
+    alpha0, _ = fit_map(face_model, det.landmarks, settings.landmarks, settings.prior, detector=det.detector)
+
+    def passes():
+        network_fit(settings.predict, frame, photo, det.landmarks, face_model, recipe.render, args.iterations,
+                    settings.refit_pose, alpha0=alpha0)
+
+    def whole():
+        coarse_fit(photo, det.landmarks, face_model, settings, recipe.render, det.detector)
+
+    for fn in (passes, whole):
+        fn()  # warm-up: numba kernels, allocator
+    times = {"passes": [], "whole": []}
+    for _ in range(max(3, args.steps)):
+        for name, fn in (("passes", passes), ("whole", whole)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    for name, what in (("passes", f"inference: {args.iterations} network passes per face"),
+                       ("whole", f"inference: coarse stage per face (landmark fit + {args.iterations} passes)")):
+        emit({**{k: v for k, v in common.items() if k != "batch"}, "what": what, "image_size": recipe.render.image_size, "widths": list(recipe.train.widths),
+              "trained": bool(args.weights), "seconds_per_face": float(np.median(times[name]))})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=200, help="image side (pixels)")
@@ -105,7 +185,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for online generation")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best is reported")
+    ap.add_argument("--recipe", help="config of the recipe to compare with the paper's network (with --cache)")
+    ap.add_argument("--cache", help="the recipe's `train cache` file")
+    ap.add_argument("--weights", help="trained weights for the inference timing (default: untrained, same shape)")
+    ap.add_argument("--iterations", type=int, default=3, help="network passes of the inference timing")
     args = ap.parse_args()
+    if bool(args.recipe) != bool(args.cache):
+        ap.error("--recipe and --cache go together")
     from morphable.model import load_model
 
     cfg = load_config(overrides={"render.image_size": args.size})
@@ -113,6 +199,9 @@ def main() -> None:
     device = resolve_device(args.device)
     common = {"device": str(device), "image_size": args.size, "batch": args.batch,
               "torch_threads": torch.get_num_threads()}
+    if args.recipe:
+        recipe_vs_paper(args, cfg, face_model, device, common)
+        return
 
     rate = loader_rate(cfg, args.batch, args.steps, args.workers)
     emit({**common, "what": "loader alone (online generation)", "workers": args.workers, "samples_per_s": rate})

@@ -80,8 +80,10 @@ class IterativeNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> "IterativeNet":
-        """The network for a :class:`facesynth.config.Config` (K from ``model``, channels from ``datagen``)."""
-        return cls(cfg.model.n_identity + cfg.model.n_expression, 4 if cfg.datagen.color_input else 2)
+        """The network for a :class:`facesynth.config.Config` (K from ``model``, channels from ``datagen``, stage
+        widths from ``train.widths``)."""
+        return cls(cfg.model.n_identity + cfg.model.n_expression, 4 if cfg.datagen.color_input else 2,
+                   tuple(cfg.train.widths))
 
     def _init_weights(self) -> None:
         for m in self.modules():

@@ -58,7 +58,9 @@ def cache_config(cfg) -> dict:
     tc = cfg.train
     out = dict(data_config(cfg, resolved_backend(cfg)),
                start={"start": tc.start, "start_fit_prob": tc.start_fit_prob,
-                      "start_fit_iterations": tc.start_fit_iterations, "start_pose": tc.start_pose})
+                      "start_fit_iterations": tc.start_fit_iterations, "start_pose": tc.start_pose,
+                      "start_pose_noise_deg": list(tc.start_pose_noise_deg),
+                      "start_pitch_follow": tc.start_pitch_follow})
     if tc.start == "fit":
         out["fit"] = cfg.to_dict()["fit"]
         out["fit"]["landmarks_bytes"] = cfg.resolve_path(cfg.fit.landmarks).stat().st_size

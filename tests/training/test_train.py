@@ -29,7 +29,7 @@ def small_cfg(model_path):
     return load_config(overrides={
         "render.image_size": SIZE, "render.backend": "numba", "train.online": True, "train.batch": 4,
         "train.steps": 4, "train.val_samples": 4, "train.val_every": 2, "train.checkpoint_every": 2,
-        "train.device": "cpu", "train.workers": 0, "train.lr": 1e-4})
+        "train.device": "cpu", "train.workers": 0, "train.lr": 1e-4, "train.widths": [8, 16, 32, 64]})
 
 
 def _losses(run_dir) -> list[tuple[int, float]]:
@@ -129,6 +129,7 @@ def test_export_keeps_the_network_and_drops_the_optimiser(uninterrupted, tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(a.net(x, alpha), b.net(x, alpha))
     assert b.frame.size == SIZE and b.step == 4 and b.provenance == {"samples": 16} and not b.color_input
+    assert [m.out_channels for m in b.net.modules() if isinstance(m, torch.nn.Conv2d)][:2] == [8, 8]  # train.widths
     bad = CliRunner().invoke(cli, ["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")])
     assert bad.exit_code != 0 and "not found" in bad.output and "Traceback" not in bad.output
 
