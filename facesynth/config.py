@@ -167,12 +167,13 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
-    """``train iterative``: the run settings, the network's stage widths, the samples' start (``start``: ``fit`` or ``mean``, with
+    """``train iterative``: the run settings, the network's stage widths and initial weights, the samples' start (``start``: ``fit`` or ``mean``, with
     ``start_fit_prob``, ``start_fit_iterations``, ``start_pose`` and its noise, :mod:`training.starts`), and the cache of
     pre-rendered pairs
     (``cache`` file, ``cache_chunk`` samples per part, ``augment``)."""
 
     widths: tuple[int, ...]
+    init: str
     start: str
     start_fit_prob: float
     start_fit_iterations: int

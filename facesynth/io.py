@@ -70,3 +70,14 @@ def save_png(path: str | Path, img: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
     return path
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

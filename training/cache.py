@@ -45,6 +45,8 @@ from .loop import _flat
 
 FORMAT = "facesynth-pairs/1"
 ARRAYS = ("inputs", "alpha_gt", "alpha_t", "alpha_fit", "points", "index")
+#: The config key of a file that also holds pairs for the network's later passes (:mod:`training.next_pass`).
+NEXT_PASS = "next_pass"
 #: A pixel of the (resampled) shading image belongs to the face where it exceeds this (the shading is >=
 #: ``render.shading_ambient`` on the face and 0 off it).
 MASK_LEVEL = 0.05
@@ -117,19 +119,36 @@ def write_cache(cfg, out: str | Path, n: int, seed: int, workers: int = 0, progr
         TrainingError: ``out`` holds another cache, or its parts folder parts of another config, seed or part
             size; bad ``n``.
     """
-    from tqdm import tqdm
-
-    out = Path(out)
     if n < 1:
         raise TrainingError(f"the cache needs n >= 1 samples; got {n}")
     meta = {"format": FORMAT, "seed": int(seed), "chunk": int(cfg.train.cache_chunk), "config": cache_config(cfg)}
+    return write_parts(out, meta, n, lambda first: PairSource(cfg, seed, first, n, batch_size=meta["chunk"]),
+                       workers, progress)
+
+
+def write_parts(out: str | Path, meta: dict, n: int, source, workers: int = 0, progress: bool = True,
+                head: str | Path | None = None) -> dict:
+    """Write rows 0 .. ``n`` - 1 of a pairs file ``out`` in resumable parts (module docstring), then merge them.
+
+    Args:
+        meta: ``format``, ``seed``, ``chunk`` (rows per part) and ``config`` of the file.
+        source: ``source(first)`` -> a dataset yielding batches of ``chunk`` :data:`ARRAYS` records from row
+            ``first`` on (:class:`PairSource`).
+        head: a cache file whose rows come first in ``out`` (the written rows follow them).
+    Returns:
+        ``{"path", "n", "rendered"}``: ``n`` counts the head's rows too.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    total = n + (read_cache_info(head)["n"] if head is not None else 0)
     if out.exists():
         info = read_cache_info(out)
         diff = _first_difference({k: info[k] for k in ("seed", "n", "config")},
-                                 {"seed": meta["seed"], "n": n, "config": meta["config"]})
+                                 {"seed": meta["seed"], "n": total, "config": meta["config"]})
         if diff:
             raise TrainingError(f"{out} holds another cache ({diff}); use another --out")
-        return {"path": str(out), "n": n, "rendered": 0}
+        return {"path": str(out), "n": total, "rendered": 0}
     parts = parts_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
     meta_path = parts / "meta.json"
@@ -145,10 +164,9 @@ def write_cache(cfg, out: str | Path, n: int, seed: int, workers: int = 0, progr
     rendered = 0
     if missing:
         first = missing[0]
-        ds = PairSource(cfg, seed, ranges[first][0], n, batch_size=chunk)
         bar = tqdm(total=n, initial=ranges[first][0], desc="cache", unit="sample", disable=not progress,
                    dynamic_ncols=True)
-        for (a, b), batch in zip(ranges[first:], batch_loader(ds, workers)):
+        for (a, b), batch in zip(ranges[first:], batch_loader(source(ranges[first][0]), workers)):
             path = _part_path(parts, a, b)
             if not path.exists():
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -156,25 +174,34 @@ def write_cache(cfg, out: str | Path, n: int, seed: int, workers: int = 0, progr
                 rendered += b - a
             bar.update(b - a)
         bar.close()
-    _merge_parts(out, parts, ranges, meta)
-    return {"path": str(out), "n": n, "rendered": rendered}
+    _merge_parts(out, parts, ranges, meta, head)
+    return {"path": str(out), "n": total, "rendered": rendered}
 
 
-def _merge_parts(out: Path, parts: Path, ranges: list, meta: dict) -> None:
+def _merge_parts(out: Path, parts: Path, ranges: list, meta: dict, head: str | Path | None = None) -> None:
     import h5py
 
     first = np.load(_part_path(parts, *ranges[0]))
-    n = ranges[-1][1]
-    with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for k in ARRAYS:
-                shape = (n,) + first[k].shape[1:]
-                f.create_dataset(k, shape, first[k].dtype, chunks=(1,) + shape[1:] if k == "inputs" else None)
-            for a, b in ranges:
-                part = np.load(_part_path(parts, a, b))
+    h = None if head is None else h5py.File(head, "r")
+    offset = 0 if h is None else int(h["inputs"].shape[0])
+    n = offset + ranges[-1][1]
+    try:
+        with atomic_path(out) as tmp:
+            with h5py.File(tmp, "w") as f:
                 for k in ARRAYS:
-                    f[k][a:b] = part[k]
-            f.attrs.update({"format": FORMAT, "seed": meta["seed"], "n": n, "config": json.dumps(meta["config"])})
+                    shape = (n,) + first[k].shape[1:]
+                    f.create_dataset(k, shape, first[k].dtype, chunks=(1,) + shape[1:] if k == "inputs" else None)
+                for a in range(0, offset, 1024):  # the head's rows, a slab at a time
+                    for k in ARRAYS:
+                        f[k][a:min(a + 1024, offset)] = h[k][a:min(a + 1024, offset)]
+                for a, b in ranges:
+                    part = np.load(_part_path(parts, a, b))
+                    for k in ARRAYS:
+                        f[k][offset + a:offset + b] = part[k]
+                f.attrs.update({"format": FORMAT, "seed": meta["seed"], "n": n, "config": json.dumps(meta["config"])})
+    finally:
+        if h is not None:
+            h.close()
     shutil.rmtree(parts)
 
 
@@ -200,7 +227,8 @@ def check_cache(path: str | Path, cfg) -> dict:
     """The cache's info (:func:`read_cache_info`) when its samples are what ``cfg`` would generate; else
     :class:`TrainingError` naming the first differing key."""
     info = read_cache_info(path)
-    diff = _first_difference(info["config"], json.loads(json.dumps(cache_config(cfg))))
+    made = {k: v for k, v in info["config"].items() if k != NEXT_PASS}  # later passes' pairs: same faces, config
+    diff = _first_difference(made, json.loads(json.dumps(cache_config(cfg))))
     if diff:
         raise TrainingError(f"the cache {path} was made with another config ({diff}); train with its config "
                             "(--config) or make another cache")
@@ -356,16 +384,17 @@ class CacheDataset(IterableDataset):
             j += W
 
 
-def draw_preview(path: str | Path, aug, png: str | Path, n: int = 6, seed: int = 0) -> Path:
-    """PNG of the first ``n`` pairs of a cache: per row the image and the shading of a_t as stored, then as
-    augmented (``aug``, the ``train.augment`` section; generator ``seed``)."""
+def draw_preview(path: str | Path, aug, png: str | Path, n: int = 6, seed: int = 0, first: int = 0) -> Path:
+    """PNG of ``n`` pairs of a cache from row ``first`` on: per row the image and the shading of a_t as stored,
+    then as augmented (``aug``, the ``train.augment`` section; generator ``seed``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     ds = CacheDataset(path, None, 0, 1)
     st = ds._arrays()
-    n = min(n, st["n"])
-    raw = torch.from_numpy(st["inputs"][:n])
+    first = min(max(first, 0), st["n"] - 1)
+    n = min(n, st["n"] - first)
+    raw = torch.from_numpy(st["inputs"][first:first + n])
     shown = [raw.float() / 255.0, augment(raw, aug, torch.Generator().manual_seed(seed))]
     fig = Figure(figsize=(8.0, 2.0 * n), dpi=100)
     FigureCanvasAgg(fig)
@@ -375,7 +404,7 @@ def draw_preview(path: str | Path, aug, png: str | Path, n: int = 6, seed: int =
         for c, (x, ch) in enumerate(((shown[0], 0), (shown[0], -1), (shown[1], 0), (shown[1], -1))):
             axes[r, c].imshow(x[r, ch].numpy(), cmap="gray", vmin=0, vmax=1)
             axes[r, c].set_axis_off()
-            axes[r, c].set_title(f"{titles[c]} (sample {int(st['index'][r])})" if c == 0 else titles[c], fontsize=8)
+            axes[r, c].set_title(f"{titles[c]} (sample {int(st['index'][first + r])})" if c == 0 else titles[c], fontsize=8)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png")

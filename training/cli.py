@@ -77,8 +77,11 @@ START_HELP = "a_t of the samples: fit (landmark fit of simulated detector landma
 @click.option("--cache", type=click.Path(dir_okay=False), default=None,
               help="train on the pairs of a `train cache` file, augmented on the fly" + _d("train.cache"))
 @click.option("--start", type=click.Choice(["fit", "mean"]), default=None, help=START_HELP + _d("train.start"))
+@click.option("--init", type=click.Path(dir_okay=False), default=None,
+              help="start a new run from these weights (a checkpoint or exported file of the same network)"
+                   + _d("train.init"))
 @user_errors(TrainingError, CheckpointError)
-def iterative(config, quiet, cache, start, **run):
+def iterative(config, quiet, cache, start, init, **run):
     from facesynth.config import override
 
     from .train import train_iterative
@@ -86,7 +89,7 @@ def iterative(config, quiet, cache, start, **run):
     if cache is not None and (run["data"] is not None or run["online"]):
         raise click.UsageError("give one of --cache, --data and --online")
     cfg = run_config("train", config, run)
-    for key, value in (("train.cache", cache), ("train.start", start)):
+    for key, value in (("train.cache", cache), ("train.start", start), ("train.init", init)):
         if value is not None:
             cfg = override(cfg, key, value)
     result = train_iterative(cfg, progress=not quiet)
@@ -119,6 +122,36 @@ def cache(config, n, out, seed, start, workers, quiet):
     png = draw_preview(out, cfg.train.augment, str(out) + ".png")
     click.echo(f"{result['path']}: {result['n']} samples ({result['rendered']} rendered now in {took:.0f} s{rate}); "
                f"preview {png}")
+
+
+@main.command("cache-next", help="Add the pairs of the network's later passes to a cache: a_t from a trained network's "
+                                 "first pass (training/next_pass.py); resumable: the same command again.")
+@config_option
+@click.option("--cache", "source", type=click.Path(dir_okay=False), required=True,
+              help="the `train cache` file (made with this config)")
+@click.option("--weights", type=click.Path(dir_okay=False), required=True, help="the trained network")
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="new cache file: the source's pairs, then the next-pass pairs")
+@click.option("--workers", type=int, default=0, show_default=True, help="render processes (0: this process)")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@user_errors(TrainingError, CheckpointError)
+def cache_next(config, source, weights, out, workers, quiet):
+    import time
+
+    from .cache import draw_preview
+    from .next_pass import write_next_pass
+
+    if workers < 0:
+        raise click.ClickException(f"--workers must be >= 0; got {workers}")
+    if not Path(weights).is_file():
+        raise click.ClickException(f"weights file {weights} not found")
+    cfg = load_cfg(config, {})
+    t0 = time.perf_counter()
+    result = write_next_pass(cfg, source, weights, out, workers, progress=not quiet)
+    took = time.perf_counter() - t0
+    png = draw_preview(out, cfg.train.augment, str(out) + ".png", first=result["n"] - result["next_pass"])
+    click.echo(f"{result['path']}: {result['n']} pairs, {result['next_pass']} of them for the next passes "
+               f"({result['rendered']} rendered now in {took:.0f} s); preview {png}")
 
 
 @main.command(help="Train (or resume: the same command again) the detail network; run folder --out.")
