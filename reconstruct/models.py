@@ -15,9 +15,10 @@ def resolve_device(device: str) -> str:
     return str(resolve(device))
 
 
-def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int | None = None):
+def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int | None = None,
+                no_network: bool = False):
     """The coarse stage's settings (:class:`coarse.stage.CoarseSettings`) and the network weights' path, or
-    None when the landmark fit is the coarse face (no weights).
+    None when the landmark fit is the coarse face (no weights, or ``no_network``).
 
     ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
     given by the user must exist.
@@ -26,7 +27,7 @@ def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int 
     from coarse.stage import CoarseSettings
     from facesynth.config import optional_file
 
-    path = optional_file(cfg, weights, cfg.refine.weights)
+    path = None if no_network else optional_file(cfg, weights, cfg.refine.weights)
     network = None if path is None else load_iterative(path, resolve_device(device))
     return CoarseSettings.from_config(cfg, network, iterations), None if path is None else str(path)
 
@@ -52,7 +53,8 @@ class StackOptions:
 
     weights, detail_weights: paths the user gave (None: the config's files when they exist); no_detail,
     no_sfs: skip those stages; device: ``auto``, ``cpu`` or ``cuda``; iterations: network passes (None:
-    ``refine.iterations``); resolution: SfS pixels over the face (None: ``refine.resolution``).
+    ``refine.iterations``); resolution: SfS pixels over the face (None: ``refine.resolution``); no_network: the
+    landmark fit is the coarse face even when network weights exist.
     """
 
     weights: str | None = None
@@ -62,6 +64,7 @@ class StackOptions:
     device: str = "auto"
     iterations: int | None = None
     resolution: int | None = None
+    no_network: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def load_stack(cfg, options: StackOptions) -> Stack:
     from morphable.model import load_model
 
     model = load_model(cfg.resolve_path(cfg.model.path))
-    coarse, used = load_coarse(options.weights, cfg, options.device, options.iterations)
+    coarse, used = load_coarse(options.weights, cfg, options.device, options.iterations, options.no_network)
     detail, detail_used = ((None, None) if options.no_detail
                            else load_detail_predictor(options.detail_weights, cfg, options.device))
     note = ("detail off (--no-detail)" if options.no_detail else f"detail {detail_used}" if detail else
@@ -95,6 +98,7 @@ def check_weights(cfg, options: StackOptions) -> None:
     processes start: a worker that fails to load would be restarted without end)."""
     from facesynth.config import optional_file
 
-    optional_file(cfg, options.weights, cfg.refine.weights)
+    if not options.no_network:
+        optional_file(cfg, options.weights, cfg.refine.weights)
     if not options.no_detail:
         optional_file(cfg, options.detail_weights, cfg.detail.weights)

@@ -210,3 +210,28 @@ def test_the_offset_fades_smoothly(seen_face, model):
     assert slope < 0.5 and at_border < 0.1  # per mm of surface, and across the seen/unseen border
     slope, at_border = jumps(replace(FADE, fade_mm=1e-3, facing_to=0.2501))  # no fade: a step at the border
     assert slope > 2.0 and at_border > 0.3
+
+
+def test_the_network_runs_when_weights_exist_and_no_network_keeps_the_fit(tmp_path):
+    """With network weights refine's coarse face is the network's (params.json says so); --no-network keeps
+    the landmark fit."""
+    import torch
+
+    from coarse.network import FORMAT, IterativeNet
+    from facesynth.config import override
+
+    cfg = override(override(load_config(), "render.image_size", 64), "train.widths", [4, 8, 8, 16])
+    torch.manual_seed(0)
+    net = IterativeNet.from_config(cfg)
+    torch.nn.init.normal_(net.correction.weight, std=0.01)  # not the identity: the network moves the face
+    weights = tmp_path / "w.pt"
+    torch.save({"format": FORMAT, "config": cfg.to_dict(), "model": net.state_dict(), "step": 1}, weights)
+    methods = {}
+    for name, extra in (("net", []), ("fit", ["--no-network"])):
+        res = _refine(PHOTO, "--out", tmp_path / name, "--resolution", "64", "--no-sfs", "--no-detail",
+                      "--weights", weights, "--iterations", "2", *extra)
+        assert res.returncode == 0, res.stderr[-800:]
+        methods[name] = json.loads((tmp_path / name / "params.json").read_text())
+    assert methods["net"]["coarse_method"] == "iterative_network"
+    assert methods["fit"]["coarse_method"] == "landmark_fit"
+    assert not np.allclose(methods["net"]["alpha"], methods["fit"]["alpha"])
