@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coarse.fit import fit_map
+from coarse.fit import FitError, fit_map
 from coarse.iterative import landmark_pose
 from coarse.landmarks import LandmarkModel, load_landmark_model, simulated_detections
 from datagen.sample import Sample, make_sample
@@ -36,6 +36,8 @@ from render.camera import Pose, euler_to_rotation, rotation_to_euler
 START_POLICIES = ("mean", "fit")
 #: The third word of the start generator's seed: its stream differs from every scene's (seed, index).
 START_STREAM = 14
+#: Simulated detections drawn at most this often for one sample (a draw whose fit fails is drawn again).
+MAX_DRAWS = 5
 
 
 def start_rng(seed: int, index: int) -> np.random.Generator:
@@ -101,9 +103,19 @@ class FitStart:
                         tc.start_pose == "fit", tuple(tc.start_pose_noise_deg), tc.start_pitch_follow)
 
     def draw(self, scene: SceneParams, model, seed: int) -> StartDraw:
-        """The start of the sample of ``scene`` in dataset ``seed``."""
-        points, detector = simulated_detections(self.landmarks, model, scene.alpha_gt, scene.pose,
-                                                start_rng(seed, scene.index))
+        """The start of the sample of ``scene`` in dataset ``seed``. Detections whose fit fails (a heavy-tailed
+        draw the pose fit cannot follow: :class:`coarse.fit.FitError`) are drawn again from the same generator,
+        as the detector would be run again; deterministic in (seed, index)."""
+        rng = start_rng(seed, scene.index)
+        for attempt in range(MAX_DRAWS):
+            try:
+                return self._draw(scene, model, seed, rng)
+            except FitError:
+                if attempt == MAX_DRAWS - 1:
+                    raise
+
+    def _draw(self, scene: SceneParams, model, seed: int, rng: np.random.Generator) -> StartDraw:
+        points, detector = simulated_detections(self.landmarks, model, scene.alpha_gt, scene.pose, rng)
         fit, _ = fit_map(model, points, self.landmarks, self.prior, detector=detector)
         gt = np.asarray(scene.alpha_gt, np.float32)
         u = fit_u(scene.u, self.fit_prob)

@@ -130,6 +130,38 @@ def test_detector_pose_adds_the_configured_error():
     assert np.array_equal(a.rotation, b.rotation)
 
 
+def test_a_start_whose_fit_fails_draws_the_detections_again(small_cfg, model, monkeypatch):
+    """A FitError of one draw's fit (a heavy-tailed draw) draws the detections again from the same generator:
+    the sample still exists and is the same every time; a fit that always fails is an error."""
+    import training.starts as starts
+    from coarse.fit import FitError
+
+    policy = starts.start_policy(small_cfg)
+    scene = draw_scene(0, 3, model, small_cfg)
+    real, calls = starts.fit_map, []
+
+    def fails_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) % 2 == 1:
+            raise FitError("pose fit diverged to a non-positive scale")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(starts, "fit_map", fails_first)
+    a, b = policy.draw(scene, model, 0), policy.draw(scene, model, 0)
+    np.testing.assert_array_equal(a.points, b.points)
+    np.testing.assert_array_equal(a.alpha_t, b.alpha_t)
+    monkeypatch.setattr(starts, "fit_map", real)
+    first = policy.draw(scene, model, 0)  # without the failure: the first draw, other points
+    assert not np.array_equal(first.points, a.points)
+
+    def always(*args, **kwargs):
+        raise FitError("pose fit diverged to a non-positive scale")
+
+    monkeypatch.setattr(starts, "fit_map", always)
+    with pytest.raises(FitError):
+        policy.draw(scene, model, 0)
+
+
 def test_make_sample_renders_the_given_alpha_t(small_cfg, model):
     from datagen.sample import make_sample
     from render.renderer import FaceRenderer
