@@ -167,13 +167,14 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
-    """``train iterative``: the run settings, the network's stage widths and initial weights, the samples' start (``start``: ``fit`` or ``mean``, with
+    """``train iterative``: the run settings, the network's stage widths and initial weights, the loss's alignment, the samples' start (``start``: ``fit`` or ``mean``, with
     ``start_fit_prob``, ``start_fit_iterations``, ``start_pose`` and its noise, :mod:`training.starts`), and the cache of
     pre-rendered pairs
     (``cache`` file, ``cache_chunk`` samples per part, ``augment``)."""
 
     widths: tuple[int, ...]
     init: str
+    loss_align: str
     start: str
     start_fit_prob: float
     start_fit_iterations: int
@@ -188,6 +189,8 @@ class TrainConfig(RunConfig):
         if self.start not in ("fit", "mean") or self.start_pose not in ("fit", "true"):
             raise ValueError(f"start must be 'fit' or 'mean', start_pose 'fit' or 'true'; got {self.start!r}, "
                              f"{self.start_pose!r}")
+        if self.loss_align not in ("similarity", "none"):
+            raise ValueError(f"loss_align must be 'similarity' or 'none'; got {self.loss_align!r}")
         if len(self.widths) != 4 or min(self.widths) < 1:
             raise ValueError(f"widths must be 4 positive stage widths; got {list(self.widths)}")
         if not 0 <= self.start_fit_prob <= 1 or self.start_fit_iterations < 1 or self.cache_chunk < 1:

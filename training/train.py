@@ -1,7 +1,8 @@
 """Training of the iterative network (``train iterative``): config, data, model, then the shared loop
 (:func:`training.loop.run_training`: checkpoints, exact resume, log, NaN stop, DDP).
 
-- Loss: the geometry loss (:class:`training.loss.GeometryLoss`, mm^2 over the ``face`` region).
+- Loss: the geometry loss (:class:`training.loss.GeometryLoss`, mm^2 over the ``face`` region), after
+  similarity alignment with ``train.loss_align: similarity`` (the error the evaluation measures).
 - Optimiser: Adam with a fixed learning rate (``train.lr``), as in the paper.
 - Data: a cache of pre-rendered pairs with on-the-fly augmentation (``train.cache``, :mod:`training.cache`),
   online generation (``train.online``) or shards in ``train.data``; the samples' a_t from ``train.start``
@@ -129,7 +130,7 @@ def train_iterative(cfg, out_dir: str | Path | None = None, batches: BatchFactor
     net = net.to(dev)
     # channels_last on every device: 1.2-1.45x on a 2-core CPU as well (benchmarks/train.py)
     net = net.to(memory_format=torch.channels_last)
-    loss_fn = GeometryLoss(face_model, "face").to(dev)
+    loss_fn = GeometryLoss(face_model, "face", align=tc.loss_align == "similarity").to(dev)
 
     custom = batches is not None
     workers = data_workers(tc.workers, dev)

@@ -55,6 +55,39 @@ def test_gram_loss_equals_explicit_vertex_mse(model):
     assert GeometryLoss(model)(torch.tensor(x), torch.tensor(x)).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_aligned_loss_is_the_similarity_aligned_vertex_mse_and_ignores_size(model):
+    """train.loss_align: similarity: the vertex MSE after Umeyama alignment (as the evaluation aligns), with
+    the gradient of that minimum; a larger face costs what alignment leaves, far less than unaligned."""
+    from training.metrics import vertex_errors
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=(4, model.n_identity)), rng.uniform(size=(4, model.n_expression))], 1)
+    y = np.concatenate([rng.normal(size=(4, model.n_identity)), rng.uniform(size=(4, model.n_expression))], 1)
+    loss = GeometryLoss(model, "face", align=True)
+    got = loss.per_sample(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+    want = (vertex_errors(model.vertices(x, region="face"), model.vertices(y, region="face")) ** 2).mean(1) / 3
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4)
+    assert np.all(want < 0.9 * GeometryLoss(model).per_sample(torch.tensor(x), torch.tensor(y)).numpy())
+    # y's face scaled by 1.1 (the model's mean scaled: a face the fit could not tell apart from y's under weak
+    # perspective), rounded to the model's span: aligned it costs only the rounding
+    idx = model.regions["face"]
+    A = model.basis[idx].reshape(-1, model.n_coeffs).astype(np.float64)
+    target = 1.1 * model.vertices(y[:1], region="face")[0]
+    z = np.linalg.lstsq(A, (target - model.mean[idx]).reshape(-1), rcond=None)[0][None]
+    rounding = (vertex_errors(model.vertices(z, region="face"), target[None]) ** 2).mean() / 3
+    # (aligned to y, not to 1.1 y: the rounding's size shrinks by 1.1)
+    assert loss(torch.tensor(z), torch.tensor(y[:1])).item() == pytest.approx(rounding / 1.1 ** 2, rel=1e-3)
+    assert GeometryLoss(model)(torch.tensor(z), torch.tensor(y[:1])).item() > 5 * rounding
+    # the gradient of the minimum (a finite difference along a random direction)
+    xt = torch.tensor(x[:1], dtype=torch.float64, requires_grad=True)
+    loss(xt, torch.tensor(y[:1])).backward()
+    d = torch.tensor(rng.normal(size=x[:1].shape))
+    h = 1e-3
+    numeric = (loss(torch.tensor(x[:1]) + h * d, torch.tensor(y[:1])) - loss(torch.tensor(x[:1]) - h * d,
+                                                                            torch.tensor(y[:1]))) / (2 * h)
+    assert (xt.grad * d).sum().item() == pytest.approx(numeric.item(), rel=1e-3)
+
+
 # ----------------------------------------------------------------------------------------- data
 def test_online_data_is_deterministic_for_any_worker_count_and_start(small_cfg):
     def batches(workers, start=0):
