@@ -132,10 +132,11 @@ def cache(config, n, out, seed, start, workers, quiet):
 @click.option("--weights", type=click.Path(dir_okay=False), required=True, help="the trained network")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="new cache file: the source's pairs, then the next-pass pairs")
+@click.option("--n", type=int, default=None, help="at most this many next-pass pairs [default: one per first-pass pair]")
 @click.option("--workers", type=int, default=0, show_default=True, help="render processes (0: this process)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @user_errors(TrainingError, CheckpointError)
-def cache_next(config, source, weights, out, workers, quiet):
+def cache_next(config, source, weights, out, n, workers, quiet):
     import time
 
     from .cache import draw_preview
@@ -147,7 +148,7 @@ def cache_next(config, source, weights, out, workers, quiet):
         raise click.ClickException(f"weights file {weights} not found")
     cfg = load_cfg(config, {})
     t0 = time.perf_counter()
-    result = write_next_pass(cfg, source, weights, out, workers, progress=not quiet)
+    result = write_next_pass(cfg, source, weights, out, workers, progress=not quiet, n=n)
     took = time.perf_counter() - t0
     png = draw_preview(out, cfg.train.augment, str(out) + ".png", first=result["n"] - result["next_pass"])
     click.echo(f"{result['path']}: {result['n']} pairs, {result['next_pass']} of them for the next passes "

@@ -86,9 +86,10 @@ class NextPassSource(PairSource):
 
 
 def write_next_pass(cfg, source: str | Path, weights: str | Path, out: str | Path, workers: int = 0,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, n: int | None = None) -> dict:
     """Write ``out``: the pairs of the cache ``source`` (made with ``cfg``), then the next-pass pair of each of
-    its first-pass pairs by the network ``weights`` (module docstring). Resumable as ``train cache``.
+    its first-pass pairs (the first ``n`` of them; None: all) by the network ``weights`` (module docstring).
+    Resumable as ``train cache``.
 
     Returns:
         ``{"path", "n", "rendered", "next_pass"}`` (next_pass: pairs added).
@@ -102,7 +103,9 @@ def write_next_pass(cfg, source: str | Path, weights: str | Path, out: str | Pat
     info = check_cache(source, cfg)
     if NEXT_PASS in info["config"]:
         raise TrainingError(f"{source} already holds next-pass pairs; give the cache of the first pass")
-    rows = first_pass_rows(source)
+    if n is not None and n < 1:
+        raise TrainingError(f"--n must be >= 1; got {n}")
+    rows = first_pass_rows(source)[:n]
     if len(rows) == 0:
         raise TrainingError(f"{source} has no pairs that start at the landmark fit (train.start: fit)")
     w = load_iterative(weights)

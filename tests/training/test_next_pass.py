@@ -94,8 +94,8 @@ def test_cli_cache_next(small_cfg, made, tmp_path):
                                  str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o.h5")])
     assert r.exit_code == 1 and "missing.pt not found" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["cache-next", "--config", str(cfg), "--cache", str(cache), "--weights",
-                                 str(weights), "--out", str(tmp_path / "o.h5"), "--quiet"])
+                                 str(weights), "--out", str(tmp_path / "o.h5"), "--quiet", "--n", "2"])
     assert r.exit_code == 0, r.output
-    n_next = len(first_pass_rows(cache))
+    n_next = 2
     assert f"{N + n_next} pairs, {n_next} of them" in r.output and read_cache_info(tmp_path / "o.h5")["n"] == N + n_next
     assert (tmp_path / "o.h5.png").stat().st_size > 5_000
