@@ -167,7 +167,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
-    """``train iterative``: the run settings, the network's stage widths and initial weights, the loss's alignment, the samples' start (``start``: ``fit`` or ``mean``, with
+    """``train iterative``: the run settings, the network's stage widths and initial weights, the loss's alignment and region, the samples' start (``start``: ``fit`` or ``mean``, with
     ``start_fit_prob``, ``start_fit_iterations``, ``start_pose`` and its noise, :mod:`training.starts`), and the cache of
     pre-rendered pairs
     (``cache`` file, ``cache_chunk`` samples per part, ``augment``)."""
@@ -175,6 +175,7 @@ class TrainConfig(RunConfig):
     widths: tuple[int, ...]
     init: str
     loss_align: str
+    loss_region: str
     start: str
     start_fit_prob: float
     start_fit_iterations: int

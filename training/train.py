@@ -1,7 +1,7 @@
 """Training of the iterative network (``train iterative``): config, data, model, then the shared loop
 (:func:`training.loop.run_training`: checkpoints, exact resume, log, NaN stop, DDP).
 
-- Loss: the geometry loss (:class:`training.loss.GeometryLoss`, mm^2 over the ``face`` region), after
+- Loss: the geometry loss (:class:`training.loss.GeometryLoss`, mm^2 over ``train.loss_region``), after
   similarity alignment with ``train.loss_align: similarity`` (the error the evaluation measures).
 - Optimiser: Adam with a fixed learning rate (``train.lr``), as in the paper.
 - Data: a cache of pre-rendered pairs with on-the-fly augmentation (``train.cache``, :mod:`training.cache`),
@@ -130,7 +130,10 @@ def train_iterative(cfg, out_dir: str | Path | None = None, batches: BatchFactor
     net = net.to(dev)
     # channels_last on every device: 1.2-1.45x on a 2-core CPU as well (benchmarks/train.py)
     net = net.to(memory_format=torch.channels_last)
-    loss_fn = GeometryLoss(face_model, "face", align=tc.loss_align == "similarity").to(dev)
+    if tc.loss_region not in face_model.regions:
+        raise TrainingError(f"train.loss_region must be a region of the face model ({', '.join(face_model.regions)}); "
+                            f"got {tc.loss_region!r}")
+    loss_fn = GeometryLoss(face_model, tc.loss_region, align=tc.loss_align == "similarity").to(dev)
 
     custom = batches is not None
     workers = data_workers(tc.workers, dev)
