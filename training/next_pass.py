@@ -56,6 +56,7 @@ class NextPassSource(PairSource):
     def record(self, j: int) -> dict:
         import torch
 
+        from coarse.fit import FitError
         from coarse.iterative import landmark_pose
         from datagen.sample import make_sample, network_input
         from datagen.scene import draw_scene
@@ -75,7 +76,10 @@ class NextPassSource(PairSource):
         pose = None
         if tc.start_pose == "fit":
             scene = draw_scene(self.seed, index, model, self.cfg)
-            pose = landmark_pose(points, model, a_1)
+            try:
+                pose = landmark_pose(points, model, a_1)
+            except FitError:  # a_1's landmark vertices do not fit the points: keep the first pass's pose
+                pose = landmark_pose(points, model, f["alpha_t"][row])
             if any(tc.start_pose_noise_deg) or tc.start_pitch_follow:
                 pose = detector_pose(pose, scene.pose, tc.start_pose_noise_deg, tc.start_pitch_follow,
                                      pose_error_rng(self.seed, index))
