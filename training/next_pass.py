@@ -13,7 +13,6 @@ for the source's config. The image is rendered as before ((seed, index) alone de
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,26 +44,28 @@ class NextPassSource(PairSource):
         if "net" not in self._state:
             import h5py
             import torch
+            from torch.utils.data import get_worker_info
 
             from coarse.network import load_iterative
 
-            torch.set_num_threads(1 if os.environ.get("OMP_NUM_THREADS") == "1" else torch.get_num_threads())
+            from .starts import FitStart
+
+            if get_worker_info() is not None:
+                torch.set_num_threads(1)  # one thread per worker, as the renderer's BLAS
             self._state["net"] = load_iterative(self.weights).net
             self._state["file"] = h5py.File(self.source, "r")
-        return model, renderer, self._state["net"], self._state["file"]
+            self._state["fit_start"] = FitStart.from_config(self.cfg)
+        return model, renderer, self._state["net"], self._state["file"], self._state["fit_start"]
 
     def record(self, j: int) -> dict:
         import torch
 
         from coarse.fit import FitError
-        from coarse.iterative import landmark_pose
         from datagen.sample import make_sample, network_input
         from datagen.scene import draw_scene
         from datagen.shards import to_uint8
 
-        from .starts import detector_pose, pose_error_rng
-
-        model, renderer, net, f = self._network()
+        model, renderer, net, f, fit_start = self._network()
         row = int(self.rows[j])
         index = int(f["index"][row])
         x = torch.from_numpy(f["inputs"][row][None].astype(np.float32) / 255.0)
@@ -72,17 +73,13 @@ class NextPassSource(PairSource):
         with torch.no_grad():
             a_1 = net(x, a_t)[0].numpy().astype(np.float32)
         points = f["points"][row].astype(np.float64)
-        tc = self.cfg.train
         pose = None
-        if tc.start_pose == "fit":
+        if fit_start.fitted_pose:
             scene = draw_scene(self.seed, index, model, self.cfg)
             try:
-                pose = landmark_pose(points, model, a_1)
+                pose = fit_start.pose(points, model, a_1, scene, self.seed)
             except FitError:  # a_1's landmark vertices do not fit the points: keep the first pass's pose
-                pose = landmark_pose(points, model, f["alpha_t"][row])
-            if any(tc.start_pose_noise_deg) or tc.start_pitch_follow:
-                pose = detector_pose(pose, scene.pose, tc.start_pose_noise_deg, tc.start_pitch_follow,
-                                     pose_error_rng(self.seed, index))
+                pose = fit_start.pose(points, model, f["alpha_t"][row], scene, self.seed)
         s = make_sample(self.seed, index, model, self.cfg, renderer, alpha_t=a_1, pose_t=pose)
         return {"inputs": to_uint8(network_input(s.image, s.shading)),
                 "alpha_gt": f["alpha_gt"][row], "alpha_t": a_1, "alpha_fit": f["alpha_fit"][row],

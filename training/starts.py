@@ -120,13 +120,18 @@ class FitStart:
         gt = np.asarray(scene.alpha_gt, np.float32)
         u = fit_u(scene.u, self.fit_prob)
         alpha_t = (gt + u * (fit - gt)).astype(np.float32)
-        pose_t = None
-        if self.fitted_pose:
-            pose_t = landmark_pose(points, model, alpha_t)
-            if any(self.pose_noise_deg) or self.pitch_follow:
-                pose_t = detector_pose(pose_t, scene.pose, self.pose_noise_deg, self.pitch_follow,
-                                       pose_error_rng(seed, scene.index))
+        pose_t = self.pose(points, model, alpha_t, scene, seed) if self.fitted_pose else None
         return StartDraw(alpha_t, fit.astype(np.float32), points.astype(np.float32), detector, pose_t)
+
+    def pose(self, points: np.ndarray, model, alpha: np.ndarray, scene: SceneParams, seed: int) -> Pose:
+        """The pose an estimate ``alpha`` (K,) is drawn under: fitted to the sample's simulated detections
+        ``points`` (68, 2) with ``alpha``'s landmark vertices, plus the sample's extra detector pose error (the
+        same for every estimate of that sample: :func:`pose_error_rng`)."""
+        pose = landmark_pose(points, model, alpha)
+        if any(self.pose_noise_deg) or self.pitch_follow:
+            pose = detector_pose(pose, scene.pose, self.pose_noise_deg, self.pitch_follow,
+                                 pose_error_rng(seed, scene.index))
+        return pose
 
 
 def start_policy(cfg) -> FitStart | None:

@@ -104,13 +104,13 @@ def test_cli_cache_next(small_cfg, made, tmp_path):
 def test_a_next_pass_pose_that_fails_keeps_the_first_pass_pose(small_cfg, made, monkeypatch):
     """When the pose fit to a_1's landmark vertices fails (FitError), the pair is still made, drawn under
     the pose of the first pass's a_t."""
-    import coarse.iterative as iterative
+    import training.starts as starts
     from coarse.fit import FitError
     from training.next_pass import NextPassSource
 
     cache, weights, out, _ = made
     rows = first_pass_rows(cache)
-    real, seen = iterative.landmark_pose, []
+    real, seen = starts.landmark_pose, []
 
     def first_fails(points, model, alpha):
         seen.append(np.asarray(alpha).copy())
@@ -118,7 +118,7 @@ def test_a_next_pass_pose_that_fails_keeps_the_first_pass_pose(small_cfg, made, 
             raise FitError("pose fit diverged to a non-positive scale")
         return real(points, model, alpha)
 
-    monkeypatch.setattr(iterative, "landmark_pose", first_fails)
+    monkeypatch.setattr(starts, "landmark_pose", first_fails)
     rec = NextPassSource(small_cfg, cache, rows, weights, 5, 0, 1).record(0)
     with h5py.File(out, "r") as f:
         np.testing.assert_allclose(rec["alpha_t"], f["alpha_t"][N], atol=1e-5)  # a_1, as without the failure
