@@ -71,6 +71,18 @@ def run_config(section: str, config, values: dict):
 START_HELP = "a_t of the samples: fit (landmark fit of simulated detector landmarks) or mean"
 
 
+def render_options(fn):
+    """``--workers`` (render processes, refused below 0) and ``--quiet``, for the commands that render pairs."""
+    def check(ctx, param, value):
+        if value < 0:
+            raise click.ClickException(f"--workers must be >= 0; got {value}")
+        return value
+
+    fn = click.option("--quiet", is_flag=True, help="no progress bar")(fn)
+    return click.option("--workers", type=int, default=0, show_default=True, callback=check,
+                        help="render processes (0: this process)")(fn)
+
+
 @main.command(help="Train (or resume: the same command again) the iterative network; run folder --out.")
 @run_options("train", "shard folder", "generate samples on the fly", "samples per step (per GPU)",
              "initialisation and shuffle seed")
@@ -104,16 +116,13 @@ def iterative(config, quiet, cache, start, init, **run):
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="cache file (HDF5)")
 @click.option("--seed", type=int, default=None, help="dataset seed" + _d("datagen.seed"))
 @click.option("--start", type=click.Choice(["fit", "mean"]), default=None, help=START_HELP + _d("train.start"))
-@click.option("--workers", type=int, default=0, show_default=True, help="render processes (0: this process)")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@render_options
 @user_errors(TrainingError, CheckpointError)
 def cache(config, n, out, seed, start, workers, quiet):
     import time
 
     from .cache import draw_preview, write_cache
 
-    if workers < 0:
-        raise click.ClickException(f"--workers must be >= 0; got {workers}")
     cfg = load_cfg(config, {"datagen.seed": seed, "train.start": start})
     t0 = time.perf_counter()
     result = write_cache(cfg, out, n, cfg.datagen.seed, workers, progress=not quiet)
@@ -133,8 +142,7 @@ def cache(config, n, out, seed, start, workers, quiet):
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="new cache file: the source's pairs, then the next-pass pairs")
 @click.option("--n", type=int, default=None, help="at most this many next-pass pairs [default: one per first-pass pair]")
-@click.option("--workers", type=int, default=0, show_default=True, help="render processes (0: this process)")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@render_options
 @user_errors(TrainingError, CheckpointError)
 def cache_next(config, source, weights, out, n, workers, quiet):
     import time
@@ -142,8 +150,6 @@ def cache_next(config, source, weights, out, n, workers, quiet):
     from .cache import draw_preview
     from .next_pass import write_next_pass
 
-    if workers < 0:
-        raise click.ClickException(f"--workers must be >= 0; got {workers}")
     if not Path(weights).is_file():
         raise click.ClickException(f"weights file {weights} not found")
     cfg = load_cfg(config, {})
