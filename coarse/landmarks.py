@@ -311,7 +311,7 @@ def detector_noise(lm_model: LandmarkModel, model, records: dict) -> dict:
 
 
 def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose: Pose, rng: np.random.Generator,
-                         noise: dict | None = None) -> tuple[np.ndarray, str]:
+                         noise: dict | None = None, error_scale: float = 1.0) -> tuple[np.ndarray, str]:
     """Where the calibrated detector would put its 68 points on face ``alpha`` (K,) under ``pose``: for
     training pairs whose start is the landmark fit, without running the detector.
 
@@ -323,7 +323,9 @@ def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose
     scaled so that its robust scatter (1.4826 MAD) is the detector's ``sigma`` (mm) times ``pose.scale``
     (px/mm), and the points of one face err together, as measured. ``noise``: that model, a dict of
     :func:`detector_noise` (default the landmark model's ``provenance["noise_model"]``; without one:
-    unbiased, independent points, ``dof`` 3).
+    unbiased, independent points, ``dof`` 3). ``error_scale`` s >= 0 scales the detector's error, its noise
+    and its pull (a follow fraction f becomes 1 - s (1 - f)): 1 the detector as calibrated, 0 exact points;
+    the draws are the same for every s.
 
     Draws, in order: ``rng.choice``; ``rng.standard_normal`` (1, 2), (5, 2), (68, 2); ``rng.chisquare``.
 
@@ -348,6 +350,10 @@ def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose
          + np.sqrt(1.0 - shared - group) * rng.standard_normal((68, 2)))
     z *= np.sqrt(dof / rng.chisquare(dof))  # one scale per face: each coordinate is Student-t
     mad_to_scale = norm.ppf(0.75) / t.ppf(0.75, dof)  # a t variable of this scale has the normal's MAD
-    face = _followed(alpha, model.n_identity, nm.get("follow", {}).get(detector, (1.0, 1.0)))
-    points = lm_model.project(model, face, pose)
-    return points + z * (lm_model.sigma(detector) * pose.scale * mad_to_scale)[:, None], detector
+    if error_scale < 0:
+        raise ValueError(f"error_scale must be >= 0; got {error_scale}")
+    follow = np.asarray(nm.get("follow", {}).get(detector, (1.0, 1.0)), np.float64)
+    if error_scale != 1.0:
+        follow = 1.0 - error_scale * (1.0 - follow)
+    points = lm_model.project(model, _followed(alpha, model.n_identity, follow), pose)
+    return points + z * (error_scale * lm_model.sigma(detector) * pose.scale * mad_to_scale)[:, None], detector

@@ -170,7 +170,7 @@ class TrainConfig(RunConfig):
     """``train iterative``: the run settings, the network's stage widths and initial weights, the loss's alignment and region, the samples' start (``start``: ``fit`` or ``mean``, with
     ``start_fit_prob``, ``start_fit_iterations``, ``start_pose`` and its noise, :mod:`training.starts`), and the cache of
     pre-rendered pairs
-    (``cache`` file, ``cache_chunk`` samples per part, ``augment``)."""
+    (``cache`` files, ``cache_chunk`` samples per part, ``augment``)."""
 
     widths: tuple[int, ...]
     init: str
@@ -182,7 +182,8 @@ class TrainConfig(RunConfig):
     start_pose: str
     start_pose_noise_deg: tuple[float, float, float]
     start_pitch_follow: float
-    cache: str
+    start_error_scale: tuple[float, float]
+    cache: tuple[str, ...] | str
     cache_chunk: int
     augment: AugmentConfig
 
@@ -196,6 +197,11 @@ class TrainConfig(RunConfig):
             raise ValueError(f"widths must be 4 positive stage widths; got {list(self.widths)}")
         if not 0 <= self.start_fit_prob <= 1 or self.start_fit_iterations < 1 or self.cache_chunk < 1:
             raise ValueError("start_fit_prob must lie in [0, 1], start_fit_iterations and cache_chunk be >= 1")
+        if not 0 <= self.start_error_scale[0] <= self.start_error_scale[1]:
+            raise ValueError(f"start_error_scale must be [low, high] with 0 <= low <= high; got "
+                             f"{list(self.start_error_scale)}")
+        if isinstance(self.cache, str):  # one file (older configs and checkpoints) -> a list of files
+            object.__setattr__(self, "cache", (self.cache,) if self.cache else ())
 
 
 @dataclass(frozen=True)
@@ -573,7 +579,12 @@ def override(cfg: Any, dotted_key: str, value: Any, _prefix: str = "") -> Any:
     if rest:
         return dataclasses.replace(cfg, **{head: override(getattr(cfg, head), rest, value, f"{_prefix}{head}.")})
     tp = typing.get_type_hints(type(cfg))[head]
-    return dataclasses.replace(cfg, **{head: _coerce(value, tp, _prefix + dotted_key)})
+    try:
+        return dataclasses.replace(cfg, **{head: _coerce(value, tp, _prefix + dotted_key)})
+    except ConfigError:
+        raise
+    except ValueError as e:  # a section that checks its own values
+        raise ConfigError(f"config section '{_prefix.rstrip('.') or 'root'}': {e}") from None
 
 
 def optional_file(cfg: Config, given: str | None, default: str) -> Path | None:

@@ -63,6 +63,8 @@ def cache_config(cfg) -> dict:
                       "start_fit_iterations": tc.start_fit_iterations, "start_pose": tc.start_pose,
                       "start_pose_noise_deg": list(tc.start_pose_noise_deg),
                       "start_pitch_follow": tc.start_pitch_follow})
+    if list(tc.start_error_scale) != [1.0, 1.0]:  # files made before the key existed had [1, 1]
+        out["start"]["start_error_scale"] = list(tc.start_error_scale)
     if tc.start == "fit":
         out["fit"] = cfg.to_dict()["fit"]
         out["fit"]["landmarks_bytes"] = cfg.resolve_path(cfg.fit.landmarks).stat().st_size
@@ -223,12 +225,16 @@ def read_cache_info(path: str | Path) -> dict:
         raise TrainingError(f"{path} is not a readable training cache ({e})") from None
 
 
-def check_cache(path: str | Path, cfg) -> dict:
+def check_cache(path: str | Path, cfg, start: bool = True) -> dict:
     """The cache's info (:func:`read_cache_info`) when its samples are what ``cfg`` would generate; else
-    :class:`TrainingError` naming the first differing key."""
+    :class:`TrainingError` naming the first differing key. ``start=False``: the pairs' start policy
+    (``train.start*``) may differ from ``cfg``'s (a training run mixes files of several; the images, the model
+    and the fit must still be the same)."""
     info = read_cache_info(path)
-    made = {k: v for k, v in info["config"].items() if k != NEXT_PASS}  # later passes' pairs: same faces, config
-    diff = _first_difference(made, json.loads(json.dumps(cache_config(cfg))))
+    skip = {NEXT_PASS} | (set() if start else {"start"})  # later passes' pairs: same faces, config
+    made = {k: v for k, v in info["config"].items() if k not in skip}
+    now = {k: v for k, v in json.loads(json.dumps(cache_config(cfg))).items() if k not in skip}
+    diff = _first_difference(made, now)
     if diff:
         raise TrainingError(f"the cache {path} was made with another config ({diff}); train with its config "
                             "(--config) or make another cache")
@@ -316,10 +322,12 @@ def augment(inputs: torch.Tensor, aug, generator: torch.Generator) -> torch.Tens
 
 # ----------------------------------------------------------------------------------------- reading
 class CacheDataset(IterableDataset):
-    """Endless batches of a cache file (module docstring), augmented on the fly.
+    """Endless batches of one or more cache files (module docstring), augmented on the fly.
 
     Args:
-        path: the cache file; aug: the ``train.augment`` section, or None (no augmentation).
+        path: the cache file, or a list of them: their rows are read as one set (row r of the second file is
+            row n_1 + r), so pairs of several start policies train together.
+        aug: the ``train.augment`` section, or None (no augmentation).
         seed: shuffle and augmentation seed; batch_size: B.
         start_batch: first global batch (``step * world`` to resume after ``step`` steps).
         rank, world: this process takes global batches start_batch + rank + world j (DDP).
@@ -327,12 +335,15 @@ class CacheDataset(IterableDataset):
         ``{"input" (B, C + 1, H, W) float32, "alpha_gt" (B, K), "alpha_t" (B, K), "index" (B,) int64}``.
     """
 
-    def __init__(self, path: str | Path, aug, seed: int, batch_size: int, start_batch: int = 0, rank: int = 0,
+    def __init__(self, path, aug, seed: int, batch_size: int, start_batch: int = 0, rank: int = 0,
                  world: int = 1):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        self.path, self.aug, self.seed = str(path), aug, int(seed)
+        self.paths = [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]
+        if not self.paths:
+            raise ValueError("CacheDataset needs at least one cache file")
+        self.aug, self.seed = aug, int(seed)
         self.batch_size, self.start_batch, self.rank, self.world = batch_size, int(start_batch), rank, world
         self._state: dict | None = None
 
@@ -343,10 +354,19 @@ class CacheDataset(IterableDataset):
         if self._state is None or self._state["pid"] != os.getpid():
             import h5py
 
-            f = h5py.File(self.path, "r")
-            self._state = {"pid": os.getpid(), "file": f, "inputs": f["inputs"], "n": int(f["inputs"].shape[0]),
-                           **{k: f[k][:] for k in ("alpha_gt", "alpha_t", "index")}, "epochs": {}}
+            files = [h5py.File(p, "r") for p in self.paths]
+            sizes = [int(f["inputs"].shape[0]) for f in files]
+            self._state = {"pid": os.getpid(), "files": files, "inputs": [f["inputs"] for f in files],
+                           "starts": np.cumsum([0] + sizes), "n": int(sum(sizes)),
+                           **{k: np.concatenate([f[k][:] for f in files]) for k in ("alpha_gt", "alpha_t", "index")},
+                           "epochs": {}}
         return self._state
+
+    def inputs(self, rows) -> np.ndarray:
+        """(len(rows), C + 1, H, W) uint8 inputs of these rows of the joined files."""
+        st = self._arrays()
+        which = np.searchsorted(st["starts"], rows, side="right") - 1
+        return np.stack([st["inputs"][f][int(r - st["starts"][f])] for f, r in zip(which, rows)])
 
     def positions(self, k: int) -> np.ndarray:
         """(B,) sample rows of global batch ``k``."""
@@ -366,7 +386,7 @@ class CacheDataset(IterableDataset):
         """Global batch ``k``, augmented with the generator of (seed, k)."""
         st = self._arrays()
         rows = self.positions(k)
-        x = torch.from_numpy(np.stack([st["inputs"][i] for i in rows]))  # row by row: 60x h5py's fancy indexing
+        x = torch.from_numpy(self.inputs(rows))  # row by row: 60x h5py's fancy indexing
         if self.aug is not None:
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, k, 1]).generate_state(1)[0]))
             x = augment(x, self.aug, g)
@@ -394,7 +414,7 @@ def draw_preview(path: str | Path, aug, png: str | Path, n: int = 6, seed: int =
     st = ds._arrays()
     first = min(max(first, 0), st["n"] - 1)
     n = min(n, st["n"] - first)
-    raw = torch.from_numpy(st["inputs"][first:first + n])
+    raw = torch.from_numpy(ds.inputs(np.arange(first, first + n)))
     shown = [raw.float() / 255.0, augment(raw, aug, torch.Generator().manual_seed(seed))]
     fig = Figure(figsize=(8.0, 2.0 * n), dpi=100)
     FigureCanvasAgg(fig)
@@ -411,7 +431,7 @@ def draw_preview(path: str | Path, aug, png: str | Path, n: int = 6, seed: int =
     return Path(png)
 
 
-def cache_loader(path: str | Path, aug, seed: int, batch_size: int, start_batch: int = 0, workers: int = 0,
+def cache_loader(path, aug, seed: int, batch_size: int, start_batch: int = 0, workers: int = 0,
                  rank: int = 0, world: int = 1, pin_memory: bool = False, spawn: bool = False):
     """A DataLoader of :class:`CacheDataset` batches (``spawn``: as :func:`training.data.online_loader`)."""
     return batch_loader(CacheDataset(path, aug, seed, batch_size, start_batch, rank, world), workers, pin_memory,

@@ -86,8 +86,9 @@ def render_options(fn):
 @main.command(help="Train (or resume: the same command again) the iterative network; run folder --out.")
 @run_options("train", "shard folder", "generate samples on the fly", "samples per step (per GPU)",
              "initialisation and shuffle seed")
-@click.option("--cache", type=click.Path(dir_okay=False), default=None,
-              help="train on the pairs of a `train cache` file, augmented on the fly" + _d("train.cache"))
+@click.option("--cache", type=click.Path(dir_okay=False), multiple=True,
+              help="train on the pairs of a `train cache` file, augmented on the fly; repeat it to train on "
+                   "several as one set" + _d("train.cache"))
 @click.option("--start", type=click.Choice(["fit", "mean"]), default=None, help=START_HELP + _d("train.start"))
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="start a new run from these weights (a checkpoint or exported file of the same network)"
@@ -98,10 +99,10 @@ def iterative(config, quiet, cache, start, init, **run):
 
     from .train import train_iterative
 
-    if cache is not None and (run["data"] is not None or run["online"]):
+    if cache and (run["data"] is not None or run["online"]):
         raise click.UsageError("give one of --cache, --data and --online")
     cfg = run_config("train", config, run)
-    for key, value in (("train.cache", cache), ("train.start", start), ("train.init", init)):
+    for key, value in (("train.cache", list(cache) or None), ("train.start", start), ("train.init", init)):
         if value is not None:
             cfg = override(cfg, key, value)
     result = train_iterative(cfg, progress=not quiet)
@@ -116,14 +117,17 @@ def iterative(config, quiet, cache, start, init, **run):
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="cache file (HDF5)")
 @click.option("--seed", type=int, default=None, help="dataset seed" + _d("datagen.seed"))
 @click.option("--start", type=click.Choice(["fit", "mean"]), default=None, help=START_HELP + _d("train.start"))
+@click.option("--error-scale", type=float, nargs=2, default=None, metavar="LOW HIGH",
+              help="start fit: the simulated detector's error x s ~ U[LOW, HIGH] per pair (1: dlib, 0: exact points)"
+                   + _d("train.start_error_scale"))
 @render_options
 @user_errors(TrainingError, CheckpointError)
-def cache(config, n, out, seed, start, workers, quiet):
+def cache(config, n, out, seed, start, error_scale, workers, quiet):
     import time
 
     from .cache import draw_preview, write_cache
 
-    cfg = load_cfg(config, {"datagen.seed": seed, "train.start": start})
+    cfg = load_cfg(config, {"datagen.seed": seed, "train.start": start, "train.start_error_scale": error_scale})
     t0 = time.perf_counter()
     result = write_cache(cfg, out, n, cfg.datagen.seed, workers, progress=not quiet)
     took = time.perf_counter() - t0

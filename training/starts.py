@@ -14,7 +14,10 @@
   the image and the shading of a_t are misaligned as a photo's are. The simulated landmarks give half the pose
   error that dlib's give (3.3 against 7 degrees median), so that pose gets extra noise
   (``train.start_pose_noise_deg``, per yaw, pitch and roll) and misses a share ``train.start_pitch_follow`` of the
-  true pitch, as the fit to dlib's points does.
+  true pitch, as the fit to dlib's points does. ``train.start_error_scale`` [low, high] scales all of that
+  detector error (landmark noise and pull, extra pose error) by s ~ U[low, high] per sample (its own stream,
+  :func:`error_scale_rng`): 1 is dlib as calibrated, 0 exact landmarks, so that pairs of several noise levels
+  teach the network to leave a good fit alone.
 
 The simulated detections draw from their own generator (:func:`start_rng`), seeded by (seed, index): a sample
 depends on (seed, index) alone, whatever the number of workers.
@@ -48,6 +51,11 @@ def start_rng(seed: int, index: int) -> np.random.Generator:
 def pose_error_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of sample ``index``'s extra pose error (a stream of its own: the landmarks stay as they were)."""
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index), START_STREAM, 1])))
+
+
+def error_scale_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of sample ``index``'s detector error scale s (``train.start_error_scale``)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index), START_STREAM, 2])))
 
 
 def detector_pose(fitted: Pose, true: Pose, noise_deg, pitch_follow: float, rng: np.random.Generator) -> Pose:
@@ -94,13 +102,22 @@ class FitStart:
     fitted_pose: bool = True
     pose_noise_deg: tuple = (0.0, 0.0, 0.0)
     pitch_follow: float = 0.0
+    error_scale: tuple = (1.0, 1.0)
 
     @staticmethod
     def from_config(cfg) -> "FitStart":
         tc = cfg.train
         return FitStart(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)),
                         dataclasses.replace(cfg.fit, iterations=tc.start_fit_iterations), tc.start_fit_prob,
-                        tc.start_pose == "fit", tuple(tc.start_pose_noise_deg), tc.start_pitch_follow)
+                        tc.start_pose == "fit", tuple(tc.start_pose_noise_deg), tc.start_pitch_follow,
+                        tuple(tc.start_error_scale))
+
+    def scale(self, seed: int, index: int) -> float:
+        """Sample ``index``'s detector error scale s ~ U[``error_scale``] (1.0 without a draw when it is [1, 1])."""
+        low, high = self.error_scale
+        if low == high:
+            return float(low)
+        return float(error_scale_rng(seed, index).uniform(low, high))
 
     def draw(self, scene: SceneParams, model, seed: int) -> StartDraw:
         """The start of the sample of ``scene`` in dataset ``seed``. Detections whose fit fails (a heavy-tailed
@@ -115,7 +132,8 @@ class FitStart:
                     raise
 
     def _draw(self, scene: SceneParams, model, seed: int, rng: np.random.Generator) -> StartDraw:
-        points, detector = simulated_detections(self.landmarks, model, scene.alpha_gt, scene.pose, rng)
+        points, detector = simulated_detections(self.landmarks, model, scene.alpha_gt, scene.pose, rng,
+                                                error_scale=self.scale(seed, scene.index))
         fit, _ = fit_map(model, points, self.landmarks, self.prior, detector=detector)
         gt = np.asarray(scene.alpha_gt, np.float32)
         u = fit_u(scene.u, self.fit_prob)
@@ -126,11 +144,12 @@ class FitStart:
     def pose(self, points: np.ndarray, model, alpha: np.ndarray, scene: SceneParams, seed: int) -> Pose:
         """The pose an estimate ``alpha`` (K,) is drawn under: fitted to the sample's simulated detections
         ``points`` (68, 2) with ``alpha``'s landmark vertices, plus the sample's extra detector pose error (the
-        same for every estimate of that sample: :func:`pose_error_rng`)."""
+        same for every estimate of that sample: :func:`pose_error_rng`, times its error scale)."""
         pose = landmark_pose(points, model, alpha)
-        if any(self.pose_noise_deg) or self.pitch_follow:
-            pose = detector_pose(pose, scene.pose, self.pose_noise_deg, self.pitch_follow,
-                                 pose_error_rng(seed, scene.index))
+        s = self.scale(seed, scene.index)
+        if (any(self.pose_noise_deg) or self.pitch_follow) and s > 0:
+            pose = detector_pose(pose, scene.pose, tuple(s * np.asarray(self.pose_noise_deg, float)),
+                                 s * self.pitch_follow, pose_error_rng(seed, scene.index))
         return pose
 
 

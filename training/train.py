@@ -4,7 +4,8 @@
 - Loss: the geometry loss (:class:`training.loss.GeometryLoss`, mm^2 over ``train.loss_region``), after
   similarity alignment with ``train.loss_align: similarity`` (the error the evaluation measures).
 - Optimiser: Adam with a fixed learning rate (``train.lr``), as in the paper.
-- Data: a cache of pre-rendered pairs with on-the-fly augmentation (``train.cache``, :mod:`training.cache`),
+- Data: caches of pre-rendered pairs with on-the-fly augmentation (``train.cache``: one or more files, read as
+  one set; their start policies may differ, :mod:`training.cache`),
   online generation (``train.online``) or shards in ``train.data``; the samples' a_t from ``train.start``
   (:mod:`training.starts`); validation on a fixed held-out set of ``train.val_samples`` samples generated once
   with seed ``datagen.seed + VAL_SEED_OFFSET``.
@@ -52,11 +53,12 @@ def default_batches(cfg, batch: int, rank: int, world: int, workers: int, pin_me
     if cfg.train.cache:
         from .cache import cache_loader, check_cache
 
-        path = cfg.resolve_path(cfg.train.cache)
-        check_cache(path, cfg)
+        paths = [cfg.resolve_path(p) for p in cfg.train.cache]
+        for p in paths:  # the same images, model and fit as cfg (then the same input shape); any start
+            check_cache(p, cfg, start=False)
 
         def cached(step: int):
-            return cache_loader(path, cfg.train.augment, cfg.train.seed, batch, step * world, workers, rank, world,
+            return cache_loader(paths, cfg.train.augment, cfg.train.seed, batch, step * world, workers, rank, world,
                                 pin_memory, spawn=pin_memory)
         return cached
     if cfg.train.online:
@@ -79,7 +81,8 @@ def data_position(cfg, step: int, batch: int, world: int, custom: bool) -> dict:
     if custom:
         return {"source": "custom", "batches": step}
     if cfg.train.cache:
-        return {"source": "cache", "file": cfg.train.cache, "batches": step * world}
+        files = list(cfg.train.cache)
+        return {"source": "cache", "file": files[0] if len(files) == 1 else files, "batches": step * world}
     if cfg.train.online:
         return {"source": "online", "seed": cfg.datagen.seed, "next_index": step * world * batch}
     return {"source": "shards", "batches": step}

@@ -138,6 +138,32 @@ def test_training_from_the_cache_runs_and_resumes(small_cfg, cache_file, tmp_pat
         train_iterative(override(cfg, "render.image_size", 48), tmp_path / "other", progress=False)
 
 
+def test_training_reads_several_cache_files_as_one_set(small_cfg, cache_file, tmp_path):
+    """Files of other start policies (here: other detector error levels and seed) train together: row N + r is
+    row r of the second file; a file of other images is refused."""
+    levels = override(small_cfg, "train.start_error_scale", [0.0, 1.0])
+    second = tmp_path / "levels.h5"
+    write_cache(levels, second, 6, 8, progress=False)
+    assert read_cache_info(second)["config"]["start"]["start_error_scale"] == [0.0, 1.0]
+    assert "start_error_scale" not in read_cache_info(cache_file)["config"]["start"]  # [1, 1]: as before the key
+    both = CacheDataset([cache_file, second], None, 0, 4)
+    assert both._arrays()["n"] == N + 6
+    with h5py.File(cache_file, "r") as a, h5py.File(second, "r") as b:
+        np.testing.assert_array_equal(both.inputs(np.array([N + 2, 1, N + 5])),
+                                      np.stack([b["inputs"][2], a["inputs"][1], b["inputs"][5]]))
+        np.testing.assert_array_equal(both._arrays()["alpha_gt"][N:], b["alpha_gt"][:])
+    seen = torch.cat([both.batch(k)["index"] for k in range(4)]).tolist()  # one epoch of the 16 rows
+    assert sorted(seen) == sorted(list(range(N)) + list(range(6)))
+    cfg = override(small_cfg, "train.cache", [str(cache_file), str(second)])
+    result = train_iterative(cfg, tmp_path / "run", progress=False)
+    assert np.isfinite(result["train_loss"]) and load_checkpoint(result["checkpoint"])["data_position"] == {
+        "source": "cache", "file": [str(cache_file), str(second)], "batches": 2}
+    other = tmp_path / "other.h5"
+    write_cache(override(small_cfg, "render.image_size", 48), other, 2, 8, progress=False)
+    with pytest.raises(TrainingError, match="another config .*render.image_size"):
+        train_iterative(override(cfg, "train.cache", [str(cache_file), str(other)]), tmp_path / "x", progress=False)
+
+
 def test_cli_makes_a_cache_and_its_preview(tmp_path, model_path):
     cfg = tmp_path / "small.yaml"
     cfg.write_text("render:\n  image_size: 48\n  backend: numba\ntrain:\n  cache_chunk: 2\n")

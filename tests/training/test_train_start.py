@@ -77,6 +77,55 @@ def test_simulated_detections_follow_the_face_partly_and_err_together(model, lm)
         simulated_detections(one, model, alpha, pose, rng, dict(nm, shared=0.9))
 
 
+def test_the_error_scale_shrinks_noise_and_pull_together(model, lm):
+    """error_scale s: the same draws, the error from the exact projection is s times the detector's (noise and
+    pull both: the inner points' projection is linear in the face; the jaw line's points slide along the
+    silhouette), 0 gives the exact points; s < 0 is refused."""
+    rng = np.random.default_rng(4)
+    alpha = _random_face(model, rng) * 2
+    pose = centred_pose(model, euler_to_rotation(0.1, -0.1, 0.05), 2.0, 512)
+    exact = lm.project(model, alpha, pose)
+    full, det = simulated_detections(lm, model, alpha, pose, np.random.default_rng(9))
+    same, _ = simulated_detections(lm, model, alpha, pose, np.random.default_rng(9), error_scale=1.0)
+    np.testing.assert_array_equal(full, same)
+    assert np.abs(full - exact).mean() > 1.0  # the detector's error, px
+    for s in (0.0, 0.3):
+        got, d = simulated_detections(lm, model, alpha, pose, np.random.default_rng(9), error_scale=s)
+        assert d == det
+        np.testing.assert_allclose((got - exact)[17:], s * (full - exact)[17:], atol=1e-6)
+        if s == 0:
+            np.testing.assert_allclose(got, exact, atol=1e-9)
+    with pytest.raises(ValueError, match="error_scale"):
+        simulated_detections(lm, model, alpha, pose, rng, error_scale=-0.5)
+
+
+def test_fit_starts_of_several_error_levels(small_cfg, model):
+    """train.start_error_scale: s ~ U[low, high] per sample from (seed, index) alone; s = 0 draws exact points
+    and no extra pose error; low > high is refused."""
+    from facesynth.config import ConfigError, override
+    from training.starts import FitStart
+
+    levels = FitStart.from_config(override(small_cfg, "train.start_error_scale", [0.0, 1.0]))
+    scales = [levels.scale(0, i) for i in range(200)]
+    assert 0.0 <= min(scales) < 0.1 and 0.9 < max(scales) <= 1.0 and abs(np.mean(scales) - 0.5) < 0.06
+    assert scales == [levels.scale(0, i) for i in range(200)] and scales[:20] != [levels.scale(1, i) for i in range(20)]
+    assert FitStart.from_config(small_cfg).scale(0, 5) == 1.0
+    exact = FitStart.from_config(override(small_cfg, "train.start_error_scale", [0.0, 0.0]))
+    calibrated = FitStart.from_config(small_cfg)
+    scene = draw_scene(0, 2, model, small_cfg)
+    want = exact.landmarks.project(model, scene.alpha_gt, scene.pose)
+    np.testing.assert_allclose(exact.draw(scene, model, 0).points, want, atol=1e-3)
+
+    def pose_error(policy, index):  # degrees between the pose a_t is drawn under and the face's
+        sc = draw_scene(0, index, model, small_cfg)
+        pose = policy.pose(policy.draw(sc, model, 0).points, model, sc.alpha_gt, sc, 0)
+        return np.degrees(np.arccos(np.clip((np.trace(pose.rotation @ sc.pose.rotation.T) - 1) / 2, -1, 1)))
+    errs = [np.median([pose_error(p, i) for i in range(8)]) for p in (exact, calibrated)]
+    assert errs[0] < 0.5 * errs[1]
+    with pytest.raises(ConfigError, match="start_error_scale"):
+        override(small_cfg, "train.start_error_scale", [0.8, 0.2])
+
+
 def test_detector_noise_recovers_a_known_noise_model(model, lm):
     truth = {"follow": {"cnn": [0.7, 0.4]}, "dof": 3.0, "shared": 0.3, "group": 0.25}
     one = dataclasses.replace(lm, provenance={"detectors": {"cnn": 1}})
