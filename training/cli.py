@@ -141,7 +141,7 @@ def cache(config, n, out, seed, start, error_scale, workers, quiet):
                                  "first pass (training/next_pass.py); resumable: the same command again.")
 @config_option
 @click.option("--cache", "source", type=click.Path(dir_okay=False), required=True,
-              help="the `train cache` file (made with this config)")
+              help="the `train cache` file (made with this config; its start policy is the file's)")
 @click.option("--weights", type=click.Path(dir_okay=False), required=True, help="the trained network")
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="new cache file: the source's pairs, then the next-pass pairs")

@@ -86,9 +86,20 @@ class NextPassSource(PairSource):
                 "points": f["points"][row], "index": np.int64(index)}
 
 
+def source_start(cfg, start: dict):
+    """``cfg`` with the start policy a cache file was made with (its ``config["start"]``: the ``train.start*``
+    keys; files without ``start_error_scale`` were made with [1, 1])."""
+    from facesynth.config import override
+
+    for key, value in {"start_error_scale": [1.0, 1.0], **start}.items():
+        cfg = override(cfg, f"train.{key}", value)
+    return cfg
+
+
 def write_next_pass(cfg, source: str | Path, weights: str | Path, out: str | Path, workers: int = 0,
                     progress: bool = True, n: int | None = None) -> dict:
-    """Write ``out``: the pairs of the cache ``source`` (made with ``cfg``), then the next-pass pair of each of
+    """Write ``out``: the pairs of the cache ``source`` (made with ``cfg``; its own start policy, e.g. its
+    detector error levels, is taken from the file), then the next-pass pair of each of
     its first-pass pairs (the first ``n`` of them; None: all) by the network ``weights`` (module docstring).
     Resumable as ``train cache``.
 
@@ -101,7 +112,8 @@ def write_next_pass(cfg, source: str | Path, weights: str | Path, out: str | Pat
     from coarse.network import load_iterative
     from facesynth.io import file_digest
 
-    info = check_cache(source, cfg)
+    info = check_cache(source, cfg, start=False)
+    cfg = source_start(cfg, info["config"]["start"])
     if NEXT_PASS in info["config"]:
         raise TrainingError(f"{source} already holds next-pass pairs; give the cache of the first pass")
     if n is not None and n < 1:

@@ -124,3 +124,24 @@ def test_a_next_pass_pose_that_fails_keeps_the_first_pass_pose(small_cfg, made, 
         np.testing.assert_allclose(rec["alpha_t"], f["alpha_t"][N], atol=1e-5)  # a_1, as without the failure
     with h5py.File(cache, "r") as src:
         np.testing.assert_array_equal(seen[1], src["alpha_t"][rows[0]])  # the fallback: the first pass's a_t
+
+
+def test_next_pass_pairs_keep_the_start_policy_of_their_file(small_cfg, made, tmp_path, monkeypatch):
+    """A cache of other detector error levels (train.start_error_scale) gets next-pass pairs whose pose carries
+    that file's error level, whatever the config says; the file trains with the config's other keys."""
+    from training.starts import FitStart
+
+    _, weights, _, _ = made
+    levels = tmp_path / "levels.h5"
+    write_cache(override(small_cfg, "train.start_error_scale", [0.0, 0.0]), levels, 6, 9, progress=False)
+    with pytest.raises(TrainingError, match="another config .*start_error_scale"):
+        check_cache(levels, small_cfg)
+    real, scales = FitStart.pose, []
+
+    def pose(self, *args):
+        scales.append(self.error_scale)
+        return real(self, *args)
+
+    monkeypatch.setattr(FitStart, "pose", pose)
+    result = write_next_pass(small_cfg, levels, weights, tmp_path / "levels2.h5", progress=False)
+    assert result["next_pass"] > 0 and set(scales) == {(0.0, 0.0)}
