@@ -2,7 +2,8 @@
 
 - ``loader``: online generation alone (:class:`training.data.OnlineDataset` through a DataLoader);
 - ``model``: the network alone on random tensors (forward + backward + Adam step), NCHW fp32 as the
-  baseline, then channels_last (and bf16 autocast on CUDA), each with ``ratio_vs_baseline``;
+  baseline, then channels_last (and bf16 autocast on CUDA; with ``--compile`` also through ``torch.compile``),
+  each with ``ratio_vs_baseline``;
 - ``both``: online batches fed to the model (the real training step), ``ratio_vs_model_alone``;
 - with ``--recipe CONFIG --cache FILE`` (the shipped recipe, issue 14): ``recipe``, its training step on
   augmented batches of the cache (``training.cache``), against ``paper``, the paper's network at ``--size``
@@ -17,6 +18,7 @@ cores).
 Prints one JSON line per measurement::
 
     .venv/bin/python benchmarks/train.py [--size 200] [--batch 16] [--steps 5] [--rounds 2] [--workers 0]
+        [--compile] [--widths 16 32 64 128]
         [--recipe runs/issue14.yaml --cache runs/cache128p.h5 [--weights FILE] [--iterations 3]]
 """
 from __future__ import annotations
@@ -68,12 +70,15 @@ def loader_rate(cfg, batch: int, steps: int, workers: int) -> float:
     return median_rate(lambda: next(it), steps, batch)
 
 
-def training_step(cfg, face_model, batch: int, device, channels_last: bool, amp: bool, data=None):
-    """A warmed-up training step on random tensors (or on ``data``, an iterator of batches)."""
+def training_step(cfg, face_model, batch: int, device, channels_last: bool, amp: bool, data=None,
+                  compiled: bool = False):
+    """A warmed-up training step on random tensors (or on ``data``, an iterator of batches); ``compiled``: the
+    network through ``torch.compile`` (inductor; compiled during the warm-up)."""
     torch.manual_seed(0)
     net = IterativeNet.from_config(cfg).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    model = torch.compile(net) if compiled else net
     loss_fn = GeometryLoss(face_model).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     size, K = cfg.render.image_size, net.n_coeffs
@@ -83,7 +88,7 @@ def training_step(cfg, face_model, batch: int, device, channels_last: bool, amp:
     def step():
         x, a_t, a_gt = to_device(next(data) if data is not None else fixed, device, channels_last)
         with autocast(device) if amp else contextlib.nullcontext():
-            pred = net(x, a_t)
+            pred = model(x, a_t)
         loss = loss_fn(pred.float(), a_gt)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,16 +194,18 @@ def main() -> None:
     ap.add_argument("--cache", help="the recipe's `train cache` file")
     ap.add_argument("--weights", help="trained weights for the inference timing (default: untrained, same shape)")
     ap.add_argument("--iterations", type=int, default=3, help="network passes of the inference timing")
+    ap.add_argument("--compile", action="store_true", help="also the model through torch.compile (minutes to compile)")
+    ap.add_argument("--widths", type=int, nargs=4, help="the network's stage widths (default train.widths)")
     args = ap.parse_args()
     if bool(args.recipe) != bool(args.cache):
         ap.error("--recipe and --cache go together")
     from morphable.model import load_model
 
-    cfg = load_config(overrides={"render.image_size": args.size})
+    cfg = load_config(overrides={"render.image_size": args.size, "train.widths": args.widths})
     face_model = load_model(cfg.resolve_path(cfg.model.path))
     device = resolve_device(args.device)
     common = {"device": str(device), "image_size": args.size, "batch": args.batch,
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(), "widths": list(cfg.train.widths)}
     if args.recipe:
         recipe_vs_paper(args, cfg, face_model, device, common)
         return
@@ -211,6 +218,9 @@ def main() -> None:
                 "fp32 channels_last": training_step(cfg, face_model, args.batch, device, True, False)}
     if cuda:
         variants["bf16 autocast channels_last"] = training_step(cfg, face_model, args.batch, device, True, True)
+    if args.compile:
+        variants["fp32 channels_last torch.compile"] = training_step(cfg, face_model, args.batch, device, True, cuda,
+                                                                     compiled=True)
     rates = best_rates(variants, args.steps, args.batch, device, args.rounds)
     base = rates["fp32 NCHW"]
     for name, r in rates.items():
