@@ -98,11 +98,13 @@ def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, land
     if not known:
         pose = landmark_pose(landmarks, model, start)
     net_pose = frame.pose(model, pose.rotation)
-    gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, frame_map(pose, net_pose), frame.size)
+    fmap = frame_map(pose, net_pose)
+    gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, fmap, frame.size)
     renderer = FaceRenderer.from_config(model, render_cfg, image_size=frame.size, backend="numba")
 
-    def refit(a):
-        return frame.pose(model, landmark_pose(landmarks, model, a).rotation)
+    def refit(a):  # the new shape's landmark pose, carried into the frame the photo was warped into once
+        p = landmark_pose(landmarks, model, a)
+        return Pose(p.scale * fmap.k, p.rotation, fmap.forward(np.asarray(p.translation, np.float64)))
 
     steps = iterative_fit(predict, gray, net_pose, renderer, iterations, alpha0=start,
                           refit_pose=refit if refit_pose and not known else None)

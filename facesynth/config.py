@@ -183,6 +183,8 @@ class TrainConfig(RunConfig):
     start_pose_noise_deg: tuple[float, float, float]
     start_pitch_follow: float
     start_error_scale: tuple[float, float]
+    start_landmarks: str
+    start_true_noise_mm: float
     cache: tuple[str, ...] | str
     cache_chunk: int
     augment: AugmentConfig
@@ -200,6 +202,9 @@ class TrainConfig(RunConfig):
         if not 0 <= self.start_error_scale[0] <= self.start_error_scale[1]:
             raise ValueError(f"start_error_scale must be [low, high] with 0 <= low <= high; got "
                              f"{list(self.start_error_scale)}")
+        if self.start_landmarks not in ("detector", "true") or self.start_true_noise_mm < 0:
+            raise ValueError(f"start_landmarks must be 'detector' or 'true' and start_true_noise_mm >= 0; got "
+                             f"{self.start_landmarks!r}, {self.start_true_noise_mm}")
         if isinstance(self.cache, str):  # one file (older configs and checkpoints) -> a list of files
             object.__setattr__(self, "cache", (self.cache,) if self.cache else ())
 

@@ -65,6 +65,8 @@ def cache_config(cfg) -> dict:
                       "start_pitch_follow": tc.start_pitch_follow})
     if list(tc.start_error_scale) != [1.0, 1.0]:  # files made before the key existed had [1, 1]
         out["start"]["start_error_scale"] = list(tc.start_error_scale)
+    if tc.start_landmarks != "detector":  # ... and the simulated detector
+        out["start"].update(start_landmarks=tc.start_landmarks, start_true_noise_mm=tc.start_true_noise_mm)
     if tc.start == "fit":
         out["fit"] = cfg.to_dict()["fit"]
         out["fit"]["landmarks_bytes"] = cfg.resolve_path(cfg.fit.landmarks).stat().st_size

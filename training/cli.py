@@ -120,14 +120,18 @@ def iterative(config, quiet, cache, start, init, **run):
 @click.option("--error-scale", type=float, nargs=2, default=None, metavar="LOW HIGH",
               help="start fit: the simulated detector's error x s ~ U[LOW, HIGH] per pair (1: dlib, 0: exact points)"
                    + _d("train.start_error_scale"))
+@click.option("--landmarks", type=click.Choice(["detector", "true"]), default=None,
+              help="start fit: landmarks of the simulated detector, or the model's landmark vertices + noise of "
+                   "s x train.start_true_noise_mm" + _d("train.start_landmarks"))
 @render_options
 @user_errors(TrainingError, CheckpointError)
-def cache(config, n, out, seed, start, error_scale, workers, quiet):
+def cache(config, n, out, seed, start, error_scale, landmarks, workers, quiet):
     import time
 
     from .cache import draw_preview, write_cache
 
-    cfg = load_cfg(config, {"datagen.seed": seed, "train.start": start, "train.start_error_scale": error_scale})
+    cfg = load_cfg(config, {"datagen.seed": seed, "train.start": start, "train.start_error_scale": error_scale,
+                            "train.start_landmarks": landmarks})
     t0 = time.perf_counter()
     result = write_cache(cfg, out, n, cfg.datagen.seed, workers, progress=not quiet)
     took = time.perf_counter() - t0

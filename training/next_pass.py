@@ -91,7 +91,7 @@ def source_start(cfg, start: dict):
     keys; files without ``start_error_scale`` were made with [1, 1])."""
     from facesynth.config import override
 
-    for key, value in {"start_error_scale": [1.0, 1.0], **start}.items():
+    for key, value in {"start_error_scale": [1.0, 1.0], "start_landmarks": "detector", **start}.items():
         cfg = override(cfg, f"train.{key}", value)
     return cfg
 

@@ -17,7 +17,10 @@
   true pitch, as the fit to dlib's points does. ``train.start_error_scale`` [low, high] scales all of that
   detector error (landmark noise and pull, extra pose error) by s ~ U[low, high] per sample (its own stream,
   :func:`error_scale_rng`): 1 is dlib as calibrated, 0 exact landmarks, so that pairs of several noise levels
-  teach the network to leave a good fit alone.
+  teach the network to leave a good fit alone. ``train.start_landmarks: true`` replaces the simulated detector
+  by the model's own landmark vertices plus Gaussian noise of s x ``train.start_true_noise_mm`` (mm on the face),
+  fitted with those vertices as ``train evaluate --landmarks true`` fits them (a front end with accurate
+  landmarks: its fit errs differently from the calibrated one), without the detector's extra pose error.
 
 The simulated detections draw from their own generator (:func:`start_rng`), seeded by (seed, index): a sample
 depends on (seed, index) alone, whatever the number of workers.
@@ -31,7 +34,8 @@ import numpy as np
 
 from coarse.fit import FitError, fit_map
 from coarse.iterative import landmark_pose
-from coarse.landmarks import LandmarkModel, load_landmark_model, simulated_detections
+from coarse.landmarks import (LandmarkModel, load_landmark_model, noisy_landmarks, simulated_detections,
+                              vertex_landmarks)
 from datagen.sample import Sample, make_sample
 from datagen.scene import SceneParams, draw_scene
 from render.camera import Pose, euler_to_rotation, rotation_to_euler
@@ -39,6 +43,9 @@ from render.camera import Pose, euler_to_rotation, rotation_to_euler
 START_POLICIES = ("mean", "fit")
 #: The third word of the start generator's seed: its stream differs from every scene's (seed, index).
 START_STREAM = 14
+#: ``train.start_landmarks: true``: the fit's landmark scatter is at least this (mm; 0.25 px at 512 px, as
+#: `train evaluate` floors it at 0.25 px).
+MIN_TRUE_SIGMA_MM = 0.14
 #: Simulated detections drawn at most this often for one sample (a draw whose fit fails is drawn again).
 MAX_DRAWS = 5
 
@@ -103,6 +110,8 @@ class FitStart:
     pose_noise_deg: tuple = (0.0, 0.0, 0.0)
     pitch_follow: float = 0.0
     error_scale: tuple = (1.0, 1.0)
+    true_landmarks: bool = False
+    true_noise_mm: float = 1.0
 
     @staticmethod
     def from_config(cfg) -> "FitStart":
@@ -110,7 +119,7 @@ class FitStart:
         return FitStart(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)),
                         dataclasses.replace(cfg.fit, iterations=tc.start_fit_iterations), tc.start_fit_prob,
                         tc.start_pose == "fit", tuple(tc.start_pose_noise_deg), tc.start_pitch_follow,
-                        tuple(tc.start_error_scale))
+                        tuple(tc.start_error_scale), tc.start_landmarks == "true", tc.start_true_noise_mm)
 
     def scale(self, seed: int, index: int) -> float:
         """Sample ``index``'s detector error scale s ~ U[``error_scale``] (1.0 without a draw when it is [1, 1])."""
@@ -132,21 +141,30 @@ class FitStart:
                     raise
 
     def _draw(self, scene: SceneParams, model, seed: int, rng: np.random.Generator) -> StartDraw:
-        points, detector = simulated_detections(self.landmarks, model, scene.alpha_gt, scene.pose, rng,
-                                                error_scale=self.scale(seed, scene.index))
-        fit, _ = fit_map(model, points, self.landmarks, self.prior, detector=detector)
+        if self.true_landmarks:  # the model's landmark vertices + Gaussian noise, fitted as `train evaluate
+            # --landmarks true` fits them
+            noise_mm = self.scale(seed, scene.index) * self.true_noise_mm
+            landmarks = vertex_landmarks(model, max(noise_mm, MIN_TRUE_SIGMA_MM))
+            points = noisy_landmarks(landmarks.project(model, scene.alpha_gt, scene.pose), noise_mm * scene.pose.scale,
+                                     rng)
+            detector = None
+        else:
+            landmarks = self.landmarks
+            points, detector = simulated_detections(landmarks, model, scene.alpha_gt, scene.pose, rng,
+                                                    error_scale=self.scale(seed, scene.index))
+        fit, _ = fit_map(model, points, landmarks, self.prior, detector=detector)
         gt = np.asarray(scene.alpha_gt, np.float32)
         u = fit_u(scene.u, self.fit_prob)
         alpha_t = (gt + u * (fit - gt)).astype(np.float32)
         pose_t = self.pose(points, model, alpha_t, scene, seed) if self.fitted_pose else None
-        return StartDraw(alpha_t, fit.astype(np.float32), points.astype(np.float32), detector, pose_t)
+        return StartDraw(alpha_t, fit.astype(np.float32), points.astype(np.float32), detector or "true", pose_t)
 
     def pose(self, points: np.ndarray, model, alpha: np.ndarray, scene: SceneParams, seed: int) -> Pose:
         """The pose an estimate ``alpha`` (K,) is drawn under: fitted to the sample's simulated detections
         ``points`` (68, 2) with ``alpha``'s landmark vertices, plus the sample's extra detector pose error (the
         same for every estimate of that sample: :func:`pose_error_rng`, times its error scale)."""
         pose = landmark_pose(points, model, alpha)
-        s = self.scale(seed, scene.index)
+        s = 0.0 if self.true_landmarks else self.scale(seed, scene.index)  # true landmarks: no detector's pose error
         if (any(self.pose_noise_deg) or self.pitch_follow) and s > 0:
             pose = detector_pose(pose, scene.pose, tuple(s * np.asarray(self.pose_noise_deg, float)),
                                  s * self.pitch_follow, pose_error_rng(seed, scene.index))
