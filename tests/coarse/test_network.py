@@ -51,3 +51,34 @@ def test_colour_input_and_bad_shapes():
         net(torch.rand(1, 2, 32, 32), torch.zeros(1, K))
     with pytest.raises(ValueError, match="alpha_t"):
         net(torch.rand(1, 4, 32, 32), torch.zeros(1, K - 1))
+
+
+def test_later_passes_draw_the_new_shape_where_its_landmark_pose_puts_it_in_the_warped_photo(cfg, model):
+    """network_fit warps the photo into the network frame once, with the first shape's landmark pose; a later
+    pass's shape is drawn under its own landmark pose carried through that same map (not re-centred at the
+    frame's mean scale), so image and shading stay aligned as in the next-pass training pairs."""
+    import numpy as np
+
+    from coarse.frame import NetworkFrame, frame_map
+    from coarse.iterative import landmark_pose, network_fit
+    from coarse.landmarks import vertex_landmarks
+    from render.camera import Pose, euler_to_rotation
+
+    rng = np.random.default_rng(0)
+    truth = np.r_[rng.normal(size=model.n_identity) * 1.5, np.zeros(model.n_expression)].astype(np.float32)
+    photo_pose = Pose(1.7, euler_to_rotation(0.2, -0.1, 0.05), np.array([260.0, 240.0]))
+    points = vertex_landmarks(model).project(model, truth, photo_pose)
+    other = np.r_[rng.normal(size=model.n_identity) * 1.5, np.zeros(model.n_expression)].astype(np.float32)
+    frame = NetworkFrame(64, float(cfg.sampling.pose.scale_mean))
+    steps, final = network_fit(lambda x, a: np.tile(other, (len(a), 1)), frame, np.zeros((512, 512), np.float32),
+                               points, model, cfg.render, iterations=2, alpha0=np.zeros(model.n_coeffs, np.float32))
+    first = landmark_pose(points, model, np.zeros(model.n_coeffs, np.float32))
+    fmap = frame_map(first, frame.pose(model, first.rotation))
+    want = landmark_pose(points, model, other)
+    assert abs(want.scale / first.scale - 1) > 0.01  # the new shape fits the landmarks at another scale
+    for alpha, pose in steps:
+        np.testing.assert_allclose(alpha, other)
+        assert pose.scale == pytest.approx(want.scale * fmap.k)
+        np.testing.assert_allclose(pose.translation, fmap.forward(want.translation), atol=1e-9)
+        np.testing.assert_allclose(pose.rotation, want.rotation, atol=1e-12)
+    assert final.scale == pytest.approx(want.scale)

@@ -126,6 +126,43 @@ def test_fit_starts_of_several_error_levels(small_cfg, model):
         override(small_cfg, "train.start_error_scale", [0.8, 0.2])
 
 
+def test_true_landmark_starts_fit_the_model_vertices_as_evaluation_does(small_cfg, model):
+    """train.start_landmarks: true: the points are the model's landmark vertices + s x start_true_noise_mm of
+    noise, the fit is the one `train evaluate --landmarks true` runs (closer than the calibrated fit of exact
+    points: its prior is the detector's scatter), and the pose carries no detector error."""
+    from facesynth.config import ConfigError, override
+    from coarse.fit import fit_map
+    from coarse.iterative import landmark_pose
+    from coarse.landmarks import vertex_landmarks
+    from training.metrics import coefficient_errors
+    from training.starts import MIN_TRUE_SIGMA_MM, FitStart
+
+    cfg = override(override(small_cfg, "train.start_landmarks", "true"), "train.start_error_scale", [0.0, 0.0])
+    exact = FitStart.from_config(cfg)
+    calibrated = FitStart.from_config(override(small_cfg, "train.start_error_scale", [0.0, 0.0]))
+    gts, fits, cal = [], [], []
+    for index in range(6):
+        scene = draw_scene(0, index, model, small_cfg)
+        d = exact.draw(scene, model, 0)
+        assert d.detector == "true"
+        np.testing.assert_allclose(d.points, vertex_landmarks(model).project(model, scene.alpha_gt, scene.pose),
+                                   atol=1e-3)
+        want, _ = fit_map(model, d.points.astype(np.float64), vertex_landmarks(model, MIN_TRUE_SIGMA_MM),
+                          exact.prior)
+        np.testing.assert_allclose(d.alpha_fit, want, atol=1e-5)
+        pose = exact.pose(d.points, model, d.alpha_t, scene, 0)
+        np.testing.assert_allclose(pose.rotation, landmark_pose(d.points, model, d.alpha_t).rotation, atol=1e-12)
+        gts.append(scene.alpha_gt), fits.append(d.alpha_fit), cal.append(calibrated.draw(scene, model, 0).alpha_fit)
+    gts = np.stack(gts)
+    assert coefficient_errors(model, np.stack(fits), gts).mean() < coefficient_errors(model, np.stack(cal), gts).mean()
+    noisy = FitStart.from_config(override(cfg, "train.start_error_scale", [1.0, 1.0]))
+    scene = draw_scene(0, 1, model, small_cfg)
+    err = noisy.draw(scene, model, 0).points - vertex_landmarks(model).project(model, scene.alpha_gt, scene.pose)
+    assert 0.5 < err.std() / (noisy.true_noise_mm * scene.pose.scale) < 1.5
+    with pytest.raises(ConfigError, match="start_landmarks"):
+        override(small_cfg, "train.start_landmarks", "dlib")
+
+
 def test_detector_noise_recovers_a_known_noise_model(model, lm):
     truth = {"follow": {"cnn": [0.7, 0.4]}, "dof": 3.0, "shared": 0.3, "group": 0.25}
     one = dataclasses.replace(lm, provenance={"detectors": {"cnn": 1}})
