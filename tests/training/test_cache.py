@@ -175,6 +175,28 @@ def test_cli_makes_a_cache_and_its_preview(tmp_path, model_path):
     assert (tmp_path / "c.h5.png").stat().st_size > 5_000
 
 
+def test_cli_start_options_and_several_caches(tmp_path, model_path):
+    """`train cache --landmarks true --error-scale 0 1` records that start in the file; `train iterative
+    --cache A --cache B` trains on both; a bad error scale is a one-line error."""
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("render:\n  image_size: 48\n  backend: numba\ntrain:\n  cache_chunk: 2\n  batch: 2\n"
+                   "  val_samples: 2\n  val_every: 1\n  checkpoint_every: 1\n  device: cpu\n"
+                   "  widths: [4, 8, 8, 16]\n")
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    for out, extra in ((a, []), (b, ["--landmarks", "true", "--error-scale", "0", "1", "--seed", "4"])):
+        r = CliRunner().invoke(cli, ["cache", "--config", str(cfg), "--n", "2", "--out", str(out), "--quiet", *extra])
+        assert r.exit_code == 0, r.output
+    start = read_cache_info(b)["config"]["start"]
+    assert start["start_landmarks"] == "true" and start["start_error_scale"] == [0.0, 1.0]
+    r = CliRunner().invoke(cli, ["iterative", "--config", str(cfg), "--cache", str(a), "--cache", str(b), "--out",
+                                 str(tmp_path / "run"), "--steps", "1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "run" / "ckpt.pt")["data_position"]["file"] == [str(a), str(b)]
+    r = CliRunner().invoke(cli, ["cache", "--config", str(cfg), "--n", "2", "--out", str(tmp_path / "c.h5"),
+                                 "--error-scale", "0.9", "0.1"])
+    assert r.exit_code != 0 and "start_error_scale" in r.output and "Traceback" not in r.output
+
+
 def test_cli_errors_are_one_line(cache_file, tmp_path):
     runner = CliRunner()
     r = runner.invoke(cli, ["cache", "--n", "0", "--out", str(tmp_path / "c.h5")])
