@@ -148,7 +148,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     """On-the-fly augmentation of cached training pairs (:mod:`training.cache`): a joint shift (of the image
-    size) and scale of image and shading; on the image alone gamma, noise, blur and JPEG."""
+    size) and scale of image and shading; on the image alone gamma, noise, blur, JPEG and random erasing."""
 
     shift: float
     scale_std: float
@@ -157,12 +157,16 @@ class AugmentConfig:
     blur_max_px: float
     jpeg_prob: float
     jpeg_quality_min: int
+    erase_prob: float
+    erase_max_area: float
 
     def __post_init__(self):
         if min(self.shift, self.scale_std, self.gamma_std, self.noise_max, self.blur_max_px) < 0:
             raise ValueError("shift, scale_std, gamma_std, noise_max and blur_max_px must be >= 0")
         if not 0 <= self.jpeg_prob <= 1 or not 1 <= self.jpeg_quality_min <= 95:
             raise ValueError("jpeg_prob must lie in [0, 1] and jpeg_quality_min in [1, 95]")
+        if not 0 <= self.erase_prob <= 1 or not 0.02 <= self.erase_max_area <= 1:
+            raise ValueError("erase_prob must lie in [0, 1] and erase_max_area in [0.02, 1]")
 
 
 @dataclass(frozen=True)

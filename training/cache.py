@@ -283,8 +283,8 @@ def augment(inputs: torch.Tensor, aug, generator: torch.Generator) -> torch.Tens
     Returns:
         (B, C + 1, H, W) float32 in [0, 1]: image and shading shifted (``shift`` x H, per axis) and scaled
         together (the face elsewhere in the frame, as a photo's pose fit puts it); then on the image alone
-        gamma, blur, noise and (with ``jpeg_prob``) a JPEG round trip; the image masked again by the shading's
-        support.
+        gamma, blur, noise, (with ``jpeg_prob``) a JPEG round trip and (with ``erase_prob``) a random erasing
+        (:func:`_erase`); the image masked again by the shading's support.
     """
     x = inputs.float() / 255.0
     B = x.shape[0]
@@ -319,7 +319,30 @@ def augment(inputs: torch.Tensor, aug, generator: torch.Generator) -> torch.Tens
     img = img.clamp(0.0, 1.0)
     for i in torch.nonzero(jpeg).flatten().tolist():
         img[i] = _jpeg(img[i], int(quality[i]))
+    if aug.erase_prob > 0:  # drawn last: a config without erasing draws as before
+        img = _erase(img, aug, uniform)
     return torch.cat([img * mask, shading], 1).contiguous()
+
+
+def _erase(img: torch.Tensor, aug, uniform) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020) of the image channel(s) (B, C, H, W): with probability ``erase_prob``
+    one rectangle of area U[0.02, ``erase_max_area``] of the image and aspect ratio log-U[1/3, 3] is filled with
+    a random gray level and a random noise of up to 0.1: what hair, a beard, a hand or glasses put over a real
+    face and no synthetic one has."""
+    B, _, H, W = img.shape
+    on = uniform(B) < aug.erase_prob
+    area = 0.02 + (aug.erase_max_area - 0.02) * uniform(B)
+    aspect = torch.exp((2 * uniform(B) - 1) * float(np.log(3.0)))
+    h = (torch.sqrt(area * aspect) * H).clamp(max=H)
+    w = (torch.sqrt(area / aspect) * W).clamp(max=W)
+    top, left = uniform(B) * (H - h), uniform(B) * (W - w)
+    level, grain = uniform(B), 0.1 * uniform(B)
+    texture = level[:, None, None, None] + grain[:, None, None, None] * (2 * uniform(*img.shape) - 1)
+    rows = torch.arange(H, dtype=torch.float32)[None, :, None]
+    cols = torch.arange(W, dtype=torch.float32)[None, None, :]
+    box = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None]) & (cols >= left[:, None, None])
+           & (cols < (left + w)[:, None, None]) & on[:, None, None])[:, None]
+    return torch.where(box, texture.clamp(0.0, 1.0), img)
 
 
 # ----------------------------------------------------------------------------------------- reading

@@ -105,6 +105,25 @@ def test_augment(small_cfg, cache_file):
     assert ((a[:, 0] - x[:, 0].float() / 255).abs().mean() > 0.01)
 
 
+def test_random_erasing_covers_part_of_the_image_only():
+    """erase_prob 1: one rectangle per sample of the image channel changes (area within the configured range),
+    the shading does not; erase_prob 0 draws exactly the augmentation without it."""
+    from facesynth.config import load_config
+
+    aug = load_config().train.augment
+    x = (torch.rand(16, 2, 64, 64) * 255).to(torch.uint8)
+    x[:, 1] = 200
+    plain = augment(x, aug, torch.Generator().manual_seed(3))
+    assert aug.erase_prob == 0 and torch.equal(plain, augment(x, aug, torch.Generator().manual_seed(3)))
+    erased = augment(x, dataclasses.replace(aug, erase_prob=1.0, erase_max_area=0.3), torch.Generator().manual_seed(3))
+    assert torch.equal(erased[:, 1], plain[:, 1])
+    changed = (erased[:, 0] != plain[:, 0]).float().mean((1, 2))
+    assert changed.min() > 0.005 and changed.max() < 0.32
+    rows, cols = torch.nonzero(erased[0, 0] != plain[0, 0], as_tuple=True)  # one rectangle
+    box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert len(rows) / box > 0.9
+
+
 def test_the_cache_stream_resumes_exactly_for_any_worker_count(small_cfg, cache_file):
     aug = small_cfg.train.augment
 
