@@ -353,7 +353,7 @@ def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose
     if error_scale < 0:
         raise ValueError(f"error_scale must be >= 0; got {error_scale}")
     follow = np.asarray(nm.get("follow", {}).get(detector, (1.0, 1.0)), np.float64)
-    if error_scale != 1.0:
+    if error_scale != 1.0:  # not rewritten at 1: 1 - (1 - f) may differ from f in the last bit
         follow = 1.0 - error_scale * (1.0 - follow)
     points = lm_model.project(model, _followed(alpha, model.n_identity, follow), pose)
     return points + z * (error_scale * lm_model.sigma(detector) * pose.scale * mad_to_scale)[:, None], detector

@@ -52,6 +52,16 @@ NEXT_PASS = "next_pass"
 MASK_LEVEL = 0.05
 
 
+#: Start keys added after files were made: :func:`cache_config` records them only when they differ from these,
+#: the values every file without them was made with (so such files stay valid).
+START_ADDED = {"start_error_scale": [1.0, 1.0], "start_landmarks": "detector"}
+
+
+def file_start(config: dict) -> dict:
+    """The ``train.start*`` keys a cache file was made with, from its ``config`` (those it lacks: :data:`START_ADDED`)."""
+    return {**START_ADDED, **config["start"]}
+
+
 def cache_config(cfg) -> dict:
     """What the cached samples depend on: the datagen sections (:func:`datagen.generate.data_config`), the start
     policy and, for ``fit`` starts, the fit section and the landmark model's file size."""
@@ -63,9 +73,9 @@ def cache_config(cfg) -> dict:
                       "start_fit_iterations": tc.start_fit_iterations, "start_pose": tc.start_pose,
                       "start_pose_noise_deg": list(tc.start_pose_noise_deg),
                       "start_pitch_follow": tc.start_pitch_follow})
-    if list(tc.start_error_scale) != [1.0, 1.0]:  # files made before the key existed had [1, 1]
+    if list(tc.start_error_scale) != START_ADDED["start_error_scale"]:
         out["start"]["start_error_scale"] = list(tc.start_error_scale)
-    if tc.start_landmarks != "detector":  # ... and the simulated detector
+    if tc.start_landmarks != START_ADDED["start_landmarks"]:
         out["start"].update(start_landmarks=tc.start_landmarks, start_true_noise_mm=tc.start_true_noise_mm)
     if tc.start == "fit":
         out["fit"] = cfg.to_dict()["fit"]

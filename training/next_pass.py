@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import FORMAT, NEXT_PASS, PairSource, check_cache, write_parts
+from .cache import FORMAT, NEXT_PASS, PairSource, check_cache, file_start, write_parts
 from .errors import TrainingError
 
 
@@ -86,12 +86,12 @@ class NextPassSource(PairSource):
                 "points": f["points"][row], "index": np.int64(index)}
 
 
-def source_start(cfg, start: dict):
-    """``cfg`` with the start policy a cache file was made with (its ``config["start"]``: the ``train.start*``
-    keys; files without ``start_error_scale`` were made with [1, 1])."""
+def source_start(cfg, config: dict):
+    """``cfg`` with the start policy a cache file was made with (:func:`training.cache.file_start` of its
+    ``config``)."""
     from facesynth.config import override
 
-    for key, value in {"start_error_scale": [1.0, 1.0], "start_landmarks": "detector", **start}.items():
+    for key, value in file_start(config).items():
         cfg = override(cfg, f"train.{key}", value)
     return cfg
 
@@ -113,7 +113,7 @@ def write_next_pass(cfg, source: str | Path, weights: str | Path, out: str | Pat
     from facesynth.io import file_digest
 
     info = check_cache(source, cfg, start=False)
-    cfg = source_start(cfg, info["config"]["start"])
+    cfg = source_start(cfg, info["config"])
     if NEXT_PASS in info["config"]:
         raise TrainingError(f"{source} already holds next-pass pairs; give the cache of the first pass")
     if n is not None and n < 1:
