@@ -213,9 +213,9 @@ def render_dataset(cfg, plan: RenderPlan, workers: int = 0, progress: bool = Tru
     check_compatible(out, plan, chash)
 
     mine = plan.my_shards()
-    # Stale temporary files of this node's shards come from a killed run: nobody else makes these shards.
-    for j in mine:
-        for tmp in out.glob(shard_name(j) + TMP_MARK + "*"):
+    # Stale temporary files of this node's shards and manifest come from a killed run: nobody else writes them.
+    for name in [shard_name(j) for j in mine] + [plan.manifest_path.name]:
+        for tmp in out.glob(name + TMP_MARK + "*"):
             tmp.unlink(missing_ok=True)
 
     previous = {}

@@ -83,6 +83,20 @@ def test_more_samples_extends_and_keeps_finished_shards(cfg, reference, tmp_path
     assert _shard_bytes(tmp_path) == _shard_bytes(reference)
 
 
+def test_resume_removes_what_a_killed_writer_left(cfg, tmp_path):
+    """Temporary files of this node's shards and of its manifest (a kill during either write) are removed by
+    the next run; another node's are not this node's to remove."""
+    from facesynth.io import TMP_MARK
+
+    _render(cfg, tmp_path, 4, 2)
+    stale = [tmp_path / f"manifest.json{TMP_MARK}host-1", tmp_path / f"shard-000001.tar{TMP_MARK}host-1"]
+    other = tmp_path / f"manifest.node-1-of-2.json{TMP_MARK}host-2"
+    for p in stale + [other]:
+        p.write_bytes(b"partial")
+    _render(cfg, tmp_path, 4, 2)
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
 def test_kill_and_resume_gives_the_same_shards(cfg, tmp_path):
     """A real `datagen render` process is SIGKILLed mid-run; the same command finishes the job. One sample per
     shard, so the kill lands mid-run however fast the samples are."""
