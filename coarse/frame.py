@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from datagen.sample import landmark_region
 from datagen.scene import centred_pose
 from render.camera import Pose, project
 
@@ -54,15 +55,28 @@ def warp_to_frame(image: np.ndarray, fmap: FrameMap, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class NetworkFrame:
     """The frame the iterative network sees a face in: ``size`` x ``size`` pixels, the face centred at the
-    training distribution's mean scale ``scale_mean`` (pixels per mm per pixel of image size)."""
+    training distribution's mean scale ``scale_mean`` (pixels per mm per pixel of image size), and the mask of
+    its inputs (``input_mask``, ``input_forehead``: ``train.input_mask``)."""
 
     size: int
     scale_mean: float
+    input_mask: str = "shading"
+    input_forehead: float = 0.0
 
     @staticmethod
     def from_config(cfg) -> "NetworkFrame":
-        """The frame of a training config (``render.image_size``, ``sampling.pose.scale_mean``)."""
-        return NetworkFrame(int(cfg.render.image_size), float(cfg.sampling.pose.scale_mean))
+        """The frame of a training config (``render.image_size``, ``sampling.pose.scale_mean``,
+        ``train.input_mask``, ``train.input_forehead``)."""
+        return NetworkFrame(int(cfg.render.image_size), float(cfg.sampling.pose.scale_mean),
+                            cfg.train.input_mask, float(cfg.train.input_forehead))
+
+    def region(self, points: np.ndarray | None) -> np.ndarray | None:
+        """(size, size) bool: where the inputs may show the face beyond a_t's silhouette, from the landmarks
+        ``points`` (68, 2) in this frame's pixels (:func:`datagen.sample.landmark_region`); None (no limit)
+        with ``input_mask: shading``."""
+        if self.input_mask == "shading":
+            return None
+        return landmark_region(points, self.size, self.input_forehead)
 
     def pose(self, model, rotation: np.ndarray) -> Pose:
         """The face under ``rotation`` (3, 3), centred in this frame at the mean scale."""

@@ -38,8 +38,8 @@ def torch_predictor(net, device: str = "cpu") -> Predictor:
 
 
 def iterative_fit(predict: Predictor, image: np.ndarray, pose: Pose, renderer, iterations: int = 3,
-                  alpha0: np.ndarray | None = None, refit_pose: Callable[[np.ndarray], Pose] | None = None
-                  ) -> list[tuple[np.ndarray, Pose]]:
+                  alpha0: np.ndarray | None = None, refit_pose: Callable[[np.ndarray], Pose] | None = None,
+                  region: np.ndarray | None = None) -> list[tuple[np.ndarray, Pose]]:
     """Run the iterative network on one face.
 
     Args:
@@ -52,6 +52,8 @@ def iterative_fit(predict: Predictor, image: np.ndarray, pose: Pose, renderer, i
         alpha0: start (default the mean face, zeros).
         refit_pose: optional ``alpha -> Pose`` (e.g. a landmark pose fit of the current shape), applied
             after each pass.
+        region: optional (H, W) bool: image and shading are kept only there (``train.input_mask: landmarks``,
+            :meth:`coarse.frame.NetworkFrame.region`).
     Returns:
         [(alpha_t (K,), pose_t)] after each pass.
     """
@@ -60,6 +62,9 @@ def iterative_fit(predict: Predictor, image: np.ndarray, pose: Pose, renderer, i
     out = []
     for _ in range(iterations):
         shading, mask = renderer.render_shading(alpha, pose)
+        if region is not None:
+            mask = mask & region
+            shading = shading * mask
         masked = np.where(mask[..., None] if image.ndim == 3 else mask, image, 0.0)
         x = network_input(masked.astype(np.float32), shading)
         alpha = predict(x[None], alpha[None])[0].astype(np.float32)
@@ -107,5 +112,6 @@ def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, land
         return Pose(p.scale * fmap.k, p.rotation, fmap.forward(np.asarray(p.translation, np.float64)))
 
     steps = iterative_fit(predict, gray, net_pose, renderer, iterations, alpha0=start,
-                          refit_pose=refit if refit_pose and not known else None)
+                          refit_pose=refit if refit_pose and not known else None,
+                          region=frame.region(fmap.forward(np.asarray(landmarks, np.float64))))
     return steps, pose if known else landmark_pose(landmarks, model, steps[-1][0])

@@ -87,6 +87,42 @@ def network_input(image: np.ndarray, shading: np.ndarray) -> np.ndarray:
     return np.concatenate([img, shading[None]], axis=0).astype(np.float32)
 
 
+#: ``train.input_mask`` values: ``shading`` (the paper's: a_t's silhouette) or ``landmarks`` (that silhouette
+#: within the landmarks' face region, :func:`landmark_region`).
+INPUT_MASKS = ("shading", "landmarks")
+
+
+def landmark_region(points: np.ndarray, size: int, forehead: float) -> np.ndarray:
+    """The face region the 68 landmarks outline: the convex hull of the jaw line (0-16) and the eyebrows (17-26)
+    raised by ``forehead`` x the vector from the chin (8) to the brows' centre (the face's own up, so any roll).
+
+    It holds the skin of a face in any photo, and leaves out what a real head has there and a synthetic render
+    has not: hair over the skull, ears, neck, collar, and the background where a scan ends.
+
+    Args:
+        points: (68, 2) landmarks, pixels (x, y; pixel centres at + 0.5) of the (size, size) image.
+        size: the image's side, pixels; forehead: share of the chin-to-brows height added above the brows.
+    Returns:
+        (size, size) bool, True inside the region. :class:`ValueError` for points that are not finite.
+    """
+    from PIL import Image, ImageDraw
+    from scipy.spatial import ConvexHull, QhullError
+
+    pts = np.asarray(points, np.float64)
+    if pts.shape != (68, 2) or not np.isfinite(pts).all():
+        raise ValueError("landmark_region needs (68, 2) finite landmarks")
+    brows = pts[17:27]
+    up = brows.mean(0) - pts[8]
+    outline = np.concatenate([pts[:17], brows + forehead * up])
+    try:
+        outline = outline[ConvexHull(outline).vertices]
+    except QhullError:  # degenerate (all points on a line): no region
+        return np.zeros((size, size), bool)
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in outline - 0.5], fill=1)
+    return np.asarray(canvas, bool)
+
+
 def training_record(image: np.ndarray, shading: np.ndarray, alpha_gt: np.ndarray, alpha_t: np.ndarray,
                     index: int) -> dict:
     """The dict one training example is, whether read from shards or generated online:

@@ -172,9 +172,9 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
     """``train iterative``: the run settings, the network's stage widths and initial weights, the loss's alignment and region, the samples' start (``start``: ``fit`` or ``mean``, with
-    ``start_fit_prob``, ``start_fit_iterations``, ``start_pose`` and its noise, :mod:`training.starts`), and the cache of
-    pre-rendered pairs
-    (``cache`` files, ``cache_chunk`` samples per part, ``augment``)."""
+    ``start_fit_prob``, ``start_fit_iterations``, ``start_pose`` and its noise, :mod:`training.starts`), the input mask (``input_mask``: a_t's silhouette, or
+    that within the landmarks' face region reaching ``input_forehead`` above the brows), and the cache of
+    pre-rendered pairs (``cache`` files, ``cache_chunk`` samples per part, ``augment``)."""
 
     widths: tuple[int, ...]
     init: str
@@ -189,6 +189,8 @@ class TrainConfig(RunConfig):
     start_error_scale: tuple[float, float]
     start_landmarks: str
     start_true_noise_mm: float
+    input_mask: str
+    input_forehead: float
     cache: tuple[str, ...] | str
     cache_chunk: int
     augment: AugmentConfig
@@ -209,6 +211,9 @@ class TrainConfig(RunConfig):
         if self.start_landmarks not in ("detector", "true") or self.start_true_noise_mm < 0:
             raise ValueError(f"start_landmarks must be 'detector' or 'true' and start_true_noise_mm >= 0; got "
                              f"{self.start_landmarks!r}, {self.start_true_noise_mm}")
+        if self.input_mask not in ("shading", "landmarks") or not 0 <= self.input_forehead <= 1:
+            raise ValueError(f"input_mask must be 'shading' or 'landmarks' and input_forehead lie in [0, 1]; got "
+                             f"{self.input_mask!r}, {self.input_forehead}")
         if isinstance(self.cache, str):  # one file (older configs and checkpoints) -> a list of files
             object.__setattr__(self, "cache", (self.cache,) if self.cache else ())
 

@@ -363,6 +363,8 @@ class CacheDataset(IterableDataset):
         path: the cache file, or a list of them: their rows are read as one set (row r of the second file is
             row n_1 + r), so pairs of several start policies train together.
         aug: the ``train.augment`` section, or None (no augmentation).
+        frame: the network frame (:class:`coarse.frame.NetworkFrame`); with ``input_mask: landmarks`` each
+            input is first cut to the region of its stored landmarks (:meth:`~coarse.frame.NetworkFrame.region`).
         seed: shuffle and augmentation seed; batch_size: B.
         start_batch: first global batch (``step * world`` to resume after ``step`` steps).
         rank, world: this process takes global batches start_batch + rank + world j (DDP).
@@ -371,7 +373,7 @@ class CacheDataset(IterableDataset):
     """
 
     def __init__(self, path, aug, seed: int, batch_size: int, start_batch: int = 0, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, frame=None):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -380,6 +382,7 @@ class CacheDataset(IterableDataset):
             raise ValueError("CacheDataset needs at least one cache file")
         self.aug, self.seed = aug, int(seed)
         self.batch_size, self.start_batch, self.rank, self.world = batch_size, int(start_batch), rank, world
+        self.frame = None if frame is None or frame.input_mask == "shading" else frame
         self._state: dict | None = None
 
     def __getstate__(self) -> dict:  # an open HDF5 file does not cross processes
@@ -393,7 +396,8 @@ class CacheDataset(IterableDataset):
             sizes = [int(f["inputs"].shape[0]) for f in files]
             self._state = {"pid": os.getpid(), "files": files, "inputs": [f["inputs"] for f in files],
                            "starts": np.cumsum([0] + sizes), "n": int(sum(sizes)),
-                           **{k: np.concatenate([f[k][:] for f in files]) for k in ("alpha_gt", "alpha_t", "index")},
+                           **{k: np.concatenate([f[k][:] for f in files])
+                              for k in ("alpha_gt", "alpha_t", "index", "points")},
                            "epochs": {}}
         return self._state
 
@@ -422,6 +426,11 @@ class CacheDataset(IterableDataset):
         st = self._arrays()
         rows = self.positions(k)
         x = torch.from_numpy(self.inputs(rows))  # row by row: 60x h5py's fancy indexing
+        if self.frame is not None:
+            points = st["points"][rows]
+            if not np.isfinite(points).all():
+                raise TrainingError("train.input_mask: landmarks needs pairs with landmarks (a cache of start fit)")
+            x = x * torch.from_numpy(np.stack([self.frame.region(p) for p in points]))[:, None]
         if self.aug is not None:
             g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, k, 1]).generate_state(1)[0]))
             x = augment(x, self.aug, g)
@@ -467,7 +476,7 @@ def draw_preview(path: str | Path, aug, png: str | Path, n: int = 6, seed: int =
 
 
 def cache_loader(path, aug, seed: int, batch_size: int, start_batch: int = 0, workers: int = 0,
-                 rank: int = 0, world: int = 1, pin_memory: bool = False, spawn: bool = False):
+                 rank: int = 0, world: int = 1, pin_memory: bool = False, spawn: bool = False, frame=None):
     """A DataLoader of :class:`CacheDataset` batches (``spawn``: as :func:`training.data.online_loader`)."""
-    return batch_loader(CacheDataset(path, aug, seed, batch_size, start_batch, rank, world), workers, pin_memory,
-                        spawn)
+    return batch_loader(CacheDataset(path, aug, seed, batch_size, start_batch, rank, world, frame), workers,
+                        pin_memory, spawn)

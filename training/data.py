@@ -28,8 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from coarse.frame import NetworkFrame
 from datagen.sample import training_record
 
+from .errors import TrainingError
 from .starts import start_policy, start_sample
 
 
@@ -101,9 +103,16 @@ class OnlineDataset(IterableDataset):
         return start_sample(self.seed, index, model, self.cfg, renderer, self._state["start"])
 
     def record(self, index: int) -> dict:
-        """Training record of sample ``index``."""
-        s, _ = self.sample(index)
-        return training_record(s.image, s.shading, s.scene.alpha_gt, s.scene.alpha_t, index)
+        """Training record of sample ``index`` (cut to its landmarks' region with ``train.input_mask:
+        landmarks``, :meth:`coarse.frame.NetworkFrame.region`)."""
+        s, draw = self.sample(index)
+        image, shading = s.image, s.shading
+        if self.cfg.train.input_mask != "shading":
+            if draw is None:
+                raise TrainingError("train.input_mask: landmarks needs samples with landmarks (train.start: fit)")
+            region = NetworkFrame.from_config(self.cfg).region(draw.points)
+            image, shading = image * (region[..., None] if image.ndim == 3 else region), shading * region
+        return training_record(image, shading, s.scene.alpha_gt, s.scene.alpha_t, index)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

@@ -52,7 +52,8 @@ class NextPassSource(PairSource):
 
             if get_worker_info() is not None:
                 torch.set_num_threads(1)  # one thread per worker, as the renderer's BLAS
-            self._state["net"] = load_iterative(self.weights).net
+            weights = load_iterative(self.weights)
+            self._state["net"], self._state["frame"] = weights.net, weights.frame
             self._state["file"] = h5py.File(self.source, "r")
             self._state["fit_start"] = FitStart.from_config(self.cfg)
         return model, renderer, self._state["net"], self._state["file"], self._state["fit_start"]
@@ -68,11 +69,13 @@ class NextPassSource(PairSource):
         model, renderer, net, f, fit_start = self._network()
         row = int(self.rows[j])
         index = int(f["index"][row])
-        x = torch.from_numpy(f["inputs"][row][None].astype(np.float32) / 255.0)
+        points = f["points"][row].astype(np.float64)
+        x = f["inputs"][row][None].astype(np.float32) / 255.0
+        region = self._state["frame"].region(points)  # as the network was trained (train.input_mask)
+        x = torch.from_numpy(x if region is None else x * region)
         a_t = torch.from_numpy(f["alpha_t"][row][None])
         with torch.no_grad():
             a_1 = net(x, a_t)[0].numpy().astype(np.float32)
-        points = f["points"][row].astype(np.float64)
         pose = None
         if fit_start.fitted_pose:
             scene = draw_scene(self.seed, index, model, self.cfg)

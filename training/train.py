@@ -29,6 +29,7 @@ from .data import VAL_SEED_OFFSET, fixed_batches, online_loader, shard_loader
 from .loop import (BatchFactory, CheckpointError, Job, TrainingError, autocast, data_workers,  # noqa: F401
                    held_out_loss, read_checkpoint, resolve_device, run_training, save_checkpoint, start_run)
 from .loss import GeometryLoss
+from coarse.frame import NetworkFrame
 from coarse.network import FORMAT, IterativeNet
 
 
@@ -59,13 +60,16 @@ def default_batches(cfg, batch: int, rank: int, world: int, workers: int, pin_me
 
         def cached(step: int):
             return cache_loader(paths, cfg.train.augment, cfg.train.seed, batch, step * world, workers, rank, world,
-                                pin_memory, spawn=pin_memory)
+                                pin_memory, spawn=pin_memory, frame=NetworkFrame.from_config(cfg))
         return cached
     if cfg.train.online:
         def online(step: int):
             return online_loader(cfg, cfg.datagen.seed, batch, step * world * batch, workers, rank, world,
                                  pin_memory, spawn=pin_memory)  # CUDA in this process: spawn the workers
         return online
+    if cfg.train.input_mask != "shading":
+        raise TrainingError("train.input_mask: landmarks needs landmarks with each sample: train from a cache "
+                            "(--cache) or online (--online), not from shards")
     data_dir = cfg.resolve_path(cfg.train.data)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"training data folder {data_dir} not found (make it with `datagen render` "

@@ -145,3 +145,25 @@ def test_next_pass_pairs_keep_the_start_policy_of_their_file(small_cfg, made, tm
     monkeypatch.setattr(FitStart, "pose", pose)
     result = write_next_pass(small_cfg, levels, weights, tmp_path / "levels2.h5", progress=False)
     assert result["next_pass"] > 0 and set(scales) == {(0.0, 0.0)}
+
+
+def test_next_pass_feeds_a_network_its_inputs_as_it_was_trained(small_cfg, made, tmp_path):
+    """Weights trained with ``train.input_mask: landmarks`` see each source pair cut to its landmarks' region."""
+    from coarse.frame import NetworkFrame
+
+    cache = made[0]
+    cut = override(override(small_cfg, "train.input_mask", "landmarks"), "train.cache", str(cache))
+    train_iterative(cut, tmp_path / "run", progress=False)
+    weights = load_iterative(tmp_path / "run" / "ckpt.pt")
+    assert weights.frame == NetworkFrame.from_config(cut) and weights.frame.input_mask == "landmarks"
+    out = tmp_path / "cut2.h5"
+    write_next_pass(small_cfg, cache, tmp_path / "run" / "ckpt.pt", out, progress=False, n=1)
+    row = int(first_pass_rows(cache)[0])
+    with h5py.File(cache, "r") as src, h5py.File(out, "r") as f:
+        x = src["inputs"][row][None] / np.float32(255)
+        region = weights.frame.region(src["points"][row])
+        with torch.no_grad():
+            want = weights.net(torch.from_numpy(x * region), torch.from_numpy(src["alpha_t"][row][None]))[0].numpy()
+            whole = weights.net(torch.from_numpy(x), torch.from_numpy(src["alpha_t"][row][None]))[0].numpy()
+        np.testing.assert_allclose(f["alpha_t"][N], want, atol=1e-5)
+        assert not np.allclose(want, whole, atol=1e-5)  # the cut changes what the network says
