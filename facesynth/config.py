@@ -148,7 +148,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     """On-the-fly augmentation of cached training pairs (:mod:`training.cache`): a joint shift (of the image
-    size) and scale of image and shading; on the image alone gamma, noise, blur, JPEG and random erasing."""
+    size) and scale of image and shading; on the image alone gamma, noise, blur, JPEG, random erasing and a
+    smooth random albedo field."""
 
     shift: float
     scale_std: float
@@ -159,6 +160,8 @@ class AugmentConfig:
     jpeg_quality_min: int
     erase_prob: float
     erase_max_area: float
+    albedo_std: float
+    albedo_cells: int
 
     def __post_init__(self):
         if min(self.shift, self.scale_std, self.gamma_std, self.noise_max, self.blur_max_px) < 0:
@@ -167,6 +170,8 @@ class AugmentConfig:
             raise ValueError("jpeg_prob must lie in [0, 1] and jpeg_quality_min in [1, 95]")
         if not 0 <= self.erase_prob <= 1 or not 0.02 <= self.erase_max_area <= 1:
             raise ValueError("erase_prob must lie in [0, 1] and erase_max_area in [0.02, 1]")
+        if self.albedo_std < 0 or self.albedo_cells < 2:
+            raise ValueError("albedo_std must be >= 0 and albedo_cells >= 2")
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,8 @@ def augment(inputs: torch.Tensor, aug, generator: torch.Generator) -> torch.Tens
         (B, C + 1, H, W) float32 in [0, 1]: image and shading shifted (``shift`` x H, per axis) and scaled
         together (the face elsewhere in the frame, as a photo's pose fit puts it); then on the image alone
         gamma, blur, noise, (with ``jpeg_prob``) a JPEG round trip and (with ``erase_prob``) a random erasing
-        (:func:`_erase`); the image masked again by the shading's support.
+        (:func:`_erase`) and (with ``albedo_std``) a smooth albedo field (:func:`_albedo_field`); the image masked
+        again by the shading's support.
     """
     x = inputs.float() / 255.0
     B = x.shape[0]
@@ -329,8 +330,10 @@ def augment(inputs: torch.Tensor, aug, generator: torch.Generator) -> torch.Tens
     img = img.clamp(0.0, 1.0)
     for i in torch.nonzero(jpeg).flatten().tolist():
         img[i] = _jpeg(img[i], int(quality[i]))
-    if aug.erase_prob > 0:  # drawn last: a config without erasing draws as before
+    if aug.erase_prob > 0:  # drawn after the others: a config without erasing draws as before
         img = _erase(img, aug, uniform)
+    if aug.albedo_std > 0:  # drawn last, for the same reason
+        img = _albedo_field(img, aug, normal, uniform)
     return torch.cat([img * mask, shading], 1).contiguous()
 
 
@@ -353,6 +356,18 @@ def _erase(img: torch.Tensor, aug, uniform) -> torch.Tensor:
     box = ((rows >= top[:, None, None]) & (rows < (top + h)[:, None, None]) & (cols >= left[:, None, None])
            & (cols < (left + w)[:, None, None]) & on[:, None, None])[:, None]
     return torch.where(box, texture.clamp(0.0, 1.0), img)
+
+
+def _albedo_field(img: torch.Tensor, aug, normal, uniform) -> torch.Tensor:
+    """The image channel(s) (B, C, H, W) times exp(s G): G a smooth Gaussian field of unit variance (``albedo_cells``
+    x ``albedo_cells`` independent values, bicubic upsampled), s ~ U[0, ``albedo_std``] per sample. Darker and
+    lighter patches of skin that are not shape (stubble, tan, make-up, blotches): the synthetic albedo model has
+    few, and the network must not read them as shading."""
+    B, _, H, W = img.shape
+    n = aug.albedo_cells
+    field = F.interpolate(normal(B, 1, n, n), size=(H, W), mode="bicubic", align_corners=False)
+    strength = aug.albedo_std * uniform(B)
+    return (img * torch.exp(strength[:, None, None, None] * field)).clamp(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------- reading

@@ -124,6 +124,26 @@ def test_random_erasing_covers_part_of_the_image_only():
     assert len(rows) / box > 0.9
 
 
+def test_the_albedo_field_is_smooth_multiplicative_and_on_the_image_only():
+    """albedo_std > 0: the image is multiplied by a smooth positive field (neighbouring pixels change alike, the
+    ratio varies across the face), the shading is untouched; albedo_std 0 draws exactly as without it."""
+    from facesynth.config import load_config
+
+    aug = dataclasses.replace(load_config().train.augment, shift=0.0, scale_std=0.0, gamma_std=0.0, noise_max=0.0,
+                              blur_max_px=0.0)
+    x = torch.full((8, 2, 64, 64), 120, dtype=torch.uint8)
+    x[:, 1] = 200
+    plain = augment(x, aug, torch.Generator().manual_seed(3))
+    assert aug.albedo_std == 0 and torch.allclose(plain[:, 0], torch.full((8, 64, 64), 120 / 255))
+    tinted = augment(x, dataclasses.replace(aug, albedo_std=0.5), torch.Generator().manual_seed(3))
+    assert torch.equal(tinted[:, 1], plain[:, 1])
+    ratio = tinted[:, 0] / plain[:, 0]
+    spread = ratio.amax((1, 2)) / ratio.amin((1, 2))
+    assert spread.max() > 1.3 and (ratio > 0).all()  # patches of other albedo
+    step = (ratio[:, :, 1:] - ratio[:, :, :-1]).abs().amax((1, 2))  # smooth: small pixel-to-pixel change
+    assert (step < 0.1 * (spread - 1) + 1e-3).all()
+
+
 def test_the_cache_stream_resumes_exactly_for_any_worker_count(small_cfg, cache_file):
     aug = small_cfg.train.augment
 
