@@ -190,8 +190,15 @@ def resume_may_change(key: str, section: str, reads: tuple[str, ...] = ()) -> bo
 
 def check_resumable(saved: dict, cfg, section: str, reads: tuple[str, ...] = ()) -> None:
     """Refuse to continue a run made with another config, other than the keys :func:`resume_may_change`
-    allows."""
-    old, new = _flat(saved), _flat(cfg.to_dict())
+    allows. Keys added to ``pipeline.yaml`` since the run was saved count at their current defaults (as
+    :func:`facesynth.config.config_from_dict` loads them): a run started before an option existed resumes."""
+    from facesynth.config import ConfigError, config_from_dict
+
+    try:
+        old = _flat(config_from_dict(saved).to_dict())
+    except ConfigError as e:
+        raise TrainingError(f"the run folder holds a run whose config this version cannot read ({e})") from None
+    new = _flat(cfg.to_dict())
     for key in sorted(set(old) | set(new)):
         if resume_may_change(key, section, reads):
             continue

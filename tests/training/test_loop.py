@@ -36,3 +36,16 @@ def test_check_resumable_names_the_key(cfg):
     with pytest.raises(TrainingError, match=r"evaluate\.landmark_noise_px"):
         check_resumable(saved, override(cfg, "evaluate.landmark_noise_px", 2.5), "detail",
                         ("evaluate.landmark_noise_px",))
+
+
+def test_a_run_saved_before_a_key_existed_resumes_at_its_default(cfg):
+    """A key added to pipeline.yaml after the run was saved counts at its default: the run resumes with it
+    there, not with another value; a saved key this version does not know is refused in one line."""
+    saved = cfg.to_dict()
+    del saved["train"]["augment"]["albedo_std"], saved["train"]["input_mask"]
+    check_resumable(saved, cfg, "train")
+    with pytest.raises(TrainingError, match=r"train\.input_mask: 'shading' there, 'landmarks' now"):
+        check_resumable(saved, override(cfg, "train.input_mask", "landmarks"), "train")
+    saved["train"]["no_such_key"] = 1
+    with pytest.raises(TrainingError, match="cannot read"):
+        check_resumable(saved, cfg, "train")
