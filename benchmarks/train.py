@@ -113,6 +113,7 @@ def best_rates(steps_by_name: dict, steps: int, batch: int, device, rounds: int)
 def recipe_vs_paper(args, paper_cfg, face_model, device, common: dict) -> None:
     """The recipe's training rate (cache + augmentation + its network) against the paper's (online generation
     at ``--size`` + the paper's widths), interleaved; then the recipe network's inference time per face."""
+    from coarse.frame import NetworkFrame
     from training.cache import cache_loader, check_cache
 
     recipe = load_config(args.recipe)
@@ -125,7 +126,8 @@ def recipe_vs_paper(args, paper_cfg, face_model, device, common: dict) -> None:
                                     data=iter(online_loader(paper, 0, batch, workers=args.workers))),
              "recipe": training_step(recipe, face_model, batch, device, channels_last=True, amp=cuda,
                                      data=iter(cache_loader(args.cache, recipe.train.augment, 0, batch,
-                                                            workers=args.workers)))}
+                                                            workers=args.workers,
+                                                            frame=NetworkFrame.from_config(recipe))))}
     rates = best_rates(steps, args.steps, batch, device, args.rounds)
     base = {**common, "batch": batch}
     emit({**base, "what": "paper: online generation + the paper's network (baseline)",
