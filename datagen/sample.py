@@ -87,11 +87,6 @@ def network_input(image: np.ndarray, shading: np.ndarray) -> np.ndarray:
     return np.concatenate([img, shading[None]], axis=0).astype(np.float32)
 
 
-#: ``train.input_mask`` values: ``shading`` (the paper's: a_t's silhouette) or ``landmarks`` (that silhouette
-#: within the landmarks' face region, :func:`landmark_region`).
-INPUT_MASKS = ("shading", "landmarks")
-
-
 def landmark_region(points: np.ndarray, size: int, forehead: float) -> np.ndarray:
     """The face region the 68 landmarks outline: the convex hull of the jaw line (0-16) and the eyebrows (17-26)
     raised by ``forehead`` x the vector from the chin (8) to the brows' centre (the face's own up, so any roll).

@@ -411,8 +411,8 @@ class CacheDataset(IterableDataset):
             sizes = [int(f["inputs"].shape[0]) for f in files]
             self._state = {"pid": os.getpid(), "files": files, "inputs": [f["inputs"] for f in files],
                            "starts": np.cumsum([0] + sizes), "n": int(sum(sizes)),
-                           **{k: np.concatenate([f[k][:] for f in files])
-                              for k in ("alpha_gt", "alpha_t", "index", "points")},
+                           **{k: np.concatenate([f[k][:] for f in files])  # points: only to cut the inputs
+                              for k in ("alpha_gt", "alpha_t", "index") + (() if self.frame is None else ("points",))},
                            "epochs": {}}
         return self._state
 
