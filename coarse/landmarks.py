@@ -92,10 +92,14 @@ class LandmarkModel:
         reach = np.where(valid, (img * direction[:, None]).sum(-1), -np.inf)
         return np.take_along_axis(safe, reach.argmax(1)[:, None], 1)[:, 0]
 
-    def project(self, model, alpha: np.ndarray, pose: Pose) -> np.ndarray:
-        """(68, 2) where the detector is expected to put its points for face ``alpha`` under ``pose``, pixels."""
+    def project(self, model, alpha: np.ndarray, pose: Pose, warp=None) -> np.ndarray:
+        """(68, 2) where the detector is expected to put its points for face ``alpha`` under ``pose``, pixels.
+        ``warp``: None, or a function of (68, 3) model-frame points (mm) giving those the weak-perspective
+        ``pose`` draws where another camera sees them (:func:`datagen.scene.camera_points`)."""
         mean, basis = self.vertex_rows(model, alpha, pose.rotation)
         p = mean + basis @ np.asarray(alpha, np.float64)
+        if warp is not None:
+            p = warp(p)
         cam = p @ np.asarray(pose.rotation, np.float64)[:2].T
         x = pose.scale * (cam[:, 0] + self.offset_mm[:, 0]) + pose.translation[0]
         y = pose.translation[1] - pose.scale * (cam[:, 1] - self.offset_mm[:, 1])
@@ -311,7 +315,7 @@ def detector_noise(lm_model: LandmarkModel, model, records: dict) -> dict:
 
 
 def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose: Pose, rng: np.random.Generator,
-                         noise: dict | None = None, error_scale: float = 1.0) -> tuple[np.ndarray, str]:
+                         noise: dict | None = None, error_scale: float = 1.0, warp=None) -> tuple[np.ndarray, str]:
     """Where the calibrated detector would put its 68 points on face ``alpha`` (K,) under ``pose``: for
     training pairs whose start is the landmark fit, without running the detector.
 
@@ -325,7 +329,7 @@ def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose
     :func:`detector_noise` (default the landmark model's ``provenance["noise_model"]``; without one:
     unbiased, independent points, ``dof`` 3). ``error_scale`` s >= 0 scales the detector's error, its noise
     and its pull (a follow fraction f becomes 1 - s (1 - f)): 1 the detector as calibrated, 0 exact points;
-    the draws are the same for every s.
+    the draws are the same for every s. ``warp``: the camera's, as in :meth:`LandmarkModel.project`.
 
     Draws, in order: ``rng.choice``; ``rng.standard_normal`` (1, 2), (5, 2), (68, 2); ``rng.chisquare``.
 
@@ -355,5 +359,5 @@ def simulated_detections(lm_model: LandmarkModel, model, alpha: np.ndarray, pose
     follow = np.asarray(nm.get("follow", {}).get(detector, (1.0, 1.0)), np.float64)
     if error_scale != 1.0:  # not rewritten at 1: 1 - (1 - f) may differ from f in the last bit
         follow = 1.0 - error_scale * (1.0 - follow)
-    points = lm_model.project(model, _followed(alpha, model.n_identity, follow), pose)
+    points = lm_model.project(model, _followed(alpha, model.n_identity, follow), pose, warp)
     return points + z * (error_scale * lm_model.sigma(detector) * pose.scale * mad_to_scale)[:, None], detector

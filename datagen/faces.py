@@ -9,6 +9,7 @@ coefficients ``alpha`` (K,) identity first, mm model.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -56,17 +57,13 @@ def online_faces(cfg, n: int, seed: int, model, renderer, start: int = 0,
     face (:func:`render.camera.perspective_warp`; phone photos ~350-600 mm, portraits 1-1.5 m), the face's
     ``pose`` then the weak-perspective camera of the same scale at the face's centre; None: weak perspective.
     """
-    from render.camera import perspective_warp
-
-    from .scene import draw_scene, model_centre
+    from .scene import camera_points, draw_distance, draw_scene
 
     for i in range(start, start + n):
         s = draw_scene(seed, i, model, cfg)
-        verts = None
         if distance_mm is not None:
-            d = float(np.exp(np.random.default_rng([seed, i, 17]).uniform(*np.log(distance_mm))))
-            verts = perspective_warp(model.vertices(s.alpha_gt), s.pose, d, model_centre(model))
-        f = render_truth(s, model, renderer, verts)
+            s = dataclasses.replace(s, distance_mm=draw_distance(seed, i, 1.0, distance_mm))
+        f = render_truth(s, model, renderer, camera_points(s, model, model.vertices(s.alpha_gt)))
         yield FaceRecord(f.rgb, s.pose, f.landmarks.astype(np.float64), s.alpha_gt, s.albedo_coeffs, s.iris,
                          s.light, i, f.fragments)
 

@@ -81,6 +81,9 @@ def data_config(cfg, backend: str) -> dict:
     data["datagen"] = {k: v for k, v in data["datagen"].items() if k not in _NOT_DATA_KEYS}
     data["render"] = dict(data["render"], backend=backend)
     data["render"].pop("gl_platform")
+    if data["sampling"]["pose"]["perspective_prob"] == 0.0:  # added later: files made before it stay valid
+        for key in ("perspective_prob", "distance_mm"):
+            data["sampling"]["pose"].pop(key)
     return data
 
 

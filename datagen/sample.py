@@ -14,7 +14,7 @@ import numpy as np
 from render.camera import Pose
 from render.shading import shading_image
 
-from .scene import SceneParams, draw_scene
+from .scene import SceneParams, camera_points, draw_scene
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ def make_sample(seed: int, index: int, model, cfg, renderer, alpha_t: np.ndarray
         scene = dataclasses.replace(scene, alpha_t=alpha_t)
     # Both geometries in one product: the 16-bit basis is read from memory once.
     verts_gt, verts_t = model.draw_vertices(np.stack([scene.alpha_gt, scene.alpha_t]))
+    verts_gt = camera_points(scene, model, verts_gt)  # a_t is drawn as inference draws it: weak perspective
     detail = scene.detail
     face = renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light,
                                 scene.background, verts=verts_gt,

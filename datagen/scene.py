@@ -13,7 +13,7 @@ from morphable.materials import head_albedo, random_iris
 from .detail import DetailMap, sample_detail
 from morphable.sampling import sample_albedo_coeffs, sample_shape
 from render.background import random_background
-from render.camera import Pose, euler_to_rotation
+from render.camera import Pose, euler_to_rotation, perspective_warp
 from render.renderer import Light
 
 #: A flat skin tone for a model without an albedo model (tests of the geometry alone).
@@ -88,6 +88,7 @@ class SceneParams:
     light: Light
     background: np.ndarray  # (H, W, 3)
     detail: "DetailMap | None" = None  # fine detail of the true face (datagen.detail)
+    distance_mm: float | None = None  # a pinhole camera this far from the face's centre; None: weak perspective
 
     def head_albedo(self, model) -> np.ndarray:
         """(V, 3) per-vertex albedo of the head."""
@@ -117,4 +118,28 @@ def draw_scene(seed: int, index: int, model, cfg) -> SceneParams:
     if cfg.datagen.detail:  # drawn last: the other parameters do not depend on this switch
         d = cfg.datagen
         detail = sample_detail(rng, model, d.detail_uv_size, d.detail_depth_min_mm, d.detail_depth_max_mm)
-    return SceneParams(index, alpha_gt, alpha_rand, u, alpha_t, albedo, iris, pose, light, background, detail)
+    return SceneParams(index, alpha_gt, alpha_rand, u, alpha_t, albedo, iris, pose, light, background, detail,
+                       draw_distance(seed, index, cfg.sampling.pose.perspective_prob, cfg.sampling.pose.distance_mm))
+
+
+def draw_distance(seed: int, index: int, prob: float, distance_mm) -> float | None:
+    """Sample ``index``'s camera: with probability ``prob`` a pinhole camera at a distance (mm) log-uniform in
+    ``distance_mm`` (near, far), else None (weak perspective). Drawn from a generator of its own, so that the
+    scene's other draws do not depend on it; the distance is the first draw, so ``prob`` 1 gives the distances
+    of ``train evaluate --perspective``."""
+    if prob <= 0.0:
+        return None
+    rng = np.random.default_rng([int(seed), int(index), 17])
+    d = float(np.exp(rng.uniform(*np.log(np.asarray(distance_mm, np.float64)))))
+    return d if prob >= 1.0 or rng.uniform() < prob else None
+
+
+def camera_points(scene: SceneParams, model, points: np.ndarray) -> np.ndarray:
+    """(..., 3) model-frame points (mm) of ``scene``'s face moved so that the weak-perspective camera
+    ``scene.pose`` draws them as the scene's pinhole camera sees them (:func:`render.camera.perspective_warp`
+    about :func:`model_centre`); unchanged for a weak-perspective scene. The warp moves the points, so the
+    normals (and with them the shading) are those of the warped surface: close to the true ones at these
+    distances."""
+    if scene.distance_mm is None:
+        return points
+    return perspective_warp(points, scene.pose, scene.distance_mm, model_centre(model))

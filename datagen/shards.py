@@ -17,7 +17,9 @@ A record (one sample) holds, under the key ``f"{index:09d}"`` (the global sample
 ``params.json`` ``alpha_gt``, ``alpha_t`` (K = 153: 100 identity, 53 expression), ``u``, ``albedo``
                 (albedo coefficients), ``iris``, ``pose`` (scale px/mm, rotation 3x3, translation 2 px),
                 ``light`` (direction, k_a, k_d, k_s, shininess), ``landmarks`` (68 x 2 px), ``index``,
-                ``seed``, ``depth_scale_mm``
+                ``seed``, ``depth_scale_mm``; ``distance_mm`` for a face seen by a pinhole camera
+                (``sampling.pose.perspective_prob``: the render is the pose's image of the warped face,
+                :func:`datagen.scene.camera_points`)
 ==============  =============================================================================
 
 Shards are byte-identical for the same (seed, config, index range): tar members have mtime 0, fixed
@@ -118,6 +120,8 @@ def encode_sample(sample: Sample, seed: int, datagen_cfg) -> dict:
         "landmarks": sample.landmarks.tolist(),
         "depth_scale_mm": datagen_cfg.depth_scale_mm,
     }
+    if s.distance_mm is not None:
+        params["distance_mm"] = s.distance_mm
     jpg = io.BytesIO()
     Image.fromarray(to_uint8(sample.rgb)).save(jpg, format="JPEG", quality=datagen_cfg.jpeg_quality)
     record = {

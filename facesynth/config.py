@@ -60,7 +60,8 @@ class AlbedoSampling:
 @dataclass(frozen=True)
 class PoseSampling:
     """Weak perspective: rotation angles (degrees) ~ N(0, std), scale (pixels per mm, as a fraction of the
-    image size) ~ N(mean, std), translation (pixels, from the image centre) ~ N(0, std * image size)."""
+    image size) ~ N(mean, std), translation (pixels, from the image centre) ~ N(0, std * image size); with
+    probability ``perspective_prob`` a pinhole camera instead, at a distance (mm) log-uniform in ``distance_mm``."""
 
     yaw_std_deg: float
     pitch_std_deg: float
@@ -69,6 +70,14 @@ class PoseSampling:
     scale_mean: float
     scale_std: float
     translation_std: float
+    perspective_prob: float
+    distance_mm: tuple[float, float]
+
+    def __post_init__(self):
+        near, far = self.distance_mm
+        if not 0.0 <= self.perspective_prob <= 1.0 or not 0 < near <= far:
+            raise ConfigError("sampling.pose needs perspective_prob in [0, 1] and 0 < distance_mm[0] <= "
+                              f"distance_mm[1]; got {self.perspective_prob}, {list(self.distance_mm)}")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ FORMAT = "facesynth-pairs/1"
 ARRAYS = ("inputs", "alpha_gt", "alpha_t", "alpha_fit", "points", "index")
 #: The config key of a file that also holds pairs for the network's later passes (:mod:`training.next_pass`).
 NEXT_PASS = "next_pass"
+#: ``sampling.pose`` keys of the camera: like the start policy, files of a training run may differ in them.
+CAMERA_KEYS = ("perspective_prob", "distance_mm")
 #: A pixel of the (resampled) shading image belongs to the face where it exceeds this (the shading is >=
 #: ``render.shading_ambient`` on the face and 0 off it).
 MASK_LEVEL = 0.05
@@ -64,11 +66,14 @@ def file_start(config: dict) -> dict:
 
 def cache_config(cfg) -> dict:
     """What the cached samples depend on: the datagen sections (:func:`datagen.generate.data_config`), the start
-    policy and, for ``fit`` starts, the fit section and the landmark model's file size."""
+    policy, the camera (``camera``: ``sampling.pose``'s perspective keys, only when they are on) and, for ``fit``
+    starts, the fit section and the landmark model's file size."""
     from datagen.generate import data_config, resolved_backend
 
     tc = cfg.train
-    out = dict(data_config(cfg, resolved_backend(cfg)),
+    data = data_config(cfg, resolved_backend(cfg))
+    camera = {k: data["sampling"]["pose"].pop(k) for k in CAMERA_KEYS if k in data["sampling"]["pose"]}
+    out = dict(data, **({"camera": camera} if camera else {}),
                start={"start": tc.start, "start_fit_prob": tc.start_fit_prob,
                       "start_fit_iterations": tc.start_fit_iterations, "start_pose": tc.start_pose,
                       "start_pose_noise_deg": list(tc.start_pose_noise_deg),
@@ -240,10 +245,11 @@ def read_cache_info(path: str | Path) -> dict:
 def check_cache(path: str | Path, cfg, start: bool = True) -> dict:
     """The cache's info (:func:`read_cache_info`) when its samples are what ``cfg`` would generate; else
     :class:`TrainingError` naming the first differing key. ``start=False``: the pairs' start policy
-    (``train.start*``) may differ from ``cfg``'s (a training run mixes files of several; the images, the model
-    and the fit must still be the same)."""
+    (``train.start*``) and camera (``sampling.pose.perspective_prob``, ``distance_mm``) may differ from
+    ``cfg``'s (a training run mixes files of several; the images, the model and the fit must still be the
+    same)."""
     info = read_cache_info(path)
-    skip = {NEXT_PASS} | (set() if start else {"start"})  # later passes' pairs: same faces, config
+    skip = {NEXT_PASS} | (set() if start else {"start", "camera"})  # later passes' pairs: same faces, config
     made = {k: v for k, v in info["config"].items() if k not in skip}
     now = {k: v for k, v in json.loads(json.dumps(cache_config(cfg))).items() if k not in skip}
     diff = _first_difference(made, now)

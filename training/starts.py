@@ -28,6 +28,7 @@ depends on (seed, index) alone, whatever the number of workers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,7 @@ from coarse.iterative import landmark_pose
 from coarse.landmarks import (LandmarkModel, load_landmark_model, noisy_landmarks, simulated_detections,
                               vertex_landmarks)
 from datagen.sample import Sample, make_sample
-from datagen.scene import SceneParams, draw_scene
+from datagen.scene import SceneParams, camera_points, draw_scene
 from render.camera import Pose, euler_to_rotation, rotation_to_euler
 
 START_POLICIES = ("mean", "fit")
@@ -141,17 +142,18 @@ class FitStart:
                     raise
 
     def _draw(self, scene: SceneParams, model, seed: int, rng: np.random.Generator) -> StartDraw:
+        warp = None if scene.distance_mm is None else functools.partial(camera_points, scene, model)
         if self.true_landmarks:  # the model's landmark vertices + Gaussian noise, fitted as `train evaluate
             # --landmarks true` fits them
             noise_mm = self.scale(seed, scene.index) * self.true_noise_mm
             landmarks = vertex_landmarks(model, max(noise_mm, MIN_TRUE_SIGMA_MM))
-            points = noisy_landmarks(landmarks.project(model, scene.alpha_gt, scene.pose), noise_mm * scene.pose.scale,
-                                     rng)
+            points = noisy_landmarks(landmarks.project(model, scene.alpha_gt, scene.pose, warp),
+                                     noise_mm * scene.pose.scale, rng)
             detector = None
         else:
             landmarks = self.landmarks
             points, detector = simulated_detections(landmarks, model, scene.alpha_gt, scene.pose, rng,
-                                                    error_scale=self.scale(seed, scene.index))
+                                                    error_scale=self.scale(seed, scene.index), warp=warp)
         fit, _ = fit_map(model, points, landmarks, self.prior, detector=detector)
         gt = np.asarray(scene.alpha_gt, np.float32)
         u = fit_u(scene.u, self.fit_prob)

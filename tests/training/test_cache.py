@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from datagen.sample import network_input
 from datagen.shards import to_uint8
 from facesynth.config import load_config, override
-from training.cache import CacheDataset, augment, read_cache_info, write_cache
+from training.cache import CacheDataset, augment, check_cache, read_cache_info, write_cache
 from training.cli import main as cli
 from training.data import OnlineDataset
 from training.train import TrainingError, load_checkpoint, train_iterative
@@ -178,13 +178,18 @@ def test_training_from_the_cache_runs_and_resumes(small_cfg, cache_file, tmp_pat
 
 
 def test_training_reads_several_cache_files_as_one_set(small_cfg, cache_file, tmp_path):
-    """Files of other start policies (here: other detector error levels and seed) train together: row N + r is
-    row r of the second file; a file of other images is refused."""
-    levels = override(small_cfg, "train.start_error_scale", [0.0, 1.0])
+    """Files of other start policies and cameras (here: other detector error levels, a pinhole camera, another
+    seed) train together: row N + r is row r of the second file; a file of other images is refused."""
+    levels = override(override(small_cfg, "train.start_error_scale", [0.0, 1.0]), "sampling.pose.perspective_prob",
+                      1.0)
     second = tmp_path / "levels.h5"
     write_cache(levels, second, 6, 8, progress=False)
-    assert read_cache_info(second)["config"]["start"]["start_error_scale"] == [0.0, 1.0]
-    assert "start_error_scale" not in read_cache_info(cache_file)["config"]["start"]  # [1, 1]: as before the key
+    made = read_cache_info(second)["config"]
+    assert made["start"]["start_error_scale"] == [0.0, 1.0] and made["camera"]["perspective_prob"] == 1.0
+    first = read_cache_info(cache_file)["config"]
+    assert "start_error_scale" not in first["start"] and "camera" not in first  # as before the keys
+    with pytest.raises(TrainingError, match="camera"):
+        check_cache(second, small_cfg)
     both = CacheDataset([cache_file, second], None, 0, 4)
     assert both._arrays()["n"] == N + 6
     with h5py.File(cache_file, "r") as a, h5py.File(second, "r") as b:

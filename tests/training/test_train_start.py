@@ -336,3 +336,50 @@ def test_coarse_fit_starts_the_network_where_training_did(cfg, model, lm, start)
     np.testing.assert_allclose(out.alpha, seen[0] + 0.02, atol=1e-6)
     with pytest.raises(ValueError, match="network_start"):
         dataclasses.replace(settings, network_start="random")
+
+
+def test_perspective_pairs_see_the_face_as_a_pinhole_camera_does(small_cfg, model):
+    """sampling.pose.perspective_prob: that share of the scenes has a camera distance (the other draws are the
+    scene's own); the face is rendered through it, the start's detections are projected through it (so they lie
+    on the render's landmarks as in weak perspective), and a_t is drawn as inference draws it (weak perspective).
+    Files made without the option keep their config."""
+    from datagen.generate import data_config
+    from datagen.sample import make_sample
+    from datagen.scene import draw_distance
+    from facesynth.config import ConfigError, override
+    from render.renderer import FaceRenderer
+    from training.starts import FitStart
+
+    near = override(override(small_cfg, "sampling.pose.perspective_prob", 1.0), "sampling.pose.distance_mm",
+                    [350.0, 400.0])
+    near = override(near, "train.start_error_scale", [0.0, 0.0])
+    half = [draw_distance(0, i, 0.5, (350.0, 400.0)) for i in range(200)]
+    assert 0.4 < np.mean([d is None for d in half]) < 0.6
+    assert all(350.0 <= d <= 400.0 for d in half if d is not None)
+    assert draw_scene(0, 3, model, small_cfg).distance_mm is None
+    i = next(i for i in range(200) if draw_scene(0, i, model, near).u == 0.0)
+    weak_scene, scene = draw_scene(0, i, model, small_cfg), draw_scene(0, i, model, near)
+    assert 350.0 <= scene.distance_mm <= 400.0
+    np.testing.assert_array_equal(scene.alpha_gt, weak_scene.alpha_gt)
+    np.testing.assert_array_equal(scene.pose.rotation, weak_scene.pose.rotation)
+
+    renderer = FaceRenderer.from_config(model, near.render)
+    weak, persp = make_sample(0, i, model, small_cfg, renderer), make_sample(0, i, model, near, renderer)
+    moved = np.abs(persp.landmarks - weak.landmarks).max()
+    assert moved > 0.5  # px at 64 px: the camera is near
+    policy = FitStart.from_config(near)
+    # exact points (error scale 0) through the camera move as the render's landmarks move (17-67: the jaw's
+    # points follow the silhouette, not fixed vertices)
+    points = policy.draw(scene, model, 0).points[17:]
+    unwarped = policy.landmarks.project(model, scene.alpha_gt, scene.pose)[17:]
+    shift = (persp.landmarks - weak.landmarks)[17:]
+    assert np.abs((points - unwarped) - shift).mean() < 0.25 * np.abs(shift).mean()
+    # u = 0, a_t = the truth: its shading is the weak-perspective render, not the camera's
+    shading, mask = renderer.render_shading(scene.alpha_t, scene.pose, verts=model.draw_vertices(scene.alpha_t))
+    np.testing.assert_array_equal(persp.shading, shading)
+    assert not np.array_equal(persp.face_mask, mask)
+
+    assert "perspective_prob" not in data_config(small_cfg, "numba")["sampling"]["pose"]
+    assert data_config(near, "numba")["sampling"]["pose"]["distance_mm"] == [350.0, 400.0]
+    with pytest.raises(ConfigError, match="perspective_prob"):
+        override(small_cfg, "sampling.pose.perspective_prob", 1.5)
