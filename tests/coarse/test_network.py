@@ -82,3 +82,56 @@ def test_later_passes_draw_the_new_shape_where_its_landmark_pose_puts_it_in_the_
         np.testing.assert_allclose(pose.translation, fmap.forward(want.translation), atol=1e-9)
         np.testing.assert_allclose(pose.rotation, want.rotation, atol=1e-12)
     assert final.scale == pytest.approx(want.scale)
+
+
+def test_several_views_average_the_network_over_the_shifts_and_scales_it_was_trained_to_ignore(cfg, model):
+    """refine.network_views: view 0 is the plain frame, the others fixed opposite pairs of train.augment's shift
+    and scale (the same for every face); each pass runs the network on all views as one batch, every view's
+    image and shading moved together, and takes the mean of their predictions."""
+    import numpy as np
+
+    from coarse.frame import NetworkFrame
+    from coarse.iterative import network_fit
+    from coarse.landmarks import vertex_landmarks
+    from render.camera import Pose, euler_to_rotation
+
+    frame = NetworkFrame(64, float(cfg.sampling.pose.scale_mean), shift=0.02, scale_std=0.03)
+    R = euler_to_rotation(0.2, -0.1, 0.05)
+    views = frame.views(model, R, 5)
+    base = frame.pose(model, R)
+    def same(a, b):
+        return a.scale == b.scale and np.array_equal(a.translation, b.translation) and np.array_equal(a.rotation,
+                                                                                                    b.rotation)
+
+    again, two = frame.views(model, R, 5), frame.views(model, R, 2)
+    assert same(views[0], base) and all(map(same, views, again)) and all(map(same, two, views[:2]))
+    c = 32.0
+    for a, b in ((views[1], views[2]), (views[3], views[4])):
+        assert a.scale != base.scale and a.scale * b.scale == pytest.approx(base.scale ** 2)
+        da = a.translation - (c + a.scale / base.scale * (base.translation - c))
+        db = b.translation - (c + b.scale / base.scale * (base.translation - c))
+        assert 0.1 < np.abs(da).max() < 8 and np.allclose(da, -db)
+    with pytest.raises(ValueError):
+        frame.views(model, R, 0)
+
+    rng = np.random.default_rng(1)
+    truth = np.r_[rng.normal(size=model.n_identity), np.zeros(model.n_expression)].astype(np.float32)
+    photo_pose = Pose(1.7, R, np.array([260.0, 240.0]))
+    points = vertex_landmarks(model).project(model, truth, photo_pose)
+    photo = np.random.default_rng(2).uniform(size=(512, 512)).astype(np.float32)
+    calls = []
+
+    def predict(x, a):  # a prediction that depends on where the face lies in each view
+        calls.append(x)
+        out = np.tile(a[:1], (len(a), 1))
+        out[:, 0] = [np.mean(np.nonzero(x[i, -1])[1]) for i in range(len(x))]
+        return out
+
+    start = np.zeros(model.n_coeffs, np.float32)
+    steps, _ = network_fit(predict, frame, photo, points, model, cfg.render, iterations=1, alpha0=start, views=3)
+    (x,) = calls
+    assert x.shape == (3, 2, 64, 64) and not np.array_equal(x[0], x[1]) and not np.array_equal(x[1], x[2])
+    per_view = [np.mean(np.nonzero(x[i, -1])[1]) for i in range(3)]
+    assert steps[0][0][0] == pytest.approx(np.mean(per_view), rel=1e-5)
+    for i in range(3):  # image and shading moved together: the image is kept where the shading is
+        assert np.array_equal(x[i, 0] > 0, x[i, 1] > 0)
