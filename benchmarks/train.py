@@ -165,7 +165,7 @@ def inference(args, recipe, face_model, common: dict) -> None:
 
     def passes():
         network_fit(settings.predict, frame, photo, det.landmarks, face_model, recipe.render, args.iterations,
-                    settings.refit_pose, alpha0=alpha0, views=settings.views)
+                    settings.refit_pose, alpha0=alpha0)
 
     def whole():
         coarse_fit(photo, det.landmarks, face_model, settings, recipe.render, det.detector)

@@ -52,32 +52,23 @@ def warp_to_frame(image: np.ndarray, fmap: FrameMap, size: int) -> np.ndarray:
     return (out[0] if image.ndim == 2 else np.stack(out, -1)).astype(np.float32)
 
 
-#: The seed of the fixed shifts and scales of :meth:`NetworkFrame.views`.
-VIEW_SEED = 0
-
-
 @dataclass(frozen=True)
 class NetworkFrame:
     """The frame the iterative network sees a face in: ``size`` x ``size`` pixels, the face centred at the
     training distribution's mean scale ``scale_mean`` (pixels per mm per pixel of image size), and the mask of
-    its inputs (``input_mask``, ``input_forehead``: ``train.input_mask``), and the shifts (``shift``, of the size,
-    per axis) and scales (``scale_std``, log) of the face in it that training taught the network to ignore
-    (``train.augment``)."""
+    its inputs (``input_mask``, ``input_forehead``: ``train.input_mask``)."""
 
     size: int
     scale_mean: float
     input_mask: str = "shading"
     input_forehead: float = 0.0
-    shift: float = 0.0
-    scale_std: float = 0.0
 
     @staticmethod
     def from_config(cfg) -> "NetworkFrame":
         """The frame of a training config (``render.image_size``, ``sampling.pose.scale_mean``,
-        ``train.input_mask``, ``train.input_forehead``, ``train.augment.shift`` and ``scale_std``)."""
+        ``train.input_mask``, ``train.input_forehead``)."""
         return NetworkFrame(int(cfg.render.image_size), float(cfg.sampling.pose.scale_mean),
-                            cfg.train.input_mask, float(cfg.train.input_forehead), float(cfg.train.augment.shift),
-                            float(cfg.train.augment.scale_std))
+                            cfg.train.input_mask, float(cfg.train.input_forehead))
 
     def region(self, points: np.ndarray | None) -> np.ndarray | None:
         """(size, size) bool: where the inputs may show the face beyond a_t's silhouette, from the landmarks
@@ -90,24 +81,6 @@ class NetworkFrame:
     def pose(self, model, rotation: np.ndarray) -> Pose:
         """The face under ``rotation`` (3, 3), centred in this frame at the mean scale."""
         return centred_pose(model, rotation, self.scale_mean * self.size, self.size)
-
-    def views(self, model, rotation: np.ndarray, n: int = 1) -> list[Pose]:
-        """The face under ``rotation`` in ``n`` >= 1 views of this frame: :meth:`pose`, then ``n`` - 1 with the
-        face shifted by ~ N(0, ``shift`` x size) pixels per axis and scaled by exp(N(0, ``scale_std``)) about
-        the frame's centre, as the training augmentation moves it. The draws are fixed (the same for every
-        face) and come in opposite pairs (a shift and scale, then their inverses), so their mean is the plain
-        frame."""
-        if n < 1:
-            raise ValueError(f"a face needs at least one view; got {n}")
-        base = self.pose(model, rotation)
-        rng = np.random.default_rng(VIEW_SEED)
-        centre, t = self.size / 2.0, np.asarray(base.translation, np.float64)
-        out = [base]
-        while len(out) < n:
-            k, d = float(np.exp(self.scale_std * rng.standard_normal())), self.shift * self.size * rng.standard_normal(2)
-            for kk, dd in ((k, d), (1.0 / k, -d))[: n - len(out)]:
-                out.append(Pose(base.scale * kk, base.rotation, centre + kk * (t - centre) + dd))
-        return out
 
 
 def sfs_frame_pose(model, verts: np.ndarray, pose_photo: Pose, resolution: int, margin: float = 0.06) -> Pose:

@@ -6,7 +6,6 @@ Used by ``train evaluate`` (synthetic faces) and ``refine sfs`` (photos), so bot
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -38,52 +37,40 @@ def torch_predictor(net, device: str = "cpu") -> Predictor:
     return predict
 
 
-@dataclass(frozen=True)
-class FrameView:
-    """One view of a face in the network frame: image (H, W) gray or (H, W, 3) colour in [0, 1], not masked
-    (H = W = the renderer's size); pose: the face's weak-perspective pose in it; region: None or (H, W) bool,
-    where the inputs are kept (``train.input_mask: landmarks``, :meth:`coarse.frame.NetworkFrame.region`);
-    refit: None or ``alpha -> Pose``, the pose of a new shape in this view (e.g. fitted to the landmarks)."""
-
-    image: np.ndarray
-    pose: Pose
-    region: np.ndarray | None = None
-    refit: Callable[[np.ndarray], Pose] | None = None
-
-
-def iterative_fit(predict: Predictor, views: list[FrameView], renderer, iterations: int = 3,
-                  alpha0: np.ndarray | None = None) -> list[tuple[np.ndarray, Pose]]:
-    """Run the iterative network on one face seen in one or more views.
-
-    Each pass renders the shading of the current estimate in every view, runs the network on all views as one
-    batch and takes the mean of their predictions as the next estimate (with several views: the test-time
-    average over shifts and scales the network was trained to ignore, :meth:`coarse.frame.NetworkFrame.views`);
-    then each view's pose is re-fitted to the new shape when it has a ``refit``.
+def iterative_fit(predict: Predictor, image: np.ndarray, pose: Pose, renderer, iterations: int = 3,
+                  alpha0: np.ndarray | None = None, refit_pose: Callable[[np.ndarray], Pose] | None = None,
+                  region: np.ndarray | None = None) -> list[tuple[np.ndarray, Pose]]:
+    """Run the iterative network on one face.
 
     Args:
-        predict: the network (:func:`torch_predictor`); views: the :class:`FrameView` s (view 0 the plain one).
-        renderer: :class:`render.renderer.FaceRenderer` of the views' size.
-        iterations: network passes (the paper uses about three); alpha0: start (default the mean face, zeros).
+        predict: the network (:func:`torch_predictor`).
+        image: (H, W) gray (or (H, W, 3) colour, as the network was trained) in [0, 1], in the network's
+            frame (H = W = ``renderer.size``), not masked.
+        pose: the face's weak-perspective pose in that frame.
+        renderer: :class:`render.renderer.FaceRenderer` of size H.
+        iterations: network passes (the paper uses about three).
+        alpha0: start (default the mean face, zeros).
+        refit_pose: optional ``alpha -> Pose`` (e.g. a landmark pose fit of the current shape), applied
+            after each pass.
+        region: optional (H, W) bool: image and shading are kept only there (``train.input_mask: landmarks``,
+            :meth:`coarse.frame.NetworkFrame.region`).
     Returns:
-        [(alpha_t (K,), pose_t of view 0)] after each pass.
+        [(alpha_t (K,), pose_t)] after each pass.
     """
     K = renderer.model.n_coeffs
     alpha = np.zeros(K, np.float32) if alpha0 is None else np.asarray(alpha0, np.float32)
-    poses = [v.pose for v in views]
     out = []
     for _ in range(iterations):
-        inputs = []
-        for v, pose in zip(views, poses):
-            shading, mask = renderer.render_shading(alpha, pose)
-            if v.region is not None:
-                mask = mask & v.region
-                shading = shading * mask
-            masked = np.where(mask[..., None] if v.image.ndim == 3 else mask, v.image, 0.0)
-            inputs.append(network_input(masked.astype(np.float32), shading))
-        pred = predict(np.stack(inputs), np.repeat(alpha[None], len(views), 0))
-        alpha = pred.astype(np.float64).mean(0).astype(np.float32)
-        poses = [pose if v.refit is None else v.refit(alpha) for v, pose in zip(views, poses)]
-        out.append((alpha, poses[0]))
+        shading, mask = renderer.render_shading(alpha, pose)
+        if region is not None:
+            mask = mask & region
+            shading = shading * mask
+        masked = np.where(mask[..., None] if image.ndim == 3 else mask, image, 0.0)
+        x = network_input(masked.astype(np.float32), shading)
+        alpha = predict(x[None], alpha[None])[0].astype(np.float32)
+        if refit_pose is not None:
+            pose = refit_pose(alpha)
+        out.append((alpha, pose))
     return out
 
 
@@ -95,7 +82,7 @@ def landmark_pose(landmarks: np.ndarray, model, alpha: np.ndarray) -> Pose:
 
 def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, landmarks: np.ndarray, model,
                 render_cfg, iterations: int = 3, refit_pose: bool = True, pose: Pose | None = None,
-                alpha0: np.ndarray | None = None, views: int = 1) -> tuple[list, Pose]:
+                alpha0: np.ndarray | None = None) -> tuple[list, Pose]:
     """The iterative network on one face of a photo, in the network frame.
 
     Args:
@@ -108,8 +95,6 @@ def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, land
             fits); default fitted to the landmarks.
         alpha0: (K,) the first pass's a_t (e.g. the landmark fit, as ``train.start: fit`` trains); default the
             mean face.
-        views: the face is seen in this many network frames (:meth:`coarse.frame.NetworkFrame.views`), their
-            predictions averaged; 1: the plain frame alone.
     Returns:
         ([(alpha_t (K,), pose_t in the network frame)] per pass, the final shape's pose in the photo frame).
     """
@@ -117,20 +102,16 @@ def network_fit(predict: Predictor, frame: NetworkFrame, photo: np.ndarray, land
     start = np.zeros(model.n_coeffs, np.float32) if alpha0 is None else np.asarray(alpha0, np.float32)
     if not known:
         pose = landmark_pose(landmarks, model, start)
-    gray = to_gray(photo) if photo.ndim == 3 else photo
-    points = np.asarray(landmarks, np.float64)
+    net_pose = frame.pose(model, pose.rotation)
+    fmap = frame_map(pose, net_pose)
+    gray = warp_to_frame(to_gray(photo) if photo.ndim == 3 else photo, fmap, frame.size)
     renderer = FaceRenderer.from_config(model, render_cfg, image_size=frame.size, backend="numba")
 
-    def view(net_pose: Pose) -> FrameView:
-        fmap = frame_map(pose, net_pose)
+    def refit(a):  # the new shape's landmark pose, carried into the frame the photo was warped into once
+        p = landmark_pose(landmarks, model, a)
+        return Pose(p.scale * fmap.k, p.rotation, fmap.forward(np.asarray(p.translation, np.float64)))
 
-        def refit(a):  # the new shape's landmark pose, carried into the frame the photo was warped into once
-            p = landmark_pose(landmarks, model, a)
-            return Pose(p.scale * fmap.k, p.rotation, fmap.forward(np.asarray(p.translation, np.float64)))
-
-        return FrameView(warp_to_frame(gray, fmap, frame.size), net_pose, frame.region(fmap.forward(points)),
-                         refit if refit_pose and not known else None)
-
-    steps = iterative_fit(predict, [view(p) for p in frame.views(model, pose.rotation, views)], renderer,
-                          iterations, alpha0=start)
+    steps = iterative_fit(predict, gray, net_pose, renderer, iterations, alpha0=start,
+                          refit_pose=refit if refit_pose and not known else None,
+                          region=frame.region(fmap.forward(np.asarray(landmarks, np.float64))))
     return steps, pose if known else landmark_pose(landmarks, model, steps[-1][0])

@@ -27,7 +27,7 @@ class CoarseSettings:
     predict: the iterative network (None: the fit is the coarse face); frame: its network frame
     (:class:`coarse.frame.NetworkFrame`; with ``predict``); iterations: network passes; refit_pose: re-fit the
     pose to the landmarks after each pass; network_start: the first pass's a_t, ``fit`` (the landmark fit) or
-    ``mean`` (the mean face); views: network frames averaged in each pass (:func:`coarse.iterative.network_fit`).
+    ``mean`` (the mean face).
     """
 
     landmarks: LandmarkModel
@@ -37,7 +37,6 @@ class CoarseSettings:
     iterations: int = 3
     refit_pose: bool = True
     network_start: str = "fit"
-    views: int = 1
 
     def __post_init__(self):
         if self.network_start not in ("fit", "mean"):
@@ -55,7 +54,7 @@ class CoarseSettings:
                               None if network is None else network.predictor(str(next(network.net.parameters()).device)),
                               None if network is None else network.frame,
                               cfg.refine.iterations if iterations is None else iterations, cfg.refine.refit_pose,
-                              cfg.refine.network_start, cfg.refine.network_views)
+                              cfg.refine.network_start)
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,7 @@ def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: Coarse
     if settings.predict is None:
         return CoarseFit(alpha, pose, "landmark_fit", alpha)
     steps, net_pose = network_fit(settings.predict, settings.frame, photo, landmarks, model, render_cfg,
-                                  settings.iterations, settings.refit_pose, alpha0=settings.start(alpha),
-                                  views=settings.views)
+                                  settings.iterations, settings.refit_pose, alpha0=settings.start(alpha))
     return CoarseFit(steps[-1][0], net_pose, "iterative_network", alpha, [a for a, _ in steps])
 
 

@@ -328,15 +328,12 @@ class RefineConfig:
     iterations: int
     network_start: str
     refit_pose: bool
-    network_views: int
     refined: RefinedMeshConfig
     sfs: SfSConfig
 
     def __post_init__(self):
         if self.network_start not in ("fit", "mean"):
             raise ValueError(f"network_start must be 'fit' or 'mean'; got {self.network_start!r}")
-        if self.network_views < 1:
-            raise ConfigError(f"refine.network_views must be >= 1; got {self.network_views}")
 
 
 @dataclass(frozen=True)

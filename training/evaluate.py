@@ -90,8 +90,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         if settings.predict is not None:
             steps, _ = network_fit(settings.predict, settings.frame, photo, points, model, render_cfg,
                                    settings.iterations, settings.refit_pose,
-                                   pose=face.pose if pose_source == "true" else None, alpha0=settings.start(fit),
-                                   views=settings.views)
+                                   pose=face.pose if pose_source == "true" else None, alpha0=settings.start(fit))
             stages["iterations"].append(np.stack([a for a, _ in steps]))
         gt.append(np.asarray(face.alpha_gt, np.float32))
         done.append(face)
