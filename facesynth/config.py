@@ -138,7 +138,8 @@ class DatagenConfig:
 class RunConfig:
     """What every training run reads (:mod:`training.loop`): its data (shards ``data``, or generated when
     ``online``), run folder ``out``, optimiser steps, batch, Adam learning rate, device, data workers,
-    checkpoint and validation intervals, validation samples, seed."""
+    checkpoint and validation intervals, validation samples, seed; ``average_from``: from this step on (0: never)
+    the weights are averaged at every checkpoint, and the average is what ``train export`` ships."""
 
     data: str
     online: bool
@@ -152,6 +153,7 @@ class RunConfig:
     val_every: int
     val_samples: int
     seed: int
+    average_from: int
 
 
 @dataclass(frozen=True)

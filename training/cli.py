@@ -314,8 +314,10 @@ def calibrate_landmarks(config, n, seed, out, records_out):
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--provenance", "provenance_json", type=click.Path(dir_okay=False), default=None,
               help="a JSON file stored in the weights under 'provenance' (run, data size, evaluation)")
+@click.option("--last", is_flag=True,
+              help="the checkpoint's last weights, not their average (a run with train.average_from)")
 @user_errors(TrainingError, CheckpointError)
-def export(checkpoint, out, provenance_json):
+def export(checkpoint, out, provenance_json, last):
     from .loop import export_weights
 
     prov = None
@@ -324,8 +326,10 @@ def export(checkpoint, out, provenance_json):
             prov = json.loads(Path(provenance_json).read_text())
         except (OSError, ValueError) as e:
             raise click.ClickException(f"{provenance_json}: not a readable JSON file ({e})")
-    info = export_weights(checkpoint, out, prov)
-    click.echo(f"{out}: {info['format']}, step {info.get('step')}, {Path(out).stat().st_size / 1e6:.1f} MB")
+    info = export_weights(checkpoint, out, prov, average=not last)
+    avg = info.get("averaged")
+    span = f", the average of {avg['count']} checkpoints (steps {avg['first_step']}-{avg['last_step']})" if avg else ""
+    click.echo(f"{out}: {info['format']}, step {info.get('step')}{span}, {Path(out).stat().st_size / 1e6:.1f} MB")
 
 if __name__ == "__main__":
     main()

@@ -11,11 +11,14 @@ builds its network, loss and data, and hands them to :func:`run_training` as a :
 - a NaN or infinite loss stops the run with :class:`TrainingError`; ``ckpt.pt`` stays the last good one;
 - ``ckpt.pt`` every ``checkpoint_every`` steps and at the end (written atomically), ``log.csv`` (step,
   train_loss, val_loss, samples_per_s), ``curves.png`` at each validation, ``config.json``;
+- with ``average_from`` > 0, the running mean of the weights at every checkpoint from that step on
+  (:func:`updated_average`, stochastic weight averaging), kept in the checkpoint under ``average`` (so a
+  resumed run continues it exactly) and shipped by :func:`export_weights`; validation reports the last weights;
 - DDP when started by ``torchrun`` (``WORLD_SIZE`` > 1): the batch is per process, rank 0 validates and
   writes the run folder.
 
 The config section a run reads (``train`` or ``detail``) names: ``out``, ``steps``, ``batch``, ``lr``,
-``device``, ``workers``, ``checkpoint_every``, ``val_every``, ``val_samples``, ``seed``.
+``device``, ``workers``, ``checkpoint_every``, ``val_every``, ``val_samples``, ``seed``, ``average_from``.
 """
 from __future__ import annotations
 
@@ -144,15 +147,32 @@ def save_checkpoint(path: Path, state: dict) -> None:
 WEIGHTS_KEYS = ("format", "config", "model", "step", "train_loss", "val_loss", "init_from")
 
 
-def export_weights(src: str | Path, dst: str | Path, provenance: dict | None = None) -> dict:
+def updated_average(average: dict | None, net: torch.nn.Module, step: int) -> dict:
+    """The running mean of ``net``'s weights with those of ``step`` added: ``{"model": state dict on the CPU,
+    "count", "first_step", "last_step"}`` (``average`` None: the first). Floating tensors (weights and the
+    batch-norm statistics) are averaged; the others (batch counters) are the last."""
+    now = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    if average is None:
+        return {"model": now, "count": 1, "first_step": step, "last_step": step}
+    n = average["count"] + 1
+    model = {k: a + (now[k] - a) / n if a.is_floating_point() else now[k] for k, a in average["model"].items()}
+    return {"model": model, "count": n, "first_step": average["first_step"], "last_step": step}
+
+
+def export_weights(src: str | Path, dst: str | Path, provenance: dict | None = None, average: bool = True) -> dict:
     """Write the weights of checkpoint ``src`` (either network's format) to ``dst`` atomically, without the
     optimiser state (a quarter of the size), with ``provenance`` (e.g. the run, data size, evaluation) kept
-    under that key. Returns what was written, less the tensors."""
+    under that key. A checkpoint with an average of its weights (``average_from``) gives that average, its
+    span under ``averaged`` (``count``, ``first_step``, ``last_step``), unless ``average`` is False (the last
+    weights). Returns what was written, less the tensors."""
     path = Path(src)
     ckpt = load_file(path, "cpu")
     if not isinstance(ckpt, dict) or not str(ckpt.get("format", "")).startswith("facesynth-"):
         raise CheckpointError(f"{path} is not a facesynth checkpoint")
     out = {k: ckpt[k] for k in WEIGHTS_KEYS if k in ckpt}
+    if average and ckpt.get("average") is not None:
+        out["model"] = ckpt["average"]["model"]
+        out["averaged"] = {k: v for k, v in ckpt["average"].items() if k != "model"}
     out["provenance"] = dict(provenance or {})
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -168,9 +188,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 #: Keys of the trained section that a resume may change: they do not change the steps taken. ``lr`` too: a
-#: resumed run may lower it (a manual step schedule) and the new value wins; ``weights``: where ``refine`` reads
-#: the trained network.
-RESUME_RUN_KEYS = ("steps", "out", "device", "workers", "checkpoint_every", "val_every", "val_samples", "lr", "weights")
+#: resumed run may lower it (a manual step schedule) and the new value wins; ``average_from``: the average may
+#: start with the lower rate (an average already in the checkpoint goes on); ``weights``: where ``refine``
+#: reads the trained network.
+RESUME_RUN_KEYS = ("steps", "out", "device", "workers", "checkpoint_every", "val_every", "val_samples", "lr", "weights",
+                   "average_from")
 #: Render keys that choose how, not what, is drawn.
 RESUME_RENDER_KEYS = ("render.backend", "render.gl_platform")
 #: The stages' config sections: a trainer's run depends on no other stage's keys but those it reads.
@@ -397,6 +419,7 @@ def run_training(run: Run, job: Job, progress: bool = True) -> dict:
 
     log = RunLog(run.run_dir, start_step, job.loss_label) if run.master else None
     last_val = ckpt.get("val_loss") if ckpt else None
+    average = ckpt.get("average") if ckpt else None
     train_loss = ckpt.get("train_loss") if ckpt else None
     bar = tqdm(total=sec.steps, initial=start_step, disable=not (progress and run.master), dynamic_ncols=True,
                desc=job.desc)
@@ -436,11 +459,13 @@ def run_training(run: Run, job: Job, progress: bool = True) -> dict:
                 if val is not None:
                     log.plot()
                 if done % sec.checkpoint_every == 0 or done == sec.steps:
+                    if sec.average_from > 0 and done >= sec.average_from:
+                        average = updated_average(average, net, done)
                     save_checkpoint(run.ckpt_path, {
                         "format": job.format, "config": cfg.to_dict(), "model": net.state_dict(),
                         "optimizer": optimizer.state_dict(), "step": done, "rng": rng_state(),
                         "data_position": job.data_position(done), "train_loss": train_loss, "val_loss": last_val,
-                        **job.meta,
+                        **job.meta, **({} if average is None else {"average": average}),
                     })
                 t_last = time.perf_counter()  # validation and checkpoint time are not training throughput
     finally:

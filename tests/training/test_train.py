@@ -268,3 +268,36 @@ def test_cli_rejects_bad_values_with_one_line(tmp_path):
 def test_cli_help_shows_yaml_defaults():
     out = CliRunner().invoke(cli, ["iterative", "--help"]).output
     assert "[pipeline.yaml: 2000]" in out and "[pipeline.yaml: 0.0001]" in out
+
+
+def test_the_weight_average_from_a_step_is_exported_and_resumes_exactly(small_cfg, tmp_path):
+    """train.average_from: the checkpoints from that step on are averaged (batch counters: the last); a run
+    continued checkpoint by checkpoint ends with the average of an uninterrupted one; export ships the average
+    (--last: the last weights)."""
+    from facesynth.config import override
+
+    cfg = override(override(small_cfg, "train.average_from", 2), "train.checkpoint_every", 1)
+    whole = train_iterative(cfg, tmp_path / "whole", progress=False)
+    steps, weights = tmp_path / "steps", []
+    for n in (1, 2, 3, 4):
+        train_iterative(override(cfg, "train.steps", n), steps, progress=False)
+        weights.append(load_checkpoint(steps / "ckpt.pt")["model"])
+    a, b = load_checkpoint(tmp_path / "whole" / "ckpt.pt"), load_checkpoint(steps / "ckpt.pt")
+    assert whole["step"] == 4 and a["average"]["count"] == b["average"]["count"] == 3
+    for k, w in a["average"]["model"].items():
+        if w.is_floating_point():
+            want = torch.stack([s[k].double() for s in weights[1:]]).mean(0)
+            torch.testing.assert_close(w.double(), want, rtol=1e-5, atol=1e-7)
+        else:
+            assert torch.equal(w, weights[-1][k])
+        torch.testing.assert_close(b["average"]["model"][k], w, rtol=1e-6, atol=1e-8)
+    assert any(not torch.equal(w, a["model"][k]) for k, w in a["average"]["model"].items())
+    for extra, want in (([], a["average"]["model"]), (["--last"], a["model"])):
+        out = tmp_path / f"w{len(extra)}.pt"
+        r = CliRunner().invoke(cli, ["export", str(tmp_path / "whole" / "ckpt.pt"), str(out), *extra])
+        assert r.exit_code == 0, r.output
+        w = load_checkpoint(out)
+        assert all(torch.equal(w["model"][k], want[k]) for k in want)
+        assert ("averaged" in w) == (not extra) and ("average of 3 checkpoints (steps 2-4)" in r.output) == (not extra)
+    assert "average" not in load_checkpoint(train_iterative(small_cfg, tmp_path / "plain", progress=False)
+                                            ["checkpoint"])
