@@ -37,6 +37,8 @@ FORMAT = "facesynth-datagen/2"
 #: Config sections that change the bytes of a sample (datagen's out, n and workers do not).
 _DATA_SECTIONS = ("model", "sampling", "render", "datagen")
 _NOT_DATA_KEYS = ("out", "n", "workers", "seed")  # the seed is checked on its own
+#: The camera's ``sampling.pose`` keys (recorded only when ``perspective_prob`` > 0).
+CAMERA_KEYS = ("perspective_prob", "distance_mm")
 
 
 #: More worker processes than this many per core only add memory and contention: such a number is a typo.
@@ -82,7 +84,7 @@ def data_config(cfg, backend: str) -> dict:
     data["render"] = dict(data["render"], backend=backend)
     data["render"].pop("gl_platform")
     if data["sampling"]["pose"]["perspective_prob"] == 0.0:  # added later: files made before it stay valid
-        for key in ("perspective_prob", "distance_mm"):
+        for key in CAMERA_KEYS:
             data["sampling"]["pose"].pop(key)
     return data
 

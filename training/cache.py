@@ -47,8 +47,6 @@ FORMAT = "facesynth-pairs/1"
 ARRAYS = ("inputs", "alpha_gt", "alpha_t", "alpha_fit", "points", "index")
 #: The config key of a file that also holds pairs for the network's later passes (:mod:`training.next_pass`).
 NEXT_PASS = "next_pass"
-#: ``sampling.pose`` keys of the camera: like the start policy, files of a training run may differ in them.
-CAMERA_KEYS = ("perspective_prob", "distance_mm")
 #: A pixel of the (resampled) shading image belongs to the face where it exceeds this (the shading is >=
 #: ``render.shading_ambient`` on the face and 0 off it).
 MASK_LEVEL = 0.05
@@ -68,10 +66,10 @@ def cache_config(cfg) -> dict:
     """What the cached samples depend on: the datagen sections (:func:`datagen.generate.data_config`), the start
     policy, the camera (``camera``: ``sampling.pose``'s perspective keys, only when they are on) and, for ``fit``
     starts, the fit section and the landmark model's file size."""
-    from datagen.generate import data_config, resolved_backend
+    from datagen.generate import CAMERA_KEYS, data_config, resolved_backend
 
     tc = cfg.train
-    data = data_config(cfg, resolved_backend(cfg))
+    data = data_config(cfg, resolved_backend(cfg))  # like the start policy, files of a run may differ in the camera
     camera = {k: data["sampling"]["pose"].pop(k) for k in CAMERA_KEYS if k in data["sampling"]["pose"]}
     out = dict(data, **({"camera": camera} if camera else {}),
                start={"start": tc.start, "start_fit_prob": tc.start_fit_prob,
