@@ -78,8 +78,7 @@ def render_truth(scene, model, renderer, verts: np.ndarray | None = None):
 def record_face(rec: dict) -> FaceRecord:
     """A decoded shard record (:func:`datagen.loader.decode_record`) as a :class:`FaceRecord`."""
     p = rec["params"]
-    li = p["light"]
-    light = Light(np.asarray(li["direction"], np.float32), li["k_a"], li["k_d"], li["k_s"], li["shininess"])
+    light = Light.from_dict(p["light"])
     return FaceRecord(rec["rgb"], Pose.from_dict(p["pose"]), np.asarray(p["landmarks"], np.float64),
                       np.asarray(p["alpha_gt"], np.float32), np.asarray(p["albedo"], np.float32),
                       np.asarray(p["iris"], np.float32), light, int(p.get("index", -1)),

@@ -4,6 +4,7 @@ estimate a_t of the iterative scheme. Everything is drawn from one ``numpy.rando
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,8 +119,24 @@ def draw_scene(seed: int, index: int, model, cfg) -> SceneParams:
     if cfg.datagen.detail:  # drawn last: the other parameters do not depend on this switch
         d = cfg.datagen
         detail = sample_detail(rng, model, d.detail_uv_size, d.detail_depth_min_mm, d.detail_depth_max_mm)
+    light = draw_light_occlusion(seed, index, cfg.sampling.light, light)
     return SceneParams(index, alpha_gt, alpha_rand, u, alpha_t, albedo, iris, pose, light, background, detail,
                        draw_distance(seed, index, cfg.sampling.pose.perspective_prob, cfg.sampling.pose.distance_mm))
+
+
+def draw_light_occlusion(seed: int, index: int, cfg, light: Light) -> Light:
+    """``light`` with sample ``index``'s ambient occlusion (strength ~ U[0, ``cfg.occlusion_max``]), with
+    probability ``cfg.shadow_prob`` cast shadows (strength ~ U[0.5, 1]), and with probability ``cfg.srgb_prob``
+    a photo's sRGB encoding; ``cfg``: ``sampling.light``. Drawn from a generator of its own, so that the
+    scene's other draws do not depend on these options."""
+    if cfg.occlusion_max <= 0.0 and cfg.shadow_prob <= 0.0 and cfg.srgb_prob <= 0.0:
+        return light
+    rng = np.random.default_rng([int(seed), int(index), 18])
+    occlusion = rng.uniform(0.0, cfg.occlusion_max)
+    strength = rng.uniform(0.5, 1.0)
+    shadowed, srgb = rng.uniform(size=2)
+    return dataclasses.replace(light, occlusion=float(occlusion), srgb=bool(srgb < cfg.srgb_prob),
+                               shadow=float(strength) if shadowed < cfg.shadow_prob else 0.0)
 
 
 def draw_distance(seed: int, index: int, prob: float, distance_mm) -> float | None:

@@ -82,7 +82,10 @@ class PoseSampling:
 
 @dataclass(frozen=True)
 class LightSampling:
-    """Phong constants drawn around (0.5, 0.7, 0.05); light direction uniform over the frontal hemisphere."""
+    """Phong constants drawn around (0.5, 0.7, 0.05); light direction uniform over the frontal hemisphere. What a
+    real photo adds: ambient occlusion of strength ~ U[0, ``occlusion_max``], and with probability
+    ``shadow_prob`` the shadows the face casts on itself from the light, of strength ~ U[0.5, 1]; with
+    probability ``srgb_prob`` shading in linear light, encoded to sRGB as a camera does."""
 
     ambient_mean: float
     ambient_std: float
@@ -91,6 +94,14 @@ class LightSampling:
     specular_mean: float
     specular_std: float
     shininess: float
+    occlusion_max: float
+    shadow_prob: float
+    srgb_prob: float
+
+    def __post_init__(self):
+        if not all(0.0 <= v <= 1.0 for v in (self.occlusion_max, self.shadow_prob, self.srgb_prob)):
+            raise ConfigError("sampling.light needs occlusion_max, shadow_prob and srgb_prob in [0, 1]; got "
+                              f"{self.occlusion_max}, {self.shadow_prob}, {self.srgb_prob}")
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from functools import lru_cache
 import numpy as np
 
 from .camera import Pose, project, rotate_normals
-from .raster import Fragments, closed_surface_triangles, fragments_from_ids, make_rasterizer
-from .shading import displaced_normals, phong_shade, shading_image, to_gray
+from .occlusion import ambient_occlusion, visibility
+from .raster import Fragments, NumbaRasterizer, closed_surface_triangles, fragments_from_ids, make_rasterizer
+from .shading import displaced_normals, linear_to_srgb, phong_shade, shading_image, srgb_to_linear, to_gray
 
 
 @lru_cache(maxsize=8)
@@ -27,24 +28,54 @@ def _closed_triangles(model) -> np.ndarray:
     return closed_surface_triangles(model.triangles, model.mean)
 
 
+#: Side (pixels) of the shadow map of a light's cast shadows, over the head's extent (about 1 mm a pixel).
+SHADOW_MAP_SIZE = 256
+
+
+@lru_cache(maxsize=8)
+def _mean_occlusion(model) -> np.ndarray:
+    """(V,) ambient occlusion of the model's mean shape (64 directions; computed once per model, 0.25 s): the
+    occlusion of every face (sockets, nostrils and ears move little between faces)."""
+    mean = np.asarray(model.mean, np.float64)
+    return ambient_occlusion(mean, model.vertex_normals(mean), model.triangles)
+
+
 @dataclass(frozen=True)
 class Light:
-    """Phong light: ``direction`` (3,) unit vector towards the light in the camera frame, and constants."""
+    """Phong light: ``direction`` (3,) unit vector towards the light in the camera frame, and constants.
+
+    ``occlusion`` in [0, 1]: the ambient term times ``1 - occlusion (1 - AO)``, AO the ambient occlusion of the
+    model's mean shape (:func:`render.occlusion.ambient_occlusion`); ``shadow`` in [0, 1]: the diffuse and
+    specular terms times ``1 - shadow (1 - S)``, S = 1 where the vertex sees the light
+    (:func:`render.occlusion.visibility`, the face's own geometry). Both 0: plain Phong. ``srgb``: the
+    albedo is taken as sRGB-encoded, shaded in linear light and the result encoded back to sRGB, as a camera
+    writes a photo (and pyrender renders the scans); False: Phong on the display values directly."""
 
     direction: np.ndarray
     ambient: float
     diffuse: float
     specular: float
     shininess: float
+    occlusion: float = 0.0
+    shadow: float = 0.0
+    srgb: bool = False
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "direction": np.asarray(self.direction, float).tolist(),
             "k_a": float(self.ambient),
             "k_d": float(self.diffuse),
             "k_s": float(self.specular),
             "shininess": float(self.shininess),
         }
+        if self.occlusion or self.shadow or self.srgb:  # added later: plain Phong lights are written as before
+            d.update(occlusion=float(self.occlusion), shadow=float(self.shadow), srgb=bool(self.srgb))
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "Light":
+        return Light(np.asarray(d["direction"], np.float32), d["k_a"], d["k_d"], d["k_s"], d["shininess"],
+                     d.get("occlusion", 0.0), d.get("shadow", 0.0), d.get("srgb", False))
 
 
 @dataclass(frozen=True)
@@ -87,6 +118,7 @@ class FaceRenderer:
         self._cull = _closed_triangles(model)
         self.shading_ambient = shading_ambient
         self.shading_diffuse = shading_diffuse
+        self._shadow_rasterizer = NumbaRasterizer()  # shadow maps, whatever the backend (render.occlusion)
 
     @classmethod
     def from_config(cls, model, render_cfg, image_size: int | None = None, backend: str | None = None
@@ -181,14 +213,35 @@ class FaceRenderer:
         if displacement_uv is not None:
             depth, normals, disp = self._displace(frags, normals, pose, displacement_uv)
         a = frags.interpolate(albedo, self.model.triangles)
-        lit = phong_shade(normals, a, light.direction, light.ambient, light.diffuse, light.specular,
+        k_a, k_d, k_s = light.ambient, light.diffuse, light.specular
+        if light.occlusion > 0.0 or light.shadow > 0.0:
+            k_a, k_d, k_s = self._occluded_light(verts, frags, pose, light)
+        lit = phong_shade(normals, srgb_to_linear(a) if light.srgb else a, light.direction, k_a, k_d, k_s,
                           light.shininess)
         m = frags.mask
         rgb = np.clip(lit, 0.0, 1.0, out=lit.astype(np.float32, copy=False))
+        if light.srgb:
+            rgb = linear_to_srgb(rgb)
         outside = np.repeat(~m, 3).reshape(rgb.shape)  # (H, W, 3): faster than broadcasting (H, W, 1)
         np.copyto(rgb, 0.0 if background is None else background, where=outside)
         landmarks = vi[self.model.landmarks68, :2].astype(np.float32)
         return FaceRender(rgb, to_gray(rgb), m, depth, normals, landmarks, frags, disp)
+
+    def _occluded_light(self, verts: np.ndarray, frags: Fragments, pose: Pose, light: Light):
+        """(H, W) maps of the Phong constants (k_a, k_d, k_s) with ``light``'s occlusion and cast shadows."""
+        tris = self.model.triangles
+        k_a = np.float32(light.ambient)
+        if light.occlusion > 0.0:
+            ao = frags.interpolate(_mean_occlusion(self.model)[:, None], tris)[..., 0]
+            k_a = k_a * (1.0 - light.occlusion * (1.0 - ao))
+        seen = np.float32(1.0)
+        if light.shadow > 0.0:
+            towards = np.asarray(pose.rotation, np.float64).T @ np.asarray(light.direction, np.float64)  # model frame
+            v = np.asarray(verts, np.float64)
+            vis = visibility(v, self.model.vertex_normals(v), tris, towards[None], SHADOW_MAP_SIZE,
+                             rasterizer=self._shadow_rasterizer)[0]
+            seen = 1.0 - light.shadow * (1.0 - frags.interpolate(vis[:, None], tris)[..., 0])
+        return k_a, light.diffuse * seen, light.specular * seen
 
     def render_shading(self, alpha: np.ndarray, pose: Pose,
                        verts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

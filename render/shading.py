@@ -142,6 +142,18 @@ def shading_image(normals: np.ndarray, mask: np.ndarray, ambient: float, diffuse
     return np.where(mask, s, 0.0).astype(np.float32)
 
 
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] -> linear light (IEC 61966-2-1), same shape, float32."""
+    x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """Linear light in [0, 1] -> sRGB-encoded values (IEC 61966-2-1), same shape, float32 (clipped to [0, 1])."""
+    x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1.0 / 2.4) - 0.055).astype(np.float32)
+
+
 def to_gray(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) linear RGB -> (...) luma (BT.601 weights)."""
     return rgb @ LUMA

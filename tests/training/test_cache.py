@@ -178,14 +178,16 @@ def test_training_from_the_cache_runs_and_resumes(small_cfg, cache_file, tmp_pat
 
 
 def test_training_reads_several_cache_files_as_one_set(small_cfg, cache_file, tmp_path):
-    """Files of other start policies and cameras (here: other detector error levels, a pinhole camera, another
-    seed) train together: row N + r is row r of the second file; a file of other images is refused."""
+    """Files of other start policies and cameras (here: other detector error levels, a pinhole camera with a
+    photo's light, another seed) train together: row N + r is row r of the second file; a file of other images is refused."""
     levels = override(override(small_cfg, "train.start_error_scale", [0.0, 1.0]), "sampling.pose.perspective_prob",
                       1.0)
+    levels = override(override(levels, "sampling.light.srgb_prob", 1.0), "sampling.light.shadow_prob", 0.5)
     second = tmp_path / "levels.h5"
     write_cache(levels, second, 6, 8, progress=False)
     made = read_cache_info(second)["config"]
     assert made["start"]["start_error_scale"] == [0.0, 1.0] and made["camera"]["perspective_prob"] == 1.0
+    assert made["camera"]["srgb_prob"] == 1.0 and "srgb_prob" not in made["sampling"]["light"]
     first = read_cache_info(cache_file)["config"]
     assert "start_error_scale" not in first["start"] and "camera" not in first  # as before the keys
     with pytest.raises(TrainingError, match="camera"):
