@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import os
 import pstats
 import sys
@@ -141,10 +142,12 @@ def main() -> None:
     scenes = [draw_scene(0, i, model, cfg) for i in range(N_SCENES)]
     albedos = [s.head_albedo(model) for s in scenes]
 
-    def face_fn(r):
+    def face_fn(r, photo=None):
+        lights = [dataclasses.replace(s.light, **photo) if photo else s.light for s in scenes]
+
         def f(i):
             s = scenes[i % N_SCENES]
-            return r.render_face(s.alpha_gt, s.pose, albedos[i % N_SCENES], s.light, s.background)
+            return r.render_face(s.alpha_gt, s.pose, albedos[i % N_SCENES], lights[i % N_SCENES], s.background)
         return f
 
     def shading_fn(r):
@@ -180,6 +183,11 @@ def main() -> None:
             rps = rate(fn, args.n, warmup=2)
             emit({"benchmark": "render", "what": what, "backend": name, "size": size, "renders_per_s": rps,
                   "ratio_vs_naive": rps / naive})
+            if what == "render_face":  # the photo light (sampling.light: occlusion, shadows, sRGB) against plain
+                photo = rate(face_fn(r, dict(occlusion=1.0, shadow=1.0, srgb=True)), args.n, warmup=2)
+                emit({"benchmark": "render", "what": "render_face, photo light (occlusion + cast shadows + sRGB)",
+                      "backend": name, "size": size, "renders_per_s": photo, "ratio_vs_naive": photo / naive,
+                      "ratio_vs_plain_render_face": photo / rps})
     for r in renderers.values():
         if r.backend == "gl":
             r.rasterizer.close()
