@@ -39,8 +39,8 @@ _DATA_SECTIONS = ("model", "sampling", "render", "datagen")
 _NOT_DATA_KEYS = ("out", "n", "workers", "seed")  # the seed is checked on its own
 #: The camera's ``sampling.pose`` keys (recorded only when ``perspective_prob`` > 0).
 CAMERA_KEYS = ("perspective_prob", "distance_mm")
-#: The ``sampling.light`` keys of occlusion, cast shadows and the sRGB encoding (recorded only when one is > 0).
-OCCLUSION_KEYS = ("occlusion_max", "shadow_prob", "srgb_prob")
+#: The ``sampling.light`` keys of the photo light (occlusion, cast shadows, sRGB) (recorded only when one is > 0).
+PHOTO_LIGHT_KEYS = ("occlusion_max", "shadow_prob", "srgb_prob")
 
 
 #: More worker processes than this many per core only add memory and contention: such a number is a typo.
@@ -89,8 +89,8 @@ def data_config(cfg, backend: str) -> dict:
         for key in CAMERA_KEYS:
             data["sampling"]["pose"].pop(key)
     light = data["sampling"]["light"]
-    if all(light[k] == 0.0 for k in OCCLUSION_KEYS):  # the same
-        for key in OCCLUSION_KEYS:
+    if all(light[k] == 0.0 for k in PHOTO_LIGHT_KEYS):  # the same
+        for key in PHOTO_LIGHT_KEYS:
             light.pop(key)
     return data
 

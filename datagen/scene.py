@@ -119,12 +119,12 @@ def draw_scene(seed: int, index: int, model, cfg) -> SceneParams:
     if cfg.datagen.detail:  # drawn last: the other parameters do not depend on this switch
         d = cfg.datagen
         detail = sample_detail(rng, model, d.detail_uv_size, d.detail_depth_min_mm, d.detail_depth_max_mm)
-    light = draw_light_occlusion(seed, index, cfg.sampling.light, light)
+    light = draw_photo_light(seed, index, cfg.sampling.light, light)
     return SceneParams(index, alpha_gt, alpha_rand, u, alpha_t, albedo, iris, pose, light, background, detail,
                        draw_distance(seed, index, cfg.sampling.pose.perspective_prob, cfg.sampling.pose.distance_mm))
 
 
-def draw_light_occlusion(seed: int, index: int, cfg, light: Light) -> Light:
+def draw_photo_light(seed: int, index: int, cfg, light: Light) -> Light:
     """``light`` with sample ``index``'s ambient occlusion (strength ~ U[0, ``cfg.occlusion_max``]), with
     probability ``cfg.shadow_prob`` cast shadows (strength ~ U[0.5, 1]), and with probability ``cfg.srgb_prob``
     a photo's sRGB encoding; ``cfg``: ``sampling.light``. Drawn from a generator of its own, so that the

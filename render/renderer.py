@@ -150,10 +150,9 @@ class FaceRenderer:
         ids = self.rasterizer.rasterize(vi, self.model.triangles, self.size, self.size, self._cull)
         return fragments_from_ids(ids, vi, self.model.triangles), vi
 
-    def _normals(self, verts: np.ndarray, frags: Fragments, pose: Pose) -> np.ndarray:
-        """(H, W, 3) camera-frame unit normals interpolated from the vertex normals (0 outside)."""
-        vn = rotate_normals(self.model.vertex_normals(verts), pose)
-        return frags.interpolate(vn, self.model.triangles, unit=True)
+    def _normals(self, vertex_normals: np.ndarray, frags: Fragments, pose: Pose) -> np.ndarray:
+        """(H, W, 3) camera-frame unit normals interpolated from the (V, 3) model-frame vertex normals (0 outside)."""
+        return frags.interpolate(rotate_normals(vertex_normals, pose), self.model.triangles, unit=True)
 
     def face_uv(self, frags: Fragments) -> np.ndarray:
         """(H, W, 2) UV of each pixel on the face area's UV tile (u in [0, 1)); NaN elsewhere."""
@@ -208,14 +207,15 @@ class FaceRenderer:
         """
         verts = self.model.vertices(alpha) if verts is None else verts
         frags, vi = self.rasterize(verts, pose)
-        normals = self._normals(verts, frags, pose)
+        vertex_normals = self.model.vertex_normals(verts)
+        normals = self._normals(vertex_normals, frags, pose)
         depth, disp = frags.depth, np.zeros(frags.depth.shape, np.float32)
         if displacement_uv is not None:
             depth, normals, disp = self._displace(frags, normals, pose, displacement_uv)
         a = frags.interpolate(albedo, self.model.triangles)
         k_a, k_d, k_s = light.ambient, light.diffuse, light.specular
         if light.occlusion > 0.0 or light.shadow > 0.0:
-            k_a, k_d, k_s = self._occluded_light(verts, frags, pose, light)
+            k_a, k_d, k_s = self._occluded_light(verts, vertex_normals, frags, pose, light)
         lit = phong_shade(normals, srgb_to_linear(a) if light.srgb else a, light.direction, k_a, k_d, k_s,
                           light.shininess)
         m = frags.mask
@@ -227,8 +227,10 @@ class FaceRenderer:
         landmarks = vi[self.model.landmarks68, :2].astype(np.float32)
         return FaceRender(rgb, to_gray(rgb), m, depth, normals, landmarks, frags, disp)
 
-    def _occluded_light(self, verts: np.ndarray, frags: Fragments, pose: Pose, light: Light):
-        """(H, W) maps of the Phong constants (k_a, k_d, k_s) with ``light``'s occlusion and cast shadows."""
+    def _occluded_light(self, verts: np.ndarray, vertex_normals: np.ndarray, frags: Fragments, pose: Pose,
+                        light: Light):
+        """(H, W) maps of the Phong constants (k_a, k_d, k_s) with ``light``'s occlusion and cast shadows
+        (``verts``, ``vertex_normals``: (V, 3) model frame, the face drawn)."""
         tris = self.model.triangles
         k_a = np.float32(light.ambient)
         if light.occlusion > 0.0:
@@ -237,8 +239,7 @@ class FaceRenderer:
         seen = np.float32(1.0)
         if light.shadow > 0.0:
             towards = np.asarray(pose.rotation, np.float64).T @ np.asarray(light.direction, np.float64)  # model frame
-            v = np.asarray(verts, np.float64)
-            vis = visibility(v, self.model.vertex_normals(v), tris, towards[None], SHADOW_MAP_SIZE,
+            vis = visibility(verts, vertex_normals, tris, towards[None], SHADOW_MAP_SIZE,
                              rasterizer=self._shadow_rasterizer)[0]
             seen = 1.0 - light.shadow * (1.0 - frags.interpolate(vis[:, None], tris)[..., 0])
         return k_a, light.diffuse * seen, light.specular * seen
@@ -249,5 +250,5 @@ class FaceRenderer:
         ``verts``: ``model.vertices(alpha)`` when the caller has it already."""
         verts = self.model.vertices(alpha) if verts is None else verts
         frags, _ = self.rasterize(verts, pose)
-        normals = self._normals(verts, frags, pose)
+        normals = self._normals(self.model.vertex_normals(verts), frags, pose)
         return shading_image(normals, frags.mask, self.shading_ambient, self.shading_diffuse), frags.mask

@@ -64,15 +64,15 @@ def file_start(config: dict) -> dict:
 
 def cache_config(cfg) -> dict:
     """What the cached samples depend on: the datagen sections (:func:`datagen.generate.data_config`), the start
-    policy, the camera (``camera``: ``sampling.pose``'s perspective keys and ``sampling.light``'s occlusion keys,
+    policy, the camera (``camera``: ``sampling.pose``'s perspective keys and ``sampling.light``'s photo-light keys,
     each only when they are on) and, for ``fit``
     starts, the fit section and the landmark model's file size."""
-    from datagen.generate import CAMERA_KEYS, OCCLUSION_KEYS, data_config, resolved_backend
+    from datagen.generate import CAMERA_KEYS, PHOTO_LIGHT_KEYS, data_config, resolved_backend
 
     tc = cfg.train
     data = data_config(cfg, resolved_backend(cfg))  # like the start policy, files of a run may differ in the camera
     camera = {k: data["sampling"]["pose"].pop(k) for k in CAMERA_KEYS if k in data["sampling"]["pose"]}
-    camera.update({k: data["sampling"]["light"].pop(k) for k in OCCLUSION_KEYS if k in data["sampling"]["light"]})
+    camera.update({k: data["sampling"]["light"].pop(k) for k in PHOTO_LIGHT_KEYS if k in data["sampling"]["light"]})
     out = dict(data, **({"camera": camera} if camera else {}),
                start={"start": tc.start, "start_fit_prob": tc.start_fit_prob,
                       "start_fit_iterations": tc.start_fit_iterations, "start_pose": tc.start_pose,

@@ -9,8 +9,12 @@ usage: python docs/issue14_run/now_on_synthetic.py WEIGHTS N OUT.json [photo]
 """
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from proxy_scan import skin_vertices  # noqa: E402
 
 from coarse.detect import ReconstructionInputError, detect_faces
 from coarse.fit import fit_map
@@ -35,8 +39,7 @@ scene_cfg = photo_scene_config(cfg)  # as `train evaluate` draws its faces
 renderer = FaceRenderer.from_config(model, scene_cfg.render)
 coarse, _ = load_coarse(weights, cfg, "cpu")
 tris = face_triangles(model)
-not_skin = np.concatenate([model.regions[r] for r in ("eyes", "mouth_interior", "teeth")])
-skin = np.setdiff1d(np.unique(tris), not_skin)
+skin = np.intersect1d(skin_vertices(model), np.unique(tris))
 rows = {"mean_face": [], "fit": [], "net": []}
 for face in online_faces(scene_cfg, n, 77 + EVAL_SEED_OFFSET, model, renderer):
     photo = np.asarray(face.rgb, np.float32)

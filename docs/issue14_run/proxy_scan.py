@@ -81,6 +81,12 @@ def fit_to_scan(model, scan: Scan, rounds: int = 15, sigma_mm: float = 0.5) -> t
     return alpha.astype(np.float32), T, float(np.median(d * T.scale))
 
 
+def skin_vertices(model) -> np.ndarray:
+    """Sorted indices of the model's skin vertices: all but the eyes, the mouth interior and the teeth."""
+    not_skin = np.concatenate([model.regions[r] for r in ("eyes", "mouth_interior", "teeth")])
+    return np.setdiff1d(np.arange(model.n_vertices), not_skin)
+
+
 def twin_scan(model, alpha: np.ndarray, corner_uv: np.ndarray, texture: np.ndarray, source: Path) -> Scan:
     """A :class:`Scan` of the model face ``alpha`` (model frame), every triangle corner its own vertex with UV
     ``corner_uv`` (F, 3, 2) into ``texture`` (H, W, 3) uint8; the scored points are the skin's vertices."""
@@ -97,10 +103,8 @@ def twin_scan(model, alpha: np.ndarray, corner_uv: np.ndarray, texture: np.ndarr
                                                  material=SimpleMaterial(image=Image.fromarray(texture))))
     welded = trimesh.Trimesh(verts, F, process=False)
     mesh.vertex_normals = np.asarray(welded.vertex_normals)[F.reshape(-1)]
-    not_skin = np.concatenate([model.regions[r] for r in ("eyes", "mouth_interior", "teeth")])
-    skin = np.setdiff1d(np.arange(len(verts)), not_skin)
-    row = np.searchsorted(skin, np.clip(F.reshape(-1), 0, None))
-    row = np.clip(row, 0, len(skin) - 1)  # corners of eyes etc. point at some skin row (only error colours use it)
+    skin = skin_vertices(model)
+    row = np.clip(np.searchsorted(skin, F.reshape(-1)), 0, len(skin) - 1)  # eyes etc.: some skin row (colours only)
     return Scan(mesh, np.asarray(model.landmarks(alpha), np.float64), verts[skin], row,
                 Similarity.identity(), source)
 

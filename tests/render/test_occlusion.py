@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from datagen.generate import OCCLUSION_KEYS, data_config
+from datagen.generate import PHOTO_LIGHT_KEYS, data_config
 from datagen.scene import centred_pose, draw_scene
 from facesynth.config import ConfigError, override
 from render.camera import euler_to_rotation
@@ -156,7 +156,7 @@ def test_scene_draws_of_the_photo_light(model, cfg):
     assert 0.25 < shadowed < 0.75 and 0.45 < srgb < 0.95
     assert _photo_fields(draw_scene(4, 7, model, photo).light) == _photo_fields(after[7].light)  # same seed, same
     # recorded in a data file's config only when on: files made before the keys stay valid
-    assert not set(OCCLUSION_KEYS) & set(data_config(cfg, "numba")["sampling"]["light"])
-    assert set(OCCLUSION_KEYS) <= set(data_config(photo, "numba")["sampling"]["light"])
+    assert not set(PHOTO_LIGHT_KEYS) & set(data_config(cfg, "numba")["sampling"]["light"])
+    assert set(PHOTO_LIGHT_KEYS) <= set(data_config(photo, "numba")["sampling"]["light"])
     with pytest.raises(ConfigError, match="srgb_prob"):
         override(cfg, "sampling.light.srgb_prob", 1.5)
