@@ -16,6 +16,11 @@ a_{t+1} = a_t + correction::
     linear [K, a_t]  -       K              (correction)
 
 ``b[n]`` is the basic block of ResNet-18/34 (two 3x3 convolutions, identity or 1x1-projection shortcut).
+
+``head="dense"`` (``train.head``) replaces "3x3, K; average" by one linear map of the whole last feature map
+(H/16 x H/16 x widths[-1] -> K): the regression then knows where on the face a feature is, which the average
+over space forgets. It needs the input size at construction. :func:`dense_from_mean` builds it from the
+average head's weights, giving exactly the same outputs, so a trained network can continue with it.
 Coefficients are used as they are: identity weights ~ N(0, 1) and expression weights in [0, 1] are on
 similar scales. With K = 153 the network has about 3.2 M parameters.
 """
@@ -61,11 +66,19 @@ class IterativeNet(nn.Module):
         n_coeffs: K, the length of a coefficient vector (153: 100 identity, then 53 expression).
         in_channels: 2 (gray image + shading) or 4 (colour image + shading, ``datagen.color_input``).
         widths: maps of the four stages.
+        head: ``mean`` (the paper: a 3x3 convolution to K maps, averaged over space) or ``dense`` (a linear map of
+            the whole last feature map; module docstring).
+        image_size: the input's H = W, needed by the ``dense`` head.
     """
 
-    def __init__(self, n_coeffs: int = 153, in_channels: int = 2, widths: tuple[int, ...] = (32, 64, 128, 256)):
+    def __init__(self, n_coeffs: int = 153, in_channels: int = 2, widths: tuple[int, ...] = (32, 64, 128, 256),
+                 head: str = "mean", image_size: int | None = None):
         super().__init__()
-        self.n_coeffs, self.in_channels = n_coeffs, in_channels
+        if head not in ("mean", "dense"):
+            raise ValueError(f"head must be 'mean' or 'dense'; got {head!r}")
+        if head == "dense" and not image_size:
+            raise ValueError("the dense head needs image_size")
+        self.n_coeffs, self.in_channels, self.head = n_coeffs, in_channels, head
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         blocks, maps = [], widths[0]
@@ -74,7 +87,11 @@ class IterativeNet(nn.Module):
             blocks += [BasicBlock(maps, w, stride), BasicBlock(w, w)]
             maps = w
         self.blocks = nn.Sequential(*blocks)
-        self.regress = nn.Conv2d(maps, n_coeffs, 3, 1, 1)
+        if head == "mean":
+            self.regress = nn.Conv2d(maps, n_coeffs, 3, 1, 1)
+        else:
+            self.feature_size = feature_map_size(image_size, len(widths))
+            self.regress = nn.Linear(maps * self.feature_size ** 2, n_coeffs)
         self.correction = nn.Linear(2 * n_coeffs, n_coeffs)
         self._init_weights()
 
@@ -83,7 +100,7 @@ class IterativeNet(nn.Module):
         """The network for a :class:`facesynth.config.Config` (K from ``model``, channels from ``datagen``, stage
         widths from ``train.widths``)."""
         return cls(cfg.model.n_identity + cfg.model.n_expression, 4 if cfg.datagen.color_input else 2,
-                   tuple(cfg.train.widths))
+                   tuple(cfg.train.widths), cfg.train.head, cfg.render.image_size)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -101,8 +118,13 @@ class IterativeNet(nn.Module):
         """(B, C, H, W) image + shading -> (B, K) spatially averaged regression maps."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
-        y = self.regress(self.blocks(self.stem(x)))
-        return y.mean(dim=(2, 3))
+        f = self.blocks(self.stem(x))
+        if self.head == "mean":
+            return self.regress(f).mean(dim=(2, 3))
+        if f.shape[-2:] != (self.feature_size, self.feature_size):
+            raise ValueError(f"the dense head was built for {self.feature_size}x{self.feature_size} feature maps; the "
+                             f"input {tuple(x.shape[-2:])} gives {tuple(f.shape[-2:])}")
+        return self.regress(f.flatten(1))
 
     def forward_head(self, features: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
         """(B, K) features, (B, K) current estimate -> (B, K) next estimate a_t + correction."""
@@ -115,6 +137,36 @@ class IterativeNet(nn.Module):
         """Args: x (B, C, H, W) float in [0, 1]; alpha_t (B, K) current coefficients.
         Returns: (B, K) next coefficients a_{t+1}."""
         return self.forward_head(self.forward_features(x), alpha_t)
+
+
+def feature_map_size(image_size: int, stages: int = 4) -> int:
+    """Side of the last feature map for an input of ``image_size`` (the stem and each later stage halve it,
+    rounding up as a stride-2 convolution with padding does)."""
+    size = image_size
+    for _ in range(stages):  # the stem, then stages 2..n
+        size = (size + 1) // 2
+    return size
+
+
+def dense_from_mean(net: IterativeNet, image_size: int) -> IterativeNet:
+    """The ``dense``-head network that computes exactly what the ``mean``-head ``net`` computes on inputs of
+    ``image_size``: the 3x3 convolution (zero padding) followed by the average over the S x S map is one linear
+    map of the feature map; every other weight is copied. Returns a new network in ``net``'s mode."""
+    if net.head != "mean":
+        raise ValueError("dense_from_mean needs a network with the mean head")
+    widths = tuple(b.conv1.out_channels for b in net.blocks[::2])
+    out = IterativeNet(net.n_coeffs, net.in_channels, widths, "dense", image_size)
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("regress.")}
+    w = net.regress.weight.detach().double()  # (K, C, 3, 3)
+    S = out.feature_size
+    dense = torch.zeros(net.n_coeffs, w.shape[1], S + 2, S + 2, dtype=torch.float64)
+    for dy in range(3):  # output position (y, x) reads input (y + dy - 1, x + dx - 1): sum over outputs
+        for dx in range(3):
+            dense[:, :, dy:dy + S, dx:dx + S] += w[:, :, dy, dx, None, None]
+    state["regress.weight"] = (dense[:, :, 1:S + 1, 1:S + 1] / S ** 2).flatten(1).to(net.regress.weight.dtype)
+    state["regress.bias"] = net.regress.bias.detach().clone()
+    out.load_state_dict(state)
+    return out.train(net.training)
 
 
 def count_parameters(net: nn.Module) -> int:

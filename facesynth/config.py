@@ -198,12 +198,13 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig(RunConfig):
-    """``train iterative``: the run settings, the network's stage widths and initial weights, the loss's alignment and region, the samples' start (``start``: ``fit`` or ``mean``, with
+    """``train iterative``: the run settings, the network's stage widths, head and initial weights, the loss's alignment and region, the samples' start (``start``: ``fit`` or ``mean``, with
     ``start_fit_prob``, ``start_fit_iterations``, ``start_pose`` and its noise, :mod:`training.starts`), the input mask (``input_mask``: a_t's silhouette, or
     that within the landmarks' face region reaching ``input_forehead`` above the brows), and the cache of
     pre-rendered pairs (``cache`` files, ``cache_chunk`` samples per part, ``augment``)."""
 
     widths: tuple[int, ...]
+    head: str
     init: str
     loss_align: str
     loss_region: str
@@ -230,6 +231,8 @@ class TrainConfig(RunConfig):
             raise ValueError(f"loss_align must be 'similarity' or 'none'; got {self.loss_align!r}")
         if len(self.widths) != 4 or min(self.widths) < 1:
             raise ValueError(f"widths must be 4 positive stage widths; got {list(self.widths)}")
+        if self.head not in ("mean", "dense"):
+            raise ValueError(f"head must be 'mean' or 'dense'; got {self.head!r}")
         if not 0 <= self.start_fit_prob <= 1 or self.start_fit_iterations < 1 or self.cache_chunk < 1:
             raise ValueError("start_fit_prob must lie in [0, 1], start_fit_iterations and cache_chunk be >= 1")
         if not 0 <= self.start_error_scale[0] <= self.start_error_scale[1]:

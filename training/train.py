@@ -92,14 +92,17 @@ def data_position(cfg, step: int, batch: int, world: int, custom: bool) -> dict:
     return {"source": "shards", "batches": step}
 
 
-def init_weights(net: IterativeNet, path: Path) -> None:
-    """Load the weights of ``path`` (``train.init``: a checkpoint or exported file) into ``net``;
-    :class:`TrainingError` when they are another network's."""
-    from coarse.network import load_iterative
+def init_weights(net: IterativeNet, path: Path, image_size: int) -> None:
+    """Load the weights of ``path`` (``train.init``: a checkpoint or exported file) into ``net``; weights of
+    the ``mean`` head into a ``dense``-head ``net`` are converted exactly (:func:`coarse.network.dense_from_mean`
+    for inputs of ``image_size``). :class:`TrainingError` when they are another network's."""
+    from coarse.network import dense_from_mean, load_iterative
 
     if not path.is_file():
         raise TrainingError(f"train.init: weights file {path} not found")
     other = load_iterative(path).net
+    if net.head == "dense" and other.head == "mean":
+        other = dense_from_mean(other, image_size)
     shapes = {k: tuple(v.shape) for k, v in other.state_dict().items()}
     if shapes != {k: tuple(v.shape) for k, v in net.state_dict().items()}:
         raise TrainingError(f"train.init: {path} holds another network (train.widths, model size or input channels "
@@ -133,7 +136,7 @@ def train_iterative(cfg, out_dir: str | Path | None = None, batches: BatchFactor
     face_model = load_model(cfg.resolve_path(cfg.model.path))
     net = IterativeNet.from_config(cfg)
     if tc.init and not run.ckpt_path.exists():  # a resumed run continues from its own checkpoint
-        init_weights(net, cfg.resolve_path(tc.init))
+        init_weights(net, cfg.resolve_path(tc.init), cfg.render.image_size)
     net = net.to(dev)
     # channels_last on every device: 1.2-1.45x on a 2-core CPU as well (benchmarks/train.py)
     net = net.to(memory_format=torch.channels_last)

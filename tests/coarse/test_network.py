@@ -82,3 +82,29 @@ def test_later_passes_draw_the_new_shape_where_its_landmark_pose_puts_it_in_the_
         np.testing.assert_allclose(pose.translation, fmap.forward(want.translation), atol=1e-9)
         np.testing.assert_allclose(pose.rotation, want.rotation, atol=1e-12)
     assert final.scale == pytest.approx(want.scale)
+
+
+def test_dense_head_converted_from_the_mean_head_computes_the_same():
+    """The 3x3 convolution + average over space is one linear map of the last feature map: the converted dense
+    head gives the mean head's outputs, border taps included."""
+    from coarse.network import dense_from_mean, feature_map_size
+
+    torch.manual_seed(1)
+    net = IterativeNet(K, 2, (4, 8, 8, 16)).eval()
+    torch.nn.init.normal_(net.correction.weight, std=0.1)
+    torch.nn.init.normal_(net.regress.bias, std=0.1)
+    for size in (64, 50):  # 4 x 4 maps, and 50 -> 4 x 4 after odd halvings (25 -> 13 -> 7 -> 4)
+        dense = dense_from_mean(net, size).eval()
+        assert dense.head == "dense" and dense.feature_size == feature_map_size(size) == 4
+        x, a = torch.rand(3, 2, size, size), torch.randn(3, K)
+        with torch.no_grad():
+            torch.testing.assert_close(dense(x, a), net(x, a), atol=1e-5, rtol=1e-5)
+        # one weight per position and map: interior positions share the mean head's weight only at the start
+        assert dense.regress.weight.shape == (K, 16 * 4 * 4)
+        w = dense.regress.weight.detach().reshape(K, 16, 4, 4)
+        torch.testing.assert_close(w[:, :, 1, 1], w[:, :, 2, 2])  # interior: all nine taps, as the average has
+        assert not torch.allclose(w[:, :, 0, 0], w[:, :, 1, 1])  # a corner sees four of them
+    with pytest.raises(ValueError, match="image_size"):
+        IterativeNet(K, 2, head="dense")
+    with pytest.raises(ValueError, match="for 4x4 feature maps"):
+        dense_from_mean(net, 64)(torch.rand(1, 2, 128, 128), torch.zeros(1, K))

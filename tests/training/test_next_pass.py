@@ -83,6 +83,9 @@ def test_a_run_starts_from_given_weights_and_resumes_from_its_own(small_cfg, mad
     assert again["resumed_from"] == 1 and again["train_loss"] == ref["train_loss"]
     with pytest.raises(TrainingError, match="another network"):
         train_iterative(override(cfg, "train.widths", [4, 8, 8, 8]), tmp_path / "other", progress=False)
+    # the dense head starts from the mean head's weights as the same function: the same first loss
+    dense = train_iterative(override(cfg, "train.head", "dense"), tmp_path / "dense", steps=1, progress=False)
+    assert dense["train_loss"] == pytest.approx(first["train_loss"], rel=1e-4)
 
 
 def test_cli_cache_next(small_cfg, made, tmp_path):
