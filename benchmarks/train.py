@@ -133,7 +133,7 @@ def recipe_vs_paper(args, paper_cfg, face_model, device, common: dict) -> None:
     emit({**base, "what": "paper: online generation + the paper's network (baseline)",
           "image_size": args.size, "widths": list(paper.train.widths), "samples_per_s": rates["paper"]})
     emit({**base, "what": "recipe: cache + augmentation + its network", "image_size": recipe.render.image_size,
-          "widths": list(recipe.train.widths), "samples_per_s": rates["recipe"],
+          "widths": list(recipe.train.widths), "head": recipe.train.head, "samples_per_s": rates["recipe"],
           "ratio_vs_paper": rates["recipe"] / rates["paper"]})
     inference(args, recipe, face_model, common)
 
@@ -180,7 +180,7 @@ def inference(args, recipe, face_model, common: dict) -> None:
             times[name].append(time.perf_counter() - t0)
     for name, what in (("passes", f"inference: {args.iterations} network passes per face"),
                        ("whole", f"inference: coarse stage per face (landmark fit + {args.iterations} passes)")):
-        emit({**{k: v for k, v in common.items() if k != "batch"}, "what": what, "image_size": recipe.render.image_size, "widths": list(recipe.train.widths),
+        emit({**{k: v for k, v in common.items() if k != "batch"}, "what": what, "image_size": recipe.render.image_size, "widths": list(recipe.train.widths), "head": recipe.train.head,
               "trained": bool(args.weights), "seconds_per_face": float(np.median(times[name]))})
 
 
