@@ -78,7 +78,7 @@ class IterativeNet(nn.Module):
             raise ValueError(f"head must be 'mean' or 'dense'; got {head!r}")
         if head == "dense" and not image_size:
             raise ValueError("the dense head needs image_size")
-        self.n_coeffs, self.in_channels, self.head = n_coeffs, in_channels, head
+        self.n_coeffs, self.in_channels, self.widths, self.head = n_coeffs, in_channels, tuple(widths), head
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         blocks, maps = [], widths[0]
@@ -114,16 +114,24 @@ class IterativeNet(nn.Module):
         nn.init.zeros_(self.correction.bias)
         nn.init.zeros_(self.regress.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) image + shading -> (B, K) spatially averaged regression maps."""
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image + shading -> (B, widths[-1], S, S) the last feature map (S = H/16, rounded up)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, H, W); got {tuple(x.shape)}")
-        f = self.blocks(self.stem(x))
+        return self.blocks(self.stem(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) image + shading -> (B, K) the regression: K maps averaged over space (``mean``) or one
+        linear map of the whole feature map (``dense``)."""
+        return self.regression(self.backbone(x))
+
+    def regression(self, f: torch.Tensor) -> torch.Tensor:
+        """(B, widths[-1], S, S) feature map of :meth:`backbone` -> (B, K)."""
         if self.head == "mean":
             return self.regress(f).mean(dim=(2, 3))
         if f.shape[-2:] != (self.feature_size, self.feature_size):
-            raise ValueError(f"the dense head was built for {self.feature_size}x{self.feature_size} feature maps; the "
-                             f"input {tuple(x.shape[-2:])} gives {tuple(f.shape[-2:])}")
+            raise ValueError(f"the dense head was built for {self.feature_size}x{self.feature_size} feature maps (its "
+                             f"image_size); got {tuple(f.shape[-2:])}")
         return self.regress(f.flatten(1))
 
     def forward_head(self, features: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
@@ -154,8 +162,7 @@ def dense_from_mean(net: IterativeNet, image_size: int) -> IterativeNet:
     map of the feature map; every other weight is copied. Returns a new network in ``net``'s mode."""
     if net.head != "mean":
         raise ValueError("dense_from_mean needs a network with the mean head")
-    widths = tuple(b.conv1.out_channels for b in net.blocks[::2])
-    out = IterativeNet(net.n_coeffs, net.in_channels, widths, "dense", image_size)
+    out = IterativeNet(net.n_coeffs, net.in_channels, net.widths, "dense", image_size)
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("regress.")}
     w = net.regress.weight.detach().double()  # (K, C, 3, 3)
     S = out.feature_size

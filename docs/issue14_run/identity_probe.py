@@ -26,10 +26,11 @@ ni = model.n_identity
 feats, a_t, a_gt, a_net = [], [], [], []
 with torch.no_grad():
     for b in CacheDataset(cache, None, 0, 64, frame=w.frame):  # no augmentation, inputs cut as in training
-        f = net.blocks(net.stem(b["input"]))
+        f = net.backbone(b["input"])  # once: the probe's features and the network's own answer
         feats.append((f if pool == 1 else torch.nn.functional.avg_pool2d(f, pool)).flatten(1).numpy())
-        a_t.append(b["alpha_t"].numpy()), a_gt.append(b["alpha_gt"].numpy())
-        a_net.append(net(b["input"], b["alpha_t"].float()).numpy())
+        a_t.append(b["alpha_t"].numpy())
+        a_gt.append(b["alpha_gt"].numpy())
+        a_net.append(net.forward_head(net.regression(f), b["alpha_t"].float()).numpy())
         if sum(map(len, feats)) >= n:
             break
 F, T, G, P = (np.concatenate(a)[:n] for a in (feats, a_t, a_gt, a_net))
@@ -46,7 +47,7 @@ def error(identity: np.ndarray) -> float:
     return float(coefficient_errors(model, a, G[test]).mean())
 
 
-print(f"{n} pairs of {cache}, features {F.shape[1]}; test half, identity from: zero {error(0 * T[test, :ni]):.3f}, "
+print(f"{n} pairs of {cache}, features {F.shape[1]}; test half, identity from: zero {error(np.zeros_like(T[test, :ni])):.3f}, "
       f"a_t {error(T[test, :ni]):.3f}, network {error(P[test, :ni]):.3f}", flush=True)
 gram, rhs = X[:half].T @ X[:half], X[:half].T @ Y[:half]
 for lam in (1e1, 1e2, 1e3, 1e4, 1e5):

@@ -18,7 +18,7 @@ def test_output_shapes_and_parameter_count():
     assert net.forward_features(x).shape == (3, K)
     assert net(x, a).shape == (3, K)
     # Fig. 4 at the paper's 200 x 200: 100 -> 100 -> 50 -> 25 -> 13 maps before averaging
-    maps = net.blocks(net.stem(torch.rand(1, 2, 200, 200)))
+    maps = net.backbone(torch.rand(1, 2, 200, 200))
     assert maps.shape == (1, 256, 13, 13)
 
 
