@@ -205,6 +205,24 @@ def fit_landmarks(model, points2d: np.ndarray, n_iter: int = 5, reg_identity: fl
 
 
 # ---------------------------------------------------------------------------------------------- MAP fit
+def map_landmark_weights(landmarks, prior, detector: str | None = None) -> np.ndarray:
+    """(68,) weights 1 / sigma_k^2 (1/mm^2) of the MAP fit's landmark term (:func:`fit_map`): the detector's
+    calibrated scatter x ``prior.sigma_scale``, floored at ``prior.sigma_min_mm``, the jaw line x
+    ``prior.contour_weight``."""
+    sigma = np.maximum(landmarks.sigma(detector) * prior.sigma_scale, prior.sigma_min_mm)
+    w = 1.0 / sigma ** 2
+    w[CONTOUR] *= prior.contour_weight
+    return w
+
+
+def map_prior(prior, n_identity: int, n_expression: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), each (n_identity + n_expression,): the MAP fit's Gaussian prior on the coefficients
+    (:func:`fit_map`; expression weights are further cut to [0, 1])."""
+    mean = np.r_[np.zeros(n_identity), np.full(n_expression, prior.expression_mean)]
+    std = np.r_[np.full(n_identity, prior.identity_std), np.full(n_expression, prior.expression_std)]
+    return mean, std
+
+
 def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | None = None,
             pose: Pose | None = None, detector: str | None = None,
             identity: np.ndarray | None = None) -> tuple[np.ndarray, Pose]:
@@ -251,15 +269,12 @@ def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | Non
     base = np.zeros(K)  # the fixed part of alpha: the given identity, or nothing
     if identity is not None:
         base[:n_id], n_fit = _checked_identity(identity, n_id), 0
-    sigma = np.maximum(landmarks.sigma(detector) * prior.sigma_scale, prior.sigma_min_mm)
-    w = 1.0 / sigma ** 2
-    w[CONTOUR] *= prior.contour_weight
+    w = map_landmark_weights(landmarks, prior, detector)
     sw = np.sqrt(w)[:, None]
     keep = w > 0
     free = np.r_[np.arange(n_fit), np.arange(n_id, K)]
     n_exp = K - n_id
-    prior_std = np.r_[np.full(n_fit, prior.identity_std), np.full(n_exp, prior.expression_std)]
-    prior_mean = np.r_[np.zeros(n_fit), np.full(n_exp, prior.expression_mean)]
+    prior_mean, prior_std = map_prior(prior, n_fit, n_exp)
     lower = np.r_[np.full(n_fit, -np.inf), np.zeros(n_exp)]
     upper = np.r_[np.full(n_fit, np.inf), np.ones(n_exp)]
 
@@ -342,9 +357,7 @@ def fit_map_shared_identity(model, points2d: np.ndarray, landmarks, prior, poses
     if identity is None:
         identity = fit_map(model, pts[0], landmarks, prior, pose=poses[0], detector=detector)[0][:n_id]
     ident = _checked_identity(identity, n_id)
-    sigma = np.maximum(landmarks.sigma(detector) * prior.sigma_scale, prior.sigma_min_mm)
-    w = 1.0 / sigma ** 2
-    w[CONTOUR] *= prior.contour_weight
+    w = map_landmark_weights(landmarks, prior, detector)
     sw = np.sqrt(w)[:, None]
     keep = w > 0
     c = 1.0 if evidence_frames is None else float(evidence_frames) / len(pts)

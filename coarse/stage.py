@@ -1,6 +1,7 @@
 """The coarse stage as ``refine`` and ``train evaluate`` run it: a photo's 68 landmarks -> the MAP landmark fit
-(:func:`coarse.fit.fit_map`) -> optionally the iterative network's passes (:func:`coarse.iterative.network_fit`),
-from the fit or the mean face (``refine.network_start``).
+(:func:`coarse.fit.fit_map`) -> optionally its refinement by the photo's shading
+(:func:`coarse.photometric.photometric_fit`, ``refine.photometric``) -> optionally the iterative network's passes
+(:func:`coarse.iterative.network_fit`), from that fit or the mean face (``refine.network_start``).
 
 Frames: the photo frame (pixels, x right, y down) for the landmarks and the returned pose; coefficients
 ``alpha`` (K,) identity first.
@@ -26,8 +27,9 @@ class CoarseSettings:
     section, :func:`coarse.fit.fit_map`);
     predict: the iterative network (None: the fit is the coarse face); frame: its network frame
     (:class:`coarse.frame.NetworkFrame`; with ``predict``); iterations: network passes; refit_pose: re-fit the
-    pose to the landmarks after each pass; network_start: the first pass's a_t, ``fit`` (the landmark fit) or
-    ``mean`` (the mean face).
+    pose to the landmarks after each pass; network_start: the first pass's a_t, ``fit`` (the fit) or
+    ``mean`` (the mean face); photometric: the ``refine.photometric`` section
+    (:func:`coarse.photometric.photometric_fit`, which refines the landmark fit) or None (the landmark fit as is).
     """
 
     landmarks: LandmarkModel
@@ -37,32 +39,36 @@ class CoarseSettings:
     iterations: int = 3
     refit_pose: bool = True
     network_start: str = "fit"
+    photometric: object = None
 
     def __post_init__(self):
         if self.network_start not in ("fit", "mean"):
             raise ValueError(f"network_start must be 'fit' or 'mean'; got {self.network_start!r}")
 
     def start(self, fit: np.ndarray) -> np.ndarray | None:
-        """The network's first a_t for the landmark fit ``fit`` (K,): the fit, or None (the mean face)."""
+        """The network's first a_t for the fit ``fit`` (K,): the fit, or None (the mean face)."""
         return fit if self.network_start == "fit" else None
 
     @staticmethod
-    def from_config(cfg, network=None, iterations: int | None = None) -> "CoarseSettings":
+    def from_config(cfg, network=None, iterations: int | None = None, photometric: bool = True) -> "CoarseSettings":
         """Settings of a config's ``fit`` and ``refine`` sections; ``network``: loaded
-        :class:`coarse.network.IterativeWeights` or None."""
+        :class:`coarse.network.IterativeWeights` or None; ``photometric`` False: no photometric refinement
+        whatever ``refine.photometric.weight`` says."""
         return CoarseSettings(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)), cfg.fit,
                               None if network is None else network.predictor(str(next(network.net.parameters()).device)),
                               None if network is None else network.frame,
                               cfg.refine.iterations if iterations is None else iterations, cfg.refine.refit_pose,
-                              cfg.refine.network_start)
+                              cfg.refine.network_start,
+                              cfg.refine.photometric if photometric and cfg.refine.photometric.weight > 0 else None)
 
 
 @dataclass(frozen=True)
 class CoarseFit:
     """The coarse face of one photo.
 
-    alpha: (K,) the coarse coefficients; pose: its pose in the photo frame; method: ``landmark_fit`` or
-    ``iterative_network``; fit: (K,) the landmark fit (the network's start); steps: (K,) coefficients after each
+    alpha: (K,) the coarse coefficients; pose: its pose in the photo frame; method: ``landmark_fit``,
+    ``photometric_fit`` or ``iterative_network``; fit: (K,) the landmark fit; start: (K,) the fit the network
+    starts from (the photometric fit when it runs, else the landmark fit); steps: (K,) coefficients after each
     network pass (empty without the network).
     """
 
@@ -70,6 +76,7 @@ class CoarseFit:
     pose: Pose
     method: str
     fit: np.ndarray
+    start: np.ndarray
     steps: list = field(default_factory=list)
 
 
@@ -84,11 +91,18 @@ def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: Coarse
         detector: the detector that found the face (``Detection.detector``: its landmarks' scatter).
     """
     alpha, pose = fit_map(model, landmarks, settings.landmarks, settings.prior, detector=detector)
+    fit, method = alpha, "landmark_fit"
+    if settings.photometric is not None:
+        from .photometric import photometric_fit
+
+        alpha, pose = photometric_fit(photo, alpha, pose, landmarks, model, settings.landmarks, settings.prior,
+                                      settings.photometric, detector)
+        method = "photometric_fit"
     if settings.predict is None:
-        return CoarseFit(alpha, pose, "landmark_fit", alpha)
+        return CoarseFit(alpha, pose, method, fit, alpha)
     steps, net_pose = network_fit(settings.predict, settings.frame, photo, landmarks, model, render_cfg,
                                   settings.iterations, settings.refit_pose, alpha0=settings.start(alpha))
-    return CoarseFit(steps[-1][0], net_pose, "iterative_network", alpha, [a for a, _ in steps])
+    return CoarseFit(steps[-1][0], net_pose, "iterative_network", fit, alpha, [a for a, _ in steps])
 
 
 def synthetic_start(kind: str, model, noise_px: float, render_cfg=None, network=None, iterations: int = 3,

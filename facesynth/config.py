@@ -335,15 +335,29 @@ class RefinedMeshConfig:
 
 
 @dataclass(frozen=True)
+class PhotometricConfig:
+    """The photometric refinement of the coarse face (:func:`coarse.photometric.photometric_fit` explains each
+    value); ``weight`` 0 turns it off."""
+
+    weight: float
+    robust: float
+    blur_mm: float
+    albedo_reg: float
+    rounds: int
+    steps: int
+
+
+@dataclass(frozen=True)
 class RefineConfig:
     """``refine sfs``: weights of the iterative network (the landmark fit when the file is absent), SfS
-    working resolution, network passes, and the SfS energy."""
+    working resolution, network passes, the photometric refinement of the fit, and the SfS energy."""
 
     weights: str
     resolution: int
     iterations: int
     network_start: str
     refit_pose: bool
+    photometric: PhotometricConfig
     refined: RefinedMeshConfig
     sfs: SfSConfig
 

@@ -227,6 +227,17 @@ class FaceModel:
         _kernels()["normals"](v, self.triangles, out)
         return out[0] if single else out
 
+    def region_triangles(self, region: str, local: bool = False) -> np.ndarray:
+        """(F', 3) int: the triangles whose three vertices lie in ``regions[region]``; ``local``: indexed into
+        the region's vertices (as ``vertices(alpha, region)`` returns them) instead of the whole mesh."""
+        idx = self.regions[region]
+        tris = self.triangles[np.isin(self.triangles, idx).all(1)]
+        if not local:
+            return tris
+        where = np.full(self.n_vertices, -1, np.int64)
+        where[idx] = np.arange(len(idx))
+        return where[tris]
+
     # ------------------------------------------------------------------ loss
     def gram(self, region: str = "face", dtype=np.float64) -> np.ndarray:
         """G = A_r^T A_r / (3 |r|): (K, K), so that (x - y)^T G (x - y) is the mean squared per-coordinate
@@ -250,6 +261,30 @@ class FaceModel:
             return self.expression_names.index(name)
         except ValueError:
             raise KeyError(f"unknown expression blendshape '{name}'") from None
+
+
+def mesh_normals(verts, triangles):
+    """Unit area-weighted vertex normals of a mesh, numpy or torch (differentiable), as given.
+
+    Args:
+        verts: (V, 3) positions; triangles: (F, 3) int indices into them, counter-clockwise seen from outside.
+    Returns:
+        (V, 3) unit normals pointing out (a vertex of no triangle gets zero).
+    """
+    e1 = verts[triangles[:, 1]] - verts[triangles[:, 0]]
+    e2 = verts[triangles[:, 2]] - verts[triangles[:, 0]]
+    if _is_torch(verts):
+        import torch
+
+        fn = torch.linalg.cross(e1, e2, dim=1)
+        idx = torch.as_tensor(triangles, dtype=torch.long, device=verts.device).reshape(-1)
+        n = torch.zeros_like(verts).index_add_(0, idx, fn.repeat_interleave(3, 0))
+        return n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    fn = np.cross(e1, e2)
+    n = np.zeros_like(verts)
+    for j in range(3):
+        np.add.at(n, triangles[:, j], fn)
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 
 _KERNELS: dict = {}

@@ -37,6 +37,8 @@ def main():
 @click.option("--resolution", type=int, default=None, help="SfS pixels over the face" + _d("refine.resolution"))
 @click.option("--iterations", type=int, default=None, help="iterative network passes" + _d("refine.iterations"))
 @click.option("--no-network", is_flag=True, help="the landmark fit is the coarse face, even with network weights")
+@click.option("--no-photometric", is_flag=True, help="skip the landmark fit's refinement by the photo's shading "
+                                                     "(refine.photometric)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--all", "all_faces", is_flag=True, help="every face (one folder each), not only the largest")
 @click.option("--detail-weights", type=click.Path(dir_okay=False), default=None,
@@ -46,8 +48,8 @@ def main():
 @click.option("--force", is_flag=True, help="overwrite earlier outputs in --out (several photos: redo finished ones)")
 @click.option("--jobs", type=int, default=1, show_default=True, help="processes for several photos")
 @user_errors(ReconstructionInputError, FitError, CheckpointError, TrainingError)
-def sfs(images, config, out, weights, resolution, iterations, no_network, device, detail_weights, no_detail, all_faces,
-        no_sfs, force, jobs):
+def sfs(images, config, out, weights, resolution, iterations, no_network, no_photometric, device, detail_weights,
+        no_detail, all_faces, no_sfs, force, jobs):
     from .batch import default_out, detect_photo, expand_inputs, face_dirs, is_batch, plan, reconstruct_photo, run_batch
     from .models import StackOptions, load_stack
     from .outputs import existing_outputs
@@ -60,7 +62,8 @@ def sfs(images, config, out, weights, resolution, iterations, no_network, device
         raise ReconstructionInputError(f"--iterations must be at least 1, got {iterations}")
     if jobs < 1:
         raise ReconstructionInputError(f"--jobs must be at least 1, got {jobs}")
-    options = StackOptions(weights, detail_weights, no_detail, no_sfs, device, iterations, resolution, no_network)
+    options = StackOptions(weights, detail_weights, no_detail, no_sfs, device, iterations, resolution, no_network,
+                           no_photometric)
     if is_batch(list(images)):
         found = expand_inputs(list(images))
         if not found:
@@ -130,11 +133,13 @@ def evaluate(data, n, coarse, detail_weights, device, config):
 @click.option("--no-detail", is_flag=True, help="skip the detail network")
 @click.option("--no-sfs", is_flag=True, help="skip shape from shading")
 @click.option("--no-network", is_flag=True, help="the landmark fit is the coarse face, even with network weights")
+@click.option("--no-photometric", is_flag=True, help="skip the landmark fit's refinement by the photo's shading "
+                                                     "(refine.photometric)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @config_option
 @user_errors(ReconstructionInputError, FitError, CheckpointError, TrainingError, ScanError)
-def evaluate_scan(scan_dir, views, out, image_size, seed, weights, detail_weights, no_detail, no_sfs, no_network, device,
-                  config):
+def evaluate_scan(scan_dir, views, out, image_size, seed, weights, detail_weights, no_detail, no_sfs, no_network,
+                  no_photometric, device, config):
     import numpy as np
 
     from morphable.model import load_model
@@ -147,7 +152,7 @@ def evaluate_scan(scan_dir, views, out, image_size, seed, weights, detail_weight
     cfg = load_cfg(config, {"scan_eval.views": views, "scan_eval.image_size": image_size, "scan_eval.seed": seed})
     model = load_model(cfg.resolve_path(cfg.model.path))
     scan = load_scan(scan_dir, model.landmarks(np.zeros(model.n_coeffs)))  # a bad folder fails before the networks load
-    coarse, used = load_coarse(weights, cfg, device, no_network=no_network)
+    coarse, used = load_coarse(weights, cfg, device, no_network=no_network, no_photometric=no_photometric)
     detail, detail_used = (None, None) if no_detail else load_detail_predictor(detail_weights, cfg, device)
     report = run(scan, model, cfg, Path(out) if out else cfg.resolve_path(cfg.scan_eval.out), cfg.scan_eval.views,
                  coarse, detail, sfs=not no_sfs, notes={"weights": used, "detail_weights": detail_used})

@@ -16,9 +16,10 @@ def resolve_device(device: str) -> str:
 
 
 def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int | None = None,
-                no_network: bool = False):
+                no_network: bool = False, no_photometric: bool = False):
     """The coarse stage's settings (:class:`coarse.stage.CoarseSettings`) and the network weights' path, or
-    None when the landmark fit is the coarse face (no weights, or ``no_network``).
+    None when the fit is the coarse face (no weights, or ``no_network``). ``no_photometric``: the landmark fit
+    is not refined by the photo's shading (``refine.photometric``).
 
     ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
     given by the user must exist.
@@ -29,7 +30,8 @@ def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int 
 
     path = None if no_network else optional_file(cfg, weights, cfg.refine.weights)
     network = None if path is None else load_iterative(path, resolve_device(device))
-    return CoarseSettings.from_config(cfg, network, iterations), None if path is None else str(path)
+    coarse = CoarseSettings.from_config(cfg, network, iterations, photometric=not no_photometric)
+    return coarse, None if path is None else str(path)
 
 
 def load_detail_predictor(weights: str | None, cfg, device: str = "auto"):
@@ -54,7 +56,8 @@ class StackOptions:
     weights, detail_weights: paths the user gave (None: the config's files when they exist); no_detail,
     no_sfs: skip those stages; device: ``auto``, ``cpu`` or ``cuda``; iterations: network passes (None:
     ``refine.iterations``); resolution: SfS pixels over the face (None: ``refine.resolution``); no_network: the
-    landmark fit is the coarse face even when network weights exist.
+    landmark fit is the coarse face even when network weights exist; no_photometric: the landmark fit is not
+    refined by the photo's shading.
     """
 
     weights: str | None = None
@@ -65,6 +68,7 @@ class StackOptions:
     iterations: int | None = None
     resolution: int | None = None
     no_network: bool = False
+    no_photometric: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,8 @@ def load_stack(cfg, options: StackOptions) -> Stack:
     from morphable.model import load_model
 
     model = load_model(cfg.resolve_path(cfg.model.path))
-    coarse, used = load_coarse(options.weights, cfg, options.device, options.iterations, options.no_network)
+    coarse, used = load_coarse(options.weights, cfg, options.device, options.iterations, options.no_network,
+                               options.no_photometric)
     detail, detail_used = ((None, None) if options.no_detail
                            else load_detail_predictor(options.detail_weights, cfg, options.device))
     note = ("detail off (--no-detail)" if options.no_detail else f"detail {detail_used}" if detail else

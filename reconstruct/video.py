@@ -555,7 +555,7 @@ def _detail(fr: _Frame, out: Path, cfg, stack, options: VideoOptions) -> dict:
     from .pipeline import reconstruct_face, refined_mesh
 
     det = Detection(fr.obs.box, fr.obs.smooth, 0.0, fr.obs.detector, fr.obs.rotation_deg)
-    given = CoarseFit(fr.fit.alpha, fr.fit.pose, "video_fit", fr.fit.alpha)
+    given = CoarseFit(fr.fit.alpha, fr.fit.pose, "video_fit", fr.fit.alpha, fr.fit.alpha)
     t0 = time.perf_counter()
     rec = reconstruct_face(fr.rgb, det, stack.model, cfg, stack.coarse, options.resolution or cfg.refine.resolution,
                            sfs=True, sfs_params=cfg.refine.sfs, detail=stack.detail, coarse_result=given)

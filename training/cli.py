@@ -195,6 +195,8 @@ def detail(config, quiet, coarse_weights, **run):
               help="network weights or checkpoint [default: refine.weights when it exists; without weights the "
                    "mean face and the landmark fit are reported]")
 @click.option("--no-network", is_flag=True, help="report the mean face and the landmark fit only")
+@click.option("--no-photometric", is_flag=True, help="skip the landmark fit's refinement by the photo's shading "
+                                                     "(refine.photometric)")
 @click.option("--data", type=click.Path(file_okay=False), default=None, help="shard folder (default: on the fly)")
 @click.option("--online", is_flag=True, help="generate the faces (seed datagen.seed + 2000003; the default)")
 @click.option("--n", type=int, default=None, help="faces" + _d("evaluate.n"))
@@ -214,8 +216,8 @@ def detail(config, quiet, coarse_weights, **run):
 @click.option("--fit-identity-modes", type=int, default=None,
               help="out-of-span check: the fit uses only the first N identity modes (faces use all)")
 @user_errors(TrainingError, CheckpointError)
-def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_noise, iterations, pose_source, out,
-             device, no_uncalibrated_fit, perspective, fit_identity_modes):
+def evaluate(config, weights, no_network, no_photometric, data, online, n, landmarks, landmark_noise, iterations,
+             pose_source, out, device, no_uncalibrated_fit, perspective, fit_identity_modes):
     from coarse.network import load_iterative
     from coarse.stage import CoarseSettings
     from datagen.faces import EVAL_SEED_OFFSET, face_source
@@ -245,7 +247,7 @@ def evaluate(config, weights, no_network, data, online, n, landmarks, landmark_n
     path = None if no_network else optional_file(cfg, weights, cfg.refine.weights)
     network = None if path is None else load_iterative(path, str(resolve_device(cfg.train.device)))
     model = load_model(cfg.resolve_path(cfg.model.path))
-    coarse = CoarseSettings.from_config(cfg, network, ev.iterations)
+    coarse = CoarseSettings.from_config(cfg, network, ev.iterations, photometric=not no_photometric)
     # the online test faces: photo-like renders (the scene sampler's settings with the evaluate section's)
     scene_cfg = photo_scene_config(cfg)
     renderer = FaceRenderer.from_config(model, scene_cfg.render)

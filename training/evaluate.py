@@ -57,6 +57,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
     from coarse.fit import fit_landmarks, fit_map
     from coarse.iterative import network_fit
     from coarse.landmarks import noisy_landmarks, vertex_landmarks
+    from coarse.photometric import photometric_fit
 
     if landmarks not in LANDMARK_SOURCES:
         raise ValueError(f"landmarks must be one of {LANDMARK_SOURCES}; got {landmarks!r}")
@@ -66,7 +67,8 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         from tqdm import tqdm
 
         faces = tqdm(faces, desc="evaluate", unit="face")
-    done, gt, stages, total = [], [], {"landmark_fit": [], "landmark_fit_uncalibrated": [], "iterations": []}, 0
+    done, gt, stages, total = [], [], {"landmark_fit": [], "landmark_fit_uncalibrated": [], "photometric_fit": [],
+                                       "iterations": []}, 0
     for face in faces:
         total += 1
         photo = np.asarray(face.rgb, np.float32)
@@ -83,8 +85,13 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
             points = noisy_landmarks(face.landmarks, noise_px, rng)
             sigma_mm = max(noise_px, 0.25) / face.pose.scale
             settings = dataclasses.replace(coarse, landmarks=vertex_landmarks(model, sigma_mm))
-        fit, _ = fit_map(model, points, settings.landmarks, settings.prior, fit_identity_modes, detector=detector)
+        fit, fit_pose = fit_map(model, points, settings.landmarks, settings.prior, fit_identity_modes,
+                                detector=detector)
         stages["landmark_fit"].append(fit)
+        if settings.photometric is not None:
+            fit, _ = photometric_fit(photo, fit, fit_pose, points, model, settings.landmarks, settings.prior,
+                                     settings.photometric, detector, fit_identity_modes)
+            stages["photometric_fit"].append(fit)
         if uncalibrated_fit:
             stages["landmark_fit_uncalibrated"].append(fit_landmarks(model, points)[0])
         if settings.predict is not None:
@@ -102,6 +109,8 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
               "landmark_fit": coefficient_errors(model, np.stack(stages["landmark_fit"]), gt)}
     if uncalibrated_fit:
         errors["landmark_fit_uncalibrated"] = coefficient_errors(model, np.stack(stages["landmark_fit_uncalibrated"]), gt)
+    if stages["photometric_fit"]:
+        errors["photometric_fit"] = coefficient_errors(model, np.stack(stages["photometric_fit"]), gt)
     report = {"faces": total, "landmarks": landmarks, "pose_source": pose_source}
     if fit_identity_modes is not None:
         report["fit_identity_modes"] = int(fit_identity_modes)

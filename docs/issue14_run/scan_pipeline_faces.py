@@ -6,13 +6,15 @@ scores a real scan (pyrender's lighting in sRGB, pinhole cameras at 35 and 85 mm
 NoW-style metric on the face's skin). Other faces than the one real scan, under the scan's conditions: what a
 single scan's ratio to the mean face varies by from face to face, and whether a network's gain holds there.
 
-usage: python docs/issue14_run/scan_pipeline_faces.py WEIGHTS|fit N VIEWS OUT.json
+usage: python docs/issue14_run/scan_pipeline_faces.py WEIGHTS|fit N VIEWS OUT.json [KEY=VALUE ...]
+(KEY=VALUE: config overrides, e.g. fit.photometric.weight=10000)
 """
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from proxy_scan import synthetic_texture, twin_scan  # noqa: E402
@@ -25,6 +27,9 @@ from reconstruct.scan_eval import evaluate_scan  # noqa: E402
 
 weights, n, views, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
 cfg = override(load_config(), "refine.iterations", 1)
+for kv in sys.argv[5:]:
+    key, _, value = kv.partition("=")
+    cfg = override(cfg, key, yaml.safe_load(value))
 model = load_model(cfg.resolve_path(cfg.model.path))
 coarse, used = load_coarse(None if weights == "fit" else weights, cfg, "cpu", no_network=weights == "fit")
 rows = []

@@ -49,7 +49,7 @@ def test_a_folder_runs_every_photo_and_reports_failures_in_one_line_each(cli_run
     assert set(e) == {"face.png", "bad.png", "blank.png"}  # notes.txt is not a photo
     assert e["face.png"]["status"] == "done" and e["face.png"]["faces"] == 1
     shipped = (Path(__file__).resolve().parents[2] / "data" / "iterative_weights.pt").exists()  # refine's default
-    assert e["face.png"]["coarse_method"] == ("iterative_network" if shipped else "landmark_fit")
+    assert e["face.png"]["coarse_method"] == ("iterative_network" if shipped else "photometric_fit")
     assert e["face.png"]["seconds"] > 0
     assert (out / "face" / "params.json").exists() and (out / "face" / "coarse.obj").exists()
     for name, words in (("bad.png", "not an image"), ("blank.png", "no face")):

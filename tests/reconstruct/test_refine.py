@@ -214,7 +214,7 @@ def test_the_offset_fades_smoothly(seen_face, model):
 
 def test_the_network_runs_when_weights_exist_and_no_network_keeps_the_fit(tmp_path):
     """With network weights refine's coarse face is the network's (params.json says so); --no-network keeps
-    the landmark fit."""
+    the fit (refined by the photo's shading); --no-photometric too keeps the landmark fit as it is."""
     import torch
 
     from coarse.network import FORMAT, IterativeNet
@@ -227,11 +227,13 @@ def test_the_network_runs_when_weights_exist_and_no_network_keeps_the_fit(tmp_pa
     weights = tmp_path / "w.pt"
     torch.save({"format": FORMAT, "config": cfg.to_dict(), "model": net.state_dict(), "step": 1}, weights)
     methods = {}
-    for name, extra in (("net", []), ("fit", ["--no-network"])):
+    for name, extra in (("net", []), ("fit", ["--no-network"]), ("landmarks", ["--no-network", "--no-photometric"])):
         res = _refine(PHOTO, "--out", tmp_path / name, "--resolution", "64", "--no-sfs", "--no-detail",
                       "--weights", weights, "--iterations", "2", *extra)
         assert res.returncode == 0, res.stderr[-800:]
         methods[name] = json.loads((tmp_path / name / "params.json").read_text())
     assert methods["net"]["coarse_method"] == "iterative_network"
-    assert methods["fit"]["coarse_method"] == "landmark_fit"
+    assert methods["fit"]["coarse_method"] == "photometric_fit"  # refine.photometric is on by default
+    assert methods["landmarks"]["coarse_method"] == "landmark_fit"
     assert not np.allclose(methods["net"]["alpha"], methods["fit"]["alpha"])
+    assert not np.allclose(methods["fit"]["alpha"], methods["landmarks"]["alpha"])

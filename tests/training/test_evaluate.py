@@ -191,3 +191,15 @@ def test_perspective_faces_magnify_what_is_near(model):
     a = next(online_faces(cfg, 1, 3, model, renderer))
     b = next(online_faces(cfg, 1, 3, model, renderer, distance_mm=(350.0, 400.0)))
     assert np.abs(a.rgb - b.rgb).max() > 0.05 and np.array_equal(a.alpha_gt, b.alpha_gt)
+
+
+def test_the_network_starts_from_the_photometric_fit(small_cfg, faces, model):
+    """With ``refine.photometric`` the landmark fit is refined by the render's shading and the network's passes
+    start from that refined fit: the untrained network returns it unchanged."""
+    torch.manual_seed(0)
+    settings = dataclasses.replace(_settings(model, small_cfg, IterativeNet.from_config(small_cfg)),
+                                   photometric=small_cfg.refine.photometric)
+    report = evaluate(faces, model, settings, small_cfg.render, "true", 1.0, uncalibrated_fit=False)
+    assert report["photometric_fit"]["mean_mm"] != pytest.approx(report["landmark_fit"]["mean_mm"], rel=1e-3)
+    for it in report["iterations"]:
+        assert it == pytest.approx(report["photometric_fit"], rel=1e-6)
