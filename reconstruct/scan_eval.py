@@ -44,7 +44,7 @@ ERROR_MAP_MAX_MM = 5.0
 
 def face_triangles(model) -> np.ndarray:
     """(F', 3) the model's triangles whose three vertices lie in ``model.regions["face"]``."""
-    return model.triangles[np.isin(model.triangles, model.regions["face"]).all(1)]
+    return model.region_triangles("face")
 
 
 def scored_triangles(triangles: np.ndarray, model, face: np.ndarray) -> np.ndarray:

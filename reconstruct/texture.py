@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from render.camera import Pose, project
+from render.raster import NumbaRasterizer, fragments_from_ids
 from render.visibility import sample_colors, visible_vertices
 
 N_TILES = 4
