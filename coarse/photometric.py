@@ -1,19 +1,20 @@
 """Photometric refinement of the coarse face: analysis by synthesis of the photo's shading.
 
-The landmark fit and the network read shape from 68 points and a 128-px gray crop; the photo's shading over
-the whole face (cheeks, nose, brow, the outline against the background) says more about identity. This stage
-starts from a coarse face (coefficients and pose) and minimises, over identity, expression and pose::
+The landmark fit reads shape from 68 points; the photo's shading over the whole face (cheeks, nose, brow, the
+outline against the background) says more. This stage starts from the landmark fit (coefficients and pose) and
+minimises, over identity, expression and pose::
 
     E = sum_k w_k || (x_k - proj_k(a)) / s ||^2                    the landmark fit's term (coarse.fit.fit_map)
       + ||a_id / identity_std||^2 + ||(a_exp - expression_mean) / expression_std||^2      its prior
-      + weight * mean_{v in visible} rho(I(p_v) - rho_v Y(n_v) . sh)                      shading
+      + weight * mean_{v in visible} psi(I(p_v) - albedo_v Y(n_v) . sh)                  shading
 
 - ``I`` is the photo's luma, blurred by ``blur_mm`` (mm on the face at the pose's scale), sampled at each visible
   face vertex's projection ``p_v`` (bilinear: the term moves vertices across image edges, e.g. the cheek's outline);
-- ``rho_v`` is the vertex's gray albedo from the face model's albedo model, ``Y(n_v) . sh`` second-order SH
+- ``albedo_v`` is the vertex's gray albedo from the face model's albedo model, ``Y(n_v) . sh`` second-order SH
   shading of its camera-frame normal (:mod:`render.shading`);
-- ``rho(r) = r^2 / (r^2 + robust^2)`` (Geman-McClure): hair, glasses and background behind a wrong outline
-  count as one outlier each, not as a large square;
+- ``psi(r) = r^2 / (r^2 + robust^2)`` (Geman-McClure): hair, stubble, glasses and background behind a wrong
+  outline count as one outlier each, not as a large square (a loose ``robust`` lets the geometry bend to
+  explain texture the albedo model lacks: ``docs/tuning.md``);
 - albedo coefficients and light are re-fitted in closed form (iteratively reweighted least squares) at the start
   of each of ``rounds`` rounds, with the visibility of the current shape; between re-fits, ``steps`` L-BFGS
   iterations move the shape and pose with albedo, light and visibility fixed. Expression weights are kept in
