@@ -4,13 +4,13 @@ Per face (:class:`datagen.faces.FaceRecord`, the unmasked colour render): the 68
 detector and predictor run on the render (``landmarks="detector"``, the code ``refine`` runs; faces it misses
 are counted in ``detector_found`` and left out), or are the projected true landmark vertices plus Gaussian noise
 of ``noise_px`` pixels (``"true"``). Then the coarse stage of :func:`coarse.stage.coarse_fit`: the MAP landmark
-fit, and, with a network, its iterations from the photo in the network frame (pose fitted to the landmarks, or
-the true pose with ``pose_source="true"``).
+fit, its photometric refinement when the settings have one, and, with a network, its iterations from that fit in
+the network frame (pose fitted to the landmarks, or the true pose with ``pose_source="true"``).
 
 Error (:mod:`training.metrics`): similarity alignment to the true geometry, then the per-vertex Euclidean
 distance in mm over ``narrow_face``; a face's error is the mean over its vertices; the report gives the mean
-and the median over faces of each stage: the mean face (no reconstruction), the landmark fit, each network
-iteration, and the older uncalibrated landmark fit (:func:`coarse.fit.fit_landmarks`) for reference.
+and the median over faces of each stage: the mean face (no reconstruction), the landmark fit, the photometric
+fit, each network iteration, and the older uncalibrated landmark fit (:func:`coarse.fit.fit_landmarks`) for reference.
 """
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
             modes while the faces are drawn from all of them (default: all).
     Returns:
         ``{"faces", "landmarks", "pose_source", "detector_found" (detector only), "mean_face", "landmark_fit",
+        ["photometric_fit"] (with ``coarse.photometric``: the network then starts from it),
         ["landmark_fit_uncalibrated"], ["iterations": [...]], "fit_to_mean_face"}``; each stage
         ``{"mean_mm", "median_mm"}`` over the faces with landmarks.
     """
