@@ -113,8 +113,8 @@ def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d
         n_identity: refine only the first ``n_identity`` identity modes (the others keep the start's values, as
             :func:`coarse.fit.fit_map`'s ``n_identity`` leaves them at 0); default all.
     Returns:
-        (alpha (K,) float32, its pose in the photo frame). With fewer than 50 visible face vertices the start is
-        returned unchanged.
+        (alpha (K,) float32, its pose in the photo frame). With fewer than 50 visible face vertices, or when a
+        round's step is not finite, the last good round's answer (at first the start) is returned.
     """
     import torch
 
@@ -181,8 +181,11 @@ def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d
             return e
 
         opt.step(closure)
+        new_alpha = a.detach().numpy().copy()
         with torch.no_grad():
-            pose = Pose(float(s0 * torch.exp(log_s)), _rotation(omega, R0).numpy(), (t0 + dt).numpy())
-        alpha = a.detach().numpy().copy()
+            new_pose = Pose(float(s0 * torch.exp(log_s)), _rotation(omega, R0).numpy(), (t0 + dt).numpy())
+        if not (np.isfinite(new_alpha).all() and np.isfinite(new_pose.rotation).all() and new_pose.scale > 0):
+            break  # a degenerate step (e.g. a face of a few pixels): keep the last good round
+        alpha, pose = new_alpha, new_pose
         alpha[n_id:] = np.clip(alpha[n_id:], 0.0, 1.0)
     return alpha.astype(np.float32), pose
