@@ -81,7 +81,7 @@ class CoarseFit:
 
 
 def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: CoarseSettings, render_cfg,
-               detector: str | None = None) -> CoarseFit:
+               detector: str | None = None, n_identity: int | None = None, pose: Pose | None = None) -> CoarseFit:
     """Run the coarse stage on one face.
 
     Args:
@@ -89,19 +89,21 @@ def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: Coarse
         landmarks: (68, 2) the detector's points, photo pixels.
         model: the face model; settings: :class:`CoarseSettings`; render_cfg: the ``render`` config section.
         detector: the detector that found the face (``Detection.detector``: its landmarks' scatter).
+        n_identity: the fits use only the first this many identity modes (the out-of-span check); default all.
+        pose: the face's true pose in the photo frame, for the network's passes (evaluation); default fitted.
     """
-    alpha, pose = fit_map(model, landmarks, settings.landmarks, settings.prior, detector=detector)
+    alpha, fit_pose = fit_map(model, landmarks, settings.landmarks, settings.prior, n_identity, detector=detector)
     fit, method = alpha, "landmark_fit"
     if settings.photometric is not None:
         from .photometric import photometric_fit
 
-        alpha, pose = photometric_fit(photo, alpha, pose, landmarks, model, settings.landmarks, settings.prior,
-                                      settings.photometric, detector)
+        alpha, fit_pose = photometric_fit(photo, alpha, fit_pose, landmarks, model, settings.landmarks,
+                                          settings.prior, settings.photometric, detector, n_identity)
         method = "photometric_fit"
     if settings.predict is None:
-        return CoarseFit(alpha, pose, method, fit, alpha)
+        return CoarseFit(alpha, fit_pose, method, fit, alpha)
     steps, net_pose = network_fit(settings.predict, settings.frame, photo, landmarks, model, render_cfg,
-                                  settings.iterations, settings.refit_pose, alpha0=settings.start(alpha))
+                                  settings.iterations, settings.refit_pose, pose=pose, alpha0=settings.start(alpha))
     return CoarseFit(steps[-1][0], net_pose, "iterative_network", fit, alpha, [a for a, _ in steps])
 
 

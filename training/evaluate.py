@@ -55,10 +55,9 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         ``{"mean_mm", "median_mm"}`` over the faces with landmarks.
     """
     from coarse.detect import ReconstructionInputError, detect_faces
-    from coarse.fit import fit_landmarks, fit_map
-    from coarse.iterative import network_fit
+    from coarse.fit import fit_landmarks
     from coarse.landmarks import noisy_landmarks, vertex_landmarks
-    from coarse.photometric import photometric_fit
+    from coarse.stage import coarse_fit
 
     if landmarks not in LANDMARK_SOURCES:
         raise ValueError(f"landmarks must be one of {LANDMARK_SOURCES}; got {landmarks!r}")
@@ -86,20 +85,15 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
             points = noisy_landmarks(face.landmarks, noise_px, rng)
             sigma_mm = max(noise_px, 0.25) / face.pose.scale
             settings = dataclasses.replace(coarse, landmarks=vertex_landmarks(model, sigma_mm))
-        fit, fit_pose = fit_map(model, points, settings.landmarks, settings.prior, fit_identity_modes,
-                                detector=detector)
-        stages["landmark_fit"].append(fit)
+        cf = coarse_fit(photo, points, model, settings, render_cfg, detector, fit_identity_modes,
+                        face.pose if pose_source == "true" else None)
+        stages["landmark_fit"].append(cf.fit)
         if settings.photometric is not None:
-            fit, _ = photometric_fit(photo, fit, fit_pose, points, model, settings.landmarks, settings.prior,
-                                     settings.photometric, detector, fit_identity_modes)
-            stages["photometric_fit"].append(fit)
+            stages["photometric_fit"].append(cf.start)
         if uncalibrated_fit:
             stages["landmark_fit_uncalibrated"].append(fit_landmarks(model, points)[0])
         if settings.predict is not None:
-            steps, _ = network_fit(settings.predict, settings.frame, photo, points, model, render_cfg,
-                                   settings.iterations, settings.refit_pose,
-                                   pose=face.pose if pose_source == "true" else None, alpha0=settings.start(fit))
-            stages["iterations"].append(np.stack([a for a, _ in steps]))
+            stages["iterations"].append(np.stack(cf.steps))
         gt.append(np.asarray(face.alpha_gt, np.float32))
         done.append(face)
     if not done:
