@@ -44,14 +44,13 @@ def _robust_weights(r: np.ndarray, c: float) -> np.ndarray:
     return (c * c / (r * r + c * c)) ** 2
 
 
-def _albedo_light(model, normals: np.ndarray, intensity: np.ndarray, robust: float, albedo_reg: float,
-                  iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def _albedo_light(mean: np.ndarray, basis: np.ndarray, normals: np.ndarray, intensity: np.ndarray, robust: float,
+                  albedo_reg: float, iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Gray albedo (N,) and SH light (9,) of N visible face vertices, by alternating robust least squares.
 
-    normals: (N, 3) camera-frame unit normals; intensity: (N,) their luma in the blurred photo. The albedo is
-    the albedo model's (``model.albedo_model`` restricted to the same vertices by the caller) in luma.
+    mean: (N,), basis: (N, Ka): the albedo model in luma at those vertices; normals: (N, 3) camera-frame unit
+    normals; intensity: (N,) their luma in the blurred photo.
     """
-    mean, basis = model
     Y = sh_basis(normals)
     w = np.ones(len(intensity))
     albedo = mean
@@ -126,6 +125,7 @@ def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d
     image = torch.as_tensor(gaussian_filter(np.asarray(gray, np.float32), params.blur_mm * pose0.scale))[None, None]
     face = model.regions["face"]
     tris = model.region_triangles("face", local=True)
+    tris_t = torch.as_tensor(tris)
     albedo_mean = model.albedo_model.mean.astype(np.float64) @ LUMA  # (Vf,) luma of the face vertices
     albedo_basis = np.einsum("vck,c->vk", model.albedo_model.basis.astype(np.float64), LUMA)
     n_id, K = model.n_identity, model.n_coeffs
@@ -146,7 +146,7 @@ def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d
         vf = verts[face].astype(np.float64)
         normals = (mesh_normals(vf, tris) @ R0.T)[vis]
         seen = _sample(image, torch.as_tensor(project(vf, pose)[vis, :2])).numpy()
-        albedo, sh = _albedo_light((albedo_mean[vis], albedo_basis[vis]), normals, seen, params.robust,
+        albedo, sh = _albedo_light(albedo_mean[vis], albedo_basis[vis], normals, seen, params.robust,
                                    params.albedo_reg)
         albedo, sh = torch.as_tensor(albedo), torch.as_tensor(sh)
         lm_mean, lm_basis = (torch.as_tensor(x) for x in landmarks.vertex_rows(model, alpha, R0))
@@ -162,7 +162,7 @@ def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d
         def energy():
             R, s, t = _rotation(omega, R0), s0 * torch.exp(log_s), t0 + dt
             v = model.vertices(a, region="face")
-            n = mesh_normals(v, tris)[vis_t] @ R.T
+            n = mesh_normals(v, tris_t)[vis_t] @ R.T
             r = _sample(image, _project(v[vis_t], R, s, t)) - albedo * (sh_basis(n) * sh).sum(-1)
             e_photo = params.weight * (r * r / (r * r + params.robust ** 2)).mean()
             res = (pts - s * offset - _project(lm_mean + lm_basis @ a, R, s, t)) / s
