@@ -46,16 +46,45 @@ def mixes(fit: np.ndarray, net: np.ndarray, n_identity: int, truth: np.ndarray |
             for i, a in parts.items() for e, b in parts.items()}
 
 
-def synthetic(cfg, model, coarse, n: int) -> dict:
-    scene_cfg = photo_scene_config(cfg)  # as `train evaluate` draws its faces
+def detected_faces(cfg, model, n: int):
+    """The validation faces as `train evaluate` draws them, each with dlib's first face: yields (face record,
+    photo (H, W, 3) float in [0, 1], Detection); faces the detector misses are skipped."""
+    scene_cfg = photo_scene_config(cfg)
     renderer = FaceRenderer.from_config(model, scene_cfg.render)
-    ni, rows, alphas = model.n_identity, [], []
     for face in online_faces(scene_cfg, n, cfg.datagen.seed + EVAL_SEED_OFFSET, model, renderer):
         photo = np.asarray(face.rgb, np.float32)
         try:
             det = detect_faces(np.clip(photo * 255 + 0.5, 0, 255).astype(np.uint8), cfg.detect)[0]
         except ReconstructionInputError:
             continue
+        yield face, photo, det
+
+
+def detected_views(cfg, the_scan, n_views: int):
+    """The renders of `refine evaluate-scan` (the same views, lights and backgrounds, through a PNG as it reads
+    them), each with dlib's first face: yields (photo (H, W, 3) float in [0, 1], Detection); views the detector
+    misses are skipped."""
+    sc = cfg.scan_eval
+    renderer = ScanRenderer(the_scan, sc.image_size, sc.supersample, cfg.render.gl_platform)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for view in sample_views(n_views, sc):
+                bg = random_background(np.random.default_rng(view.background_seed), sc.image_size, sc.image_size,
+                                       sc.background)
+                save_png(Path(tmp) / "view.png", renderer.render(view, bg).image)
+                photo = load_image(Path(tmp) / "view.png")
+                try:
+                    det = detect_faces(photo, cfg.detect)[0]
+                except ReconstructionInputError:
+                    continue
+                yield photo.astype(np.float32) / 255.0, det
+    finally:
+        renderer.close()
+
+
+def synthetic(cfg, model, coarse, n: int) -> dict:
+    ni, rows, alphas = model.n_identity, [], []
+    for face, photo, det in detected_faces(cfg, model, n):
         cf = coarse_fit(photo, det.landmarks, model, coarse, cfg.render, det.detector)
         truth = np.asarray(face.alpha_gt, np.float32)
         rows.append({k: float(coefficient_errors(model, a[None], truth[None]).mean())
@@ -76,27 +105,13 @@ def scan(cfg, model, coarse, scan_dir: str, n_views: int) -> dict:
     sc = cfg.scan_eval
     the_scan = load_scan(scan_dir, model.landmarks(np.zeros(model.n_coeffs)))
     tris, pooled, found = face_triangles(model), {}, 0
-    renderer = ScanRenderer(the_scan, sc.image_size, sc.supersample, cfg.render.gl_platform)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for view in sample_views(n_views, sc):
-                bg = random_background(np.random.default_rng(view.background_seed), sc.image_size, sc.image_size,
-                                       sc.background)
-                save_png(Path(tmp) / "view.png", renderer.render(view, bg).image)  # as evaluate-scan reads it
-                photo = load_image(Path(tmp) / "view.png")
-                try:
-                    det = detect_faces(photo, cfg.detect)[0]
-                except ReconstructionInputError:
-                    continue
-                found += 1
-                cf = coarse_fit(photo.astype(np.float32) / 255.0, det.landmarks, model, coarse, cfg.render,
-                                det.detector)
-                for k, a in mixes(cf.fit, cf.alpha, model.n_identity).items():
-                    s = scan_to_mesh(the_scan.points, the_scan.landmarks, model.vertices(a), tris, model.landmarks(a),
-                                     sc.crop_radius_mm, sc.icp_iterations, sc.icp_points, sc.seed)
-                    pooled.setdefault(k, []).append(s.distances)
-    finally:
-        renderer.close()
+    for photo, det in detected_views(cfg, the_scan, n_views):
+        found += 1
+        cf = coarse_fit(photo, det.landmarks, model, coarse, cfg.render, det.detector)
+        for k, a in mixes(cf.fit, cf.alpha, model.n_identity).items():
+            s = scan_to_mesh(the_scan.points, the_scan.landmarks, model.vertices(a), tris, model.landmarks(a),
+                             sc.crop_radius_mm, sc.icp_iterations, sc.icp_points, sc.seed)
+            pooled.setdefault(k, []).append(s.distances)
     return {"views": n_views, "found": found,
             "median_mm": {k: float(np.median(np.concatenate(v))) for k, v in pooled.items()}}
 

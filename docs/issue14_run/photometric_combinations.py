@@ -6,27 +6,26 @@ on the scan's renders (NoW median, as `refine evaluate-scan`) or on the 8 model 
 usage: python docs/issue14_run/photometric_combinations.py WEIGHTS N_FACES VIEWS SCAN_DIR OUT.json [KEY=VALUE ...]
   N_FACES synthetic faces (0: none); VIEWS > 0: the scan's renders; VIEWS < 0: the 8 model faces, -VIEWS each.
 """
-import json, sys, tempfile
+import json
+import sys
 from pathlib import Path
+
 import numpy as np
-sys.path.insert(0, str(Path(__file__).parent))
 import yaml
-from coarse.detect import ReconstructionInputError, detect_faces, load_image
-from coarse.fit import fit_map
-from coarse.iterative import network_fit
-from coarse.photometric import photometric_fit
-from datagen.faces import EVAL_SEED_OFFSET, online_faces
-from facesynth.config import load_config, override
-from facesynth.io import save_png
-from morphable.model import load_model
-from reconstruct.models import load_coarse
-from reconstruct.now_metric import scan_to_mesh
-from reconstruct.scan import ScanRenderer, load_scan, sample_views
-from reconstruct.scan_eval import face_triangles
-from render.background import random_background
-from render.renderer import FaceRenderer
-from training.cli import photo_scene_config
-from training.metrics import coefficient_errors
+
+sys.path.insert(0, str(Path(__file__).parent))
+from identity_expression import detected_faces, detected_views  # noqa: E402
+
+from coarse.fit import fit_map  # noqa: E402
+from coarse.iterative import network_fit  # noqa: E402
+from coarse.photometric import photometric_fit  # noqa: E402
+from facesynth.config import load_config, override  # noqa: E402
+from morphable.model import load_model  # noqa: E402
+from reconstruct.models import load_coarse  # noqa: E402
+from reconstruct.now_metric import scan_to_mesh  # noqa: E402
+from reconstruct.scan import load_scan  # noqa: E402
+from reconstruct.scan_eval import face_triangles  # noqa: E402
+from training.metrics import coefficient_errors  # noqa: E402
 
 weights, n_faces, n_views, scan_dir, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 cfg = override(override(load_config(), "datagen.seed", 77), "refine.iterations", 1)
@@ -55,15 +54,8 @@ def estimates(photo, points, det):
 
 res = {}
 if n_faces:
-    scene_cfg = photo_scene_config(cfg)
-    renderer = FaceRenderer.from_config(model, scene_cfg.render)
     rows = []
-    for face in online_faces(scene_cfg, n_faces, cfg.datagen.seed + EVAL_SEED_OFFSET, model, renderer):
-        photo = np.asarray(face.rgb, np.float32)
-        try:
-            det = detect_faces(np.clip(photo * 255 + 0.5, 0, 255).astype(np.uint8), cfg.detect)[0]
-        except ReconstructionInputError:
-            continue
+    for face, photo, det in detected_faces(cfg, model, n_faces):
         truth = np.asarray(face.alpha_gt, np.float32)
         e = estimates(photo, det.landmarks, det.detector)
         rows.append({k: float(coefficient_errors(model, a[None], truth[None]).mean()) for k, a in e.items()})
@@ -73,23 +65,13 @@ if n_faces:
 def scan_pooled(the_scan, n_views):
     sc = cfg.scan_eval
     tris, pooled = face_triangles(model), {}
-    sr = ScanRenderer(the_scan, sc.image_size, sc.supersample, cfg.render.gl_platform)
-    with tempfile.TemporaryDirectory() as tmp:
-        for view in sample_views(n_views, sc):
-            bg = random_background(np.random.default_rng(view.background_seed), sc.image_size, sc.image_size, sc.background)
-            save_png(Path(tmp) / "view.png", sr.render(view, bg).image)
-            photo = load_image(Path(tmp) / "view.png")
-            try:
-                det = detect_faces(photo, cfg.detect)[0]
-            except ReconstructionInputError:
-                continue
-            e = estimates(photo.astype(np.float32) / 255.0, det.landmarks, det.detector)
-            e["M"] = np.zeros(model.n_coeffs, np.float32)
-            for k, a in e.items():
-                s = scan_to_mesh(the_scan.points, the_scan.landmarks, model.vertices(a), tris, model.landmarks(a),
-                                 sc.crop_radius_mm, sc.icp_iterations, sc.icp_points, sc.seed)
-                pooled.setdefault(k, []).append(s.distances)
-    sr.close()
+    for photo, det in detected_views(cfg, the_scan, n_views):
+        e = estimates(photo, det.landmarks, det.detector)
+        e["M"] = np.zeros(model.n_coeffs, np.float32)
+        for k, a in e.items():
+            s = scan_to_mesh(the_scan.points, the_scan.landmarks, model.vertices(a), tris, model.landmarks(a),
+                             sc.crop_radius_mm, sc.icp_iterations, sc.icp_points, sc.seed)
+            pooled.setdefault(k, []).append(s.distances)
     return {k: float(np.median(np.concatenate(v))) for k, v in pooled.items()}
 
 if n_views > 0:
