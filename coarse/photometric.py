@@ -29,7 +29,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from morphable.model import mesh_normals
-from render.camera import Pose, project
+from render.camera import Pose, image_xy, project
 from render.shading import LUMA, sh_basis, sh_least_squares
 from render.visibility import visible_vertices
 
@@ -77,11 +77,11 @@ def _rotation(omega, R0):
 
 
 def _project(points, R, s, t):
-    """Weak perspective of :mod:`render.camera` in torch: (N, 3) model mm -> (N, 2) photo pixels."""
+    """:func:`render.camera.project` in torch, differentiable in the pose: (N, 3) model mm -> (N, 2) photo
+    pixels."""
     import torch
 
-    rp = points @ R.T
-    return torch.stack([s * rp[:, 0] + t[0], t[1] - s * rp[:, 1]], 1)
+    return torch.stack(image_xy(points @ R.T, s, t), 1)
 
 
 def _sample(image, xy):

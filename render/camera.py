@@ -77,10 +77,16 @@ def project(points: np.ndarray, pose: Pose) -> np.ndarray:
     """
     rp = points @ np.asarray(pose.rotation, points.dtype).T
     out = np.empty_like(rp)
-    out[..., 0] = pose.scale * rp[..., 0] + pose.translation[0]
-    out[..., 1] = pose.translation[1] - pose.scale * rp[..., 1]
+    out[..., 0], out[..., 1] = image_xy(rp, pose.scale, pose.translation)
     out[..., 2] = rp[..., 2]
     return out
+
+
+def image_xy(rotated, scale, translation):
+    """The image position of points already rotated by the pose, numpy or torch (differentiable in all three):
+    ``(x, y) = (s X + t_x, t_y - s Y)`` for rotated points (..., 3) (X, Y, Z), scale ``s`` (px/mm) and
+    translation (2,) (px). Returns (x, y), each (...)."""
+    return scale * rotated[..., 0] + translation[0], translation[1] - scale * rotated[..., 1]
 
 
 def perspective_warp(points: np.ndarray, pose: Pose, distance_mm: float, centre: np.ndarray) -> np.ndarray:
