@@ -5,7 +5,7 @@
   baseline, then channels_last (and bf16 autocast on CUDA; with ``--compile`` also through ``torch.compile``),
   each with ``ratio_vs_baseline``;
 - ``both``: online batches fed to the model (the real training step), ``ratio_vs_model_alone``;
-- with ``--recipe CONFIG --cache FILE`` (the shipped recipe, issue 14): ``recipe``, its training step on
+- with ``--recipe CONFIG --cache FILE`` (the CPU recipe, ``configs/iterative_cpu.yaml``): ``recipe``, its training step on
   augmented batches of the cache (``training.cache``), against ``paper``, the paper's network at ``--size``
   fed by online generation, measured in the same interleaved rounds (``ratio_vs_paper``); and ``inference``:
   the seconds per face of ``--iterations`` network passes (:func:`coarse.iterative.network_fit`: warp, render
@@ -19,7 +19,7 @@ Prints one JSON line per measurement::
 
     .venv/bin/python benchmarks/train.py [--size 200] [--batch 16] [--steps 5] [--rounds 2] [--workers 0]
         [--compile] [--widths 16 32 64 128]
-        [--recipe runs/issue14.yaml --cache runs/cache128p.h5 [--weights FILE] [--iterations 3]]
+        [--recipe configs/iterative_cpu.yaml --cache pairs.h5 [--weights FILE] [--iterations 3]]
 """
 from __future__ import annotations
 

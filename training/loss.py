@@ -10,7 +10,7 @@ Aligned (``align=True``, ``train.loss_align: similarity``), the prediction's ver
 truth's by the least-squares similarity transform (scale, rotation, translation; Umeyama 1991), as the
 evaluation measures (:mod:`training.metrics`). Under weak perspective a face's size is not in the image (a
 larger face further away looks the same) and the landmark fit leaves it at the prior's; about half of the
-unaligned error of fit starts is that size and pose part (docs/issue14_run.md), which no network can learn
+unaligned error of fit starts is that size and pose part (docs/experiments/iterative-network.md), which no network can learn
 and which the aligned loss leaves out. It needs no vertex either: with P and Q the centred vertices of x
 and y, the least-squares similarity leaves ``|Q|^2 - (s1 + s2 + d s3)^2 / |P|^2`` (s_k the singular values of
 the 3 x 3 cross moment ``Q^T P``, d the sign that keeps the rotation proper; Umeyama 1991), and ``|P|^2``,

@@ -2,7 +2,7 @@
 
 At inference the second pass starts where the first one ended, an estimate the fit-start pairs
 (:mod:`training.starts`) never show: passes 2 and 3 of a network trained on them alone make the face worse
-(docs/issue14_plan.md). ``train cache-next`` makes the pairs those passes see. For each pair of a cache whose
+(docs/experiments/iterative-network.md). ``train cache-next`` makes the pairs those passes see. For each pair of a cache whose
 a_t is the landmark fit itself (what the first pass sees) it runs a trained network once,
 ``a_1 = net(image, shading of a_fit)``, and renders the same face again with the shading of a_1, drawn under
 the pose inference would use (fitted to the pair's landmarks with a_1's landmark vertices, plus the same
