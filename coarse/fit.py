@@ -22,7 +22,7 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()  # scanning the loaded libraries costs ms: once per process
 
 
-def _one_blas_thread():
+def one_blas_thread():
     """A context with BLAS on one thread: bvls makes ~25 small LAPACK calls per solve, and threaded BLAS makes
     them 4-6x slower on a busy 2-core machine."""
     return _blas().limit(limits=1, user_api="blas")
@@ -189,7 +189,7 @@ def fit_landmarks(model, points2d: np.ndarray, n_iter: int = 5, reg_identity: fl
     alpha = np.zeros(K)
     if pose is None:
         pose = fit_pose(pts, mean, w)
-    with _one_blas_thread():
+    with one_blas_thread():
         for _ in range(n_iter):
             R2 = np.asarray(pose.rotation, np.float64)[:2]
             b = np.array([pose.translation[0], -pose.translation[1]])
@@ -282,7 +282,7 @@ def fit_map(model, points2d: np.ndarray, landmarks, prior, n_identity: int | Non
     if pose is None:
         mean, basis = landmarks.vertex_rows(model, alpha, np.eye(3))
         pose = fit_pose(pts, mean + basis @ alpha, w)
-    with _one_blas_thread():
+    with one_blas_thread():
         for _ in range(max(1, prior.iterations)):
             mean, basis = landmarks.vertex_rows(model, alpha, pose.rotation)
             # the detector's offset, moved from the image to the points: pixels -> corrected pixels
@@ -371,7 +371,7 @@ def fit_map_shared_identity(model, points2d: np.ndarray, landmarks, prior, poses
         # identity step: normal equations of every frame's landmark rows plus the prior
         normal = np.eye(n_id) / prior.identity_std ** 2
         rhs = np.zeros(n_id)
-        with _one_blas_thread():
+        with one_blas_thread():
             for f in range(len(pts)):
                 mean, basis = landmarks.vertex_rows(model, alphas[f], poses[f].rotation)
                 R2 = np.asarray(poses[f].rotation, np.float64)[:2]

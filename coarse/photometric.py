@@ -6,41 +6,58 @@ minimises, over identity, expression and pose::
 
     E = sum_k w_k || (x_k - proj_k(a)) / s ||^2                    the landmark fit's term (coarse.fit.fit_map)
       + ||a_id / identity_std||^2 + ||(a_exp - expression_mean) / expression_std||^2      its prior
-      + weight * mean_{v in visible} psi(I(p_v) - albedo_v Y(n_v) . sh)                  shading
+      + weight * mean_{v in S} psi(I(p_v) - albedo_v Y(n_v) . sh)                       shading
+      + BOX_WEIGHT * ||a_exp - clip(a_exp, 0, 1)||^2                                    expression in [0, 1]
 
-- ``I`` is the photo's luma, blurred by ``blur_mm`` (mm on the face at the pose's scale), sampled at each visible
-  face vertex's projection ``p_v`` (bilinear: the term moves vertices across image edges, e.g. the cheek's outline);
+- ``S``: ``samples`` of the face vertices the camera sees (in the photo, facing it, not occluded), drawn afresh
+  each round from one seeded order of the face's vertices (so the same photo gives the same answer);
+- ``I`` is the photo's luma, blurred by ``blur_mm`` (mm on the face at the pose's scale), sampled bilinearly at
+  each vertex's projection ``p_v`` (the term moves vertices across image edges, e.g. the cheek's outline);
 - ``albedo_v`` is the vertex's gray albedo from the face model's albedo model, ``Y(n_v) . sh`` second-order SH
-  shading of its camera-frame normal (:mod:`render.shading`);
+  shading of its camera-frame normal (:mod:`render.shading`; the area-weighted normal of its face triangles);
 - ``psi(r) = r^2 / (r^2 + robust^2)`` (Geman-McClure): hair, stubble, glasses and background behind a wrong
   outline count as one outlier each, not as a large square (a loose ``robust`` lets the geometry bend to
   explain texture the albedo model lacks: ``docs/tuning.md``);
 - albedo coefficients and light are re-fitted in closed form (iteratively reweighted least squares) at the start
-  of each of ``rounds`` rounds, with the visibility of the current shape; between re-fits, ``steps`` L-BFGS
-  iterations move the shape and pose with albedo, light and visibility fixed. Expression weights are kept in
-  [0, 1] by a penalty and clipped at the end.
+  of each of ``rounds`` rounds, with the visibility of the current shape; within a round they, the visibility,
+  the sample and the landmarks' contour vertices stay fixed and a Levenberg-Marquardt solver moves shape and
+  pose: Gauss-Newton steps with the robust term's IRLS weights (exact gradient, a Gauss-Newton Hessian) from
+  analytic Jacobians, at most ``iterations`` per round, until a step lowers the energy by less than
+  ``tolerance`` of it. Expression weights are clipped to [0, 1] at the end.
+
+Why hand-written: the energy samples the photo at the model's vertices, so it needs no differentiable
+rasteriser, and its Jacobian is a sparse map of the face model's basis (each sample's row touches its vertex
+and the vertex's one-ring through the normal); built directly it makes one Gauss-Newton step cost a few
+milliseconds, where autograd over the whole mesh cost ~20 ms per evaluation (``benchmarks/coarse.py``).
 
 Frames: the photo frame (pixels, x right, y down) for the photo, the landmarks and the pose
-(:mod:`render.camera`); coefficients ``alpha`` (K,) identity first.
+(:mod:`render.camera`); the camera frame (x right, y up, z towards the camera) for normals; coefficients
+``alpha`` (K,) identity first.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.ndimage import gaussian_filter
+from scipy.spatial.transform import Rotation
 
-from morphable.model import mesh_normals
 from render.camera import Pose, image_xy, project
-from render.shading import LUMA, sh_basis, sh_least_squares
+from render.shading import LUMA, sh_basis, sh_gradient, sh_least_squares
 from render.visibility import visible_vertices
 
-from .fit import map_landmark_weights, map_prior
+from .fit import map_landmark_weights, map_prior, one_blas_thread
 
-#: Weight of the penalty that keeps expression weights in [0, 1] during the L-BFGS steps (clipped after).
+#: Weight of the penalty that keeps expression weights in [0, 1] during the steps (clipped after).
 BOX_WEIGHT = 1e3
+#: Fewer visible face vertices than this: the photo says too little (e.g. a face of a few pixels), the start stays.
+MIN_VISIBLE = 50
+#: Parameters after the free coefficients: rotation vector (3, left-multiplied), log scale, translation (2).
+N_POSE = 6
 
 
 def _robust_weights(r: np.ndarray, c: float) -> np.ndarray:
-    """IRLS weights of the Geman-McClure loss r^2 / (r^2 + c^2)."""
+    """IRLS weights of the Geman-McClure loss psi(r) = r^2 / (r^2 + c^2), scaled to 1 at r = 0: c^2 psi'(r) / (2 r)."""
     return (c * c / (r * r + c * c)) ** 2
 
 
@@ -66,39 +83,295 @@ def _albedo_light(mean: np.ndarray, basis: np.ndarray, normals: np.ndarray, inte
     return albedo, sh
 
 
-def _rotation(omega, R0):
-    """exp([omega]_x) R0: (3, 3) torch, differentiable in omega (3,)."""
-    import torch
+# ---------------------------------------------------------------------------------------------- the photo
+@dataclass(frozen=True)
+class BlurredPhoto:
+    """The photo's blurred luma over a window about the face: ``image`` (h, w) float32 whose pixel (0, 0) is the
+    photo's pixel ``origin`` (x, y); sampled with photo-frame points."""
 
-    zero = omega.new_zeros(())
-    k = torch.stack([torch.stack([zero, -omega[2], omega[1]]), torch.stack([omega[2], zero, -omega[0]]),
-                     torch.stack([-omega[1], omega[0], zero])])
-    return torch.linalg.matrix_exp(k) @ R0
+    image: np.ndarray
+    origin: np.ndarray
+
+    @staticmethod
+    def of(photo: np.ndarray, sigma_px: float, points: np.ndarray) -> "BlurredPhoto":
+        """Luma of ``photo`` ((H, W, 3) or (H, W) in [0, 1]) blurred by ``sigma_px``, over the box of ``points``
+        (N, 2) photo-frame pixels widened by half its size and 4 sigma (the fit moves the face a little; the
+        blur of a window is the blur of the photo there)."""
+        gray = photo @ LUMA if photo.ndim == 3 else photo
+        H, W = gray.shape
+        lo, hi = points.min(0), points.max(0)
+        pad = 0.5 * (hi - lo).max() + 4 * sigma_px + 2
+        x0, y0 = (max(0, int(np.floor(v - pad))) for v in lo)
+        x1, y1 = min(W, int(np.ceil(hi[0] + pad))), min(H, int(np.ceil(hi[1] + pad)))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            x0, y0, x1, y1 = 0, 0, W, H
+        window = np.asarray(gray[y0:y1, x0:x1], np.float32)
+        return BlurredPhoto(gaussian_filter(window, sigma_px), np.array([x0, y0], np.float64))
+
+    def sample(self, xy: np.ndarray, gradient: bool = False):
+        """Bilinear samples (N,) at photo-frame points ``xy`` (N, 2) (pixel centres at +0.5; outside the window
+        the border value, as ``grid_sample``'s border padding), and with ``gradient`` their (N, 2) derivative
+        in x, y (of the bilinear interpolant; 0 along an axis clamped at the border)."""
+        img = self.image
+        h, w = img.shape
+        u = xy - self.origin - 0.5
+        x = np.clip(u[:, 0], 0.0, w - 1.0)
+        y = np.clip(u[:, 1], 0.0, h - 1.0)
+        x0 = np.minimum(np.floor(x).astype(np.intp), w - 2)
+        y0 = np.minimum(np.floor(y).astype(np.intp), h - 2)
+        fx, fy = x - x0, y - y0
+        i00, i01 = img[y0, x0], img[y0, x0 + 1]
+        i10, i11 = img[y0 + 1, x0], img[y0 + 1, x0 + 1]
+        top, bottom = i00 + fx * (i01 - i00), i10 + fx * (i11 - i10)
+        value = (top + fy * (bottom - top)).astype(np.float64)
+        if not gradient:
+            return value
+        gx = ((1 - fy) * (i01 - i00) + fy * (i11 - i10)) * ((u[:, 0] > 0) & (u[:, 0] < w - 1))
+        gy = (bottom - top) * ((u[:, 1] > 0) & (u[:, 1] < h - 1))
+        return value, np.stack([gx, gy], 1).astype(np.float64)
 
 
-def _project(points, R, s, t):
-    """:func:`render.camera.project` in torch, differentiable in the pose: (N, 3) model mm -> (N, 2) photo
-    pixels."""
-    import torch
-
-    return torch.stack(image_xy(points @ R.T, s, t), 1)
+# ---------------------------------------------------------------------------------------------- one round
+_KERNELS: dict = {}
 
 
-def _sample(image, xy):
-    """Bilinear samples (N,) of ``image`` (1, 1, H, W) at pixel points ``xy`` (N, 2) (x, y; pixel centres at
-    +0.5), border values outside; differentiable in ``xy``."""
-    import torch
+def _kernels() -> dict:
+    """numba kernels, compiled on first use (and cached on disk)."""
+    if _KERNELS:
+        return _KERNELS
+    import numba
 
-    H, W = image.shape[-2:]
-    g = torch.stack([xy[:, 0] / W * 2 - 1, xy[:, 1] / H * 2 - 1], 1).to(image.dtype)
-    out = torch.nn.functional.grid_sample(image, g[None, None], mode="bilinear", padding_mode="border",
-                                          align_corners=False)
-    return out[0, 0, 0].to(xy.dtype)
+    @numba.njit(cache=True, nogil=True, fastmath=True)
+    def pair_rows(indptr, w, h, basis, out):
+        # out[i] = sum over the pairs p of row i of sum_j h[p, j] basis[3 w[p] + j]: a sparse (N, 3R) matrix of
+        # 3-vectors on vertices times the (3R, K) basis, one row of K at a time (contiguous, vectorised)
+        n, k = out.shape
+        for i in range(n):
+            row = out[i]
+            row[:] = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                r = 3 * w[p]
+                for j in range(3):
+                    c = h[p, j]
+                    b = basis[r + j]
+                    for m in range(k):
+                        row[m] += c * b[m]
+
+    _KERNELS["pair_rows"] = pair_rows
+    return _KERNELS
+
+
+def _skew_rows(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d(omega x q)_x / d omega and d(omega x q)_y / d omega, each (N, 3), for points q (N, 3)."""
+    zero = np.zeros(len(q))
+    return np.stack([zero, q[:, 2], -q[:, 1]], 1), np.stack([-q[:, 2], zero, q[:, 0]], 1)
+
+
+class PhotometricRound:
+    """The energy of one round (module docstring) with albedo, light, visibility, the vertex sample and the
+    landmarks' rows fixed, as a function of the free coefficients and the pose; its value, gradient and
+    Gauss-Newton Hessian from analytic Jacobians.
+
+    Args:
+        model: the face model; face: (Vf,) the face region's vertex ids; tris: (F, 3) its triangles, local ids.
+        photo: :class:`BlurredPhoto`.
+        sample: (N,) face-local ids of the sampled visible vertices (each a corner of a face triangle).
+        alpha: (K,) the round's start (frozen coefficients keep its values); free: (Kf,) ids of the moving ones.
+        lm_mean: (68, 3), lm_basis: (68, 3, K): the landmarks as ``mean + basis @ a`` (the contour's choice).
+        lm_target: (68, 2) the detector's points minus nothing (the offset is applied with the scale);
+        lm_offset: (68, 2) mm; lm_weights: (68,) 1/mm^2; prior_mean, prior_std: (K,); n_identity: modes of
+        identity (expression follows); weight, robust: the shading term's.
+    """
+
+    def __init__(self, model, face, tris, photo: BlurredPhoto, sample, alpha, free, lm_mean, lm_basis,
+                 lm_target, lm_offset, lm_weights, prior_mean, prior_std, n_identity, weight, robust):
+        self.photo, self.sample = photo, np.asarray(sample)
+        self.albedo, self.sh = np.ones(len(sample)), np.zeros(9)  # set by fit_albedo_light
+        self.alpha0, self.free = np.asarray(alpha, np.float64), np.asarray(free)
+        self.weight, self.robust, self.n_id = float(weight), float(robust), int(n_identity)
+        self.lm = (lm_mean, lm_basis, np.asarray(lm_target, np.float64), np.asarray(lm_offset, np.float64),
+                   np.asarray(lm_weights, np.float64))
+        self.prior_mean, self.prior_std = prior_mean, prior_std
+        n = len(sample)
+        # the sample's triangles and their vertices (the sample's one-ring): all the geometry a step needs
+        touch = np.zeros(len(face), bool)
+        touch[sample] = True
+        adj = tris[touch[tris].any(1)]
+        ring, local = np.unique(np.r_[sample, adj.ravel()], return_inverse=True)
+        self.tri = local[n:].reshape(-1, 3)  # (T, 3) ids into ring
+        self.in_ring = local[:n]  # (N,) the sample's ids into ring
+        gid = face[ring]
+        frozen = np.setdiff1d(np.arange(model.n_coeffs), self.free)
+        basis = model.basis[gid]  # (R, 3, K) float32
+        self.base = (model.mean[gid].astype(np.float64)
+                     + basis[:, :, frozen].astype(np.float64) @ self.alpha0[frozen])  # (R, 3) the frozen part
+        self.basis = np.ascontiguousarray(basis[:, :, self.free]).reshape(-1, len(self.free))  # (3R, Kf)
+        # incidences: sample vertex i is corner c of triangle t; every corner c' of t is a pair (i, tri[t, c'])
+        which = np.full(len(ring), -1)
+        which[self.in_ring] = np.arange(n)
+        inc_t, inc_c = np.nonzero(which[self.tri] >= 0)
+        self.inc_i, self.inc_t = which[self.tri[inc_t, inc_c]], inc_t  # the sample vertex, its triangle
+        rows_i = np.repeat(self.inc_i, 3)
+        rows_t, rows_c = np.repeat(inc_t, 3), np.tile(np.arange(3), len(inc_t))
+        pairs, self.pair_of = np.unique(rows_i * len(ring) + self.tri[rows_t, rows_c], return_inverse=True)
+        self.rows_t, self.rows_c = rows_t, rows_c
+        self.pair_i, self.pair_w = pairs // len(ring), pairs % len(ring)  # sorted by sample vertex
+        self.indptr = np.searchsorted(self.pair_i, np.arange(n + 1))
+        self.self_pair = np.searchsorted(pairs, np.arange(n) * len(ring) + self.in_ring)
+        self.n = n
+
+    # ------------------------------------------------------------------ pieces
+    def _ring(self, a_free: np.ndarray) -> np.ndarray:
+        """(R, 3) float64 ring vertices, mm, model frame."""
+        return self.base + (self.basis @ a_free.astype(np.float32)).reshape(-1, 3)
+
+    def _unnormalised_normals(self, ring: np.ndarray) -> np.ndarray:
+        v = ring[self.tri]
+        c = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])  # (T, 3) twice the area vector
+        return np.stack([np.bincount(self.inc_i, c[self.inc_t, j], self.n) for j in range(3)], 1)
+
+    def camera_normals(self, a_free: np.ndarray, R: np.ndarray) -> np.ndarray:
+        """(N, 3) the sample's unit normals in the camera frame."""
+        u = self._unnormalised_normals(self._ring(a_free))
+        return (u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)) @ R.T
+
+    def fit_albedo_light(self, albedo_mean, albedo_basis, albedo_reg: float, R, s, t) -> None:
+        """Set the sample's gray albedo and the SH light by robust least squares (:func:`_albedo_light`) at the
+        round's start (pose R, s, t); albedo_mean (Vf,), albedo_basis (Vf, Ka): the albedo model in luma."""
+        a_free = self.alpha0[self.free]
+        q = self._ring(a_free)[self.in_ring] @ R.T
+        seen = self.photo.sample(np.stack(image_xy(q, s, t), 1))
+        self.albedo, self.sh = _albedo_light(albedo_mean[self.sample], albedo_basis[self.sample],
+                                             self.camera_normals(a_free, R), seen, self.robust, albedo_reg)
+
+    def full_alpha(self, a_free: np.ndarray) -> np.ndarray:
+        alpha = self.alpha0.copy()
+        alpha[self.free] = a_free
+        return alpha
+
+    def evaluate(self, a_free: np.ndarray, R: np.ndarray, s: float, t: np.ndarray, derivatives: bool = False):
+        """The round's energy at free coefficients ``a_free`` (Kf,) and pose (R (3, 3), s px/mm, t (2,) px);
+        with ``derivatives`` also its gradient g (Kf + 6,) and Gauss-Newton Hessian (Kf + 6, Kf + 6) in the
+        step (d a_free, rotation vector (left-multiplied), d log s, d t)."""
+        ring = self._ring(a_free)
+        u = self._unnormalised_normals(ring)
+        norm = np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+        n_cam = (u / norm) @ R.T
+        q = ring[self.in_ring] @ R.T  # (N, 3) camera frame, mm
+        xy = np.stack(image_xy(q, s, t), 1)
+        sampled = self.photo.sample(xy, gradient=derivatives)
+        seen, grad_img = sampled if derivatives else (sampled, None)
+        shade = sh_basis(n_cam) @ self.sh
+        r = seen - self.albedo * shade
+        c2 = self.robust ** 2
+        f = self.weight / self.n
+        e_photo = f * float((r * r / (r * r + c2)).sum())
+
+        alpha = self.full_alpha(a_free)
+        lm_mean, lm_basis, target, offset, w_lm = self.lm
+        lq = (lm_mean + lm_basis @ alpha) @ R.T  # (68, 3)
+        lxy = np.stack(image_xy(lq, s, t), 1)
+        res = (target - s * offset - lxy) / s
+        e_lm = float((w_lm[:, None] * res * res).sum())
+        z = (alpha - self.prior_mean) / self.prior_std
+        ex = alpha[self.n_id:]
+        out = ex - np.clip(ex, 0.0, 1.0)
+        energy = e_photo + e_lm + float(z @ z) + BOX_WEIGHT * float(out @ out)
+        if not derivatives:
+            return energy
+
+        kf = len(self.free)
+        P = kf + N_POSE
+        # shading residual rows: d r / d (a_free, omega, log s, t)
+        gx, gy = grad_img[:, 0], grad_img[:, 1]
+        dS_dm = sh_gradient(n_cam, self.sh)  # (N, 3)
+        n_model = u / norm
+        qvec = ((dS_dm @ R) - n_model * ((dS_dm @ R) * n_model).sum(1, keepdims=True)) / norm  # (N, 3)
+        v = ring[self.tri]
+        g = np.stack([v[:, 1] - v[:, 2], v[:, 2] - v[:, 0], v[:, 0] - v[:, 1]], 1)  # (T, 3 corners, 3) opposite edges
+        gr = g[self.rows_t, self.rows_c]
+        G = np.stack([np.bincount(self.pair_of, gr[:, j], len(self.pair_i)) for j in range(3)], 1)  # (pairs, 3)
+        h = -self.albedo[self.pair_i, None] * np.cross(G, qvec[self.pair_i])  # normal part, on each pair's vertex
+        h[self.self_pair] += s * (gx[:, None] * R[0] - gy[:, None] * R[1])  # position part, on the vertex itself
+        J = np.empty((self.n, P), np.float32)
+        rows = np.empty((self.n, kf), np.float32)
+        _kernels()["pair_rows"](self.indptr, self.pair_w, h.astype(np.float32), self.basis, rows)
+        J[:, :kf] = rows
+        dqx, dqy = _skew_rows(q)
+        J[:, kf:kf + 3] = s * (gx[:, None] * dqx - gy[:, None] * dqy) - self.albedo[:, None] * np.cross(n_cam, dS_dm)
+        J[:, kf + 3] = s * (gx * q[:, 0] - gy * q[:, 1])
+        J[:, kf + 4], J[:, kf + 5] = gx, gy
+        wr = 2 * f * _robust_weights(r, self.robust) / c2  # d e_photo = sum wr r dr
+        grad = J.T.astype(np.float64) @ (wr * r)
+        hess = ((J * np.sqrt(wr)[:, None].astype(np.float32)).T @ (J * np.sqrt(wr)[:, None].astype(np.float32))
+                ).astype(np.float64)
+
+        # landmark rows: res_x = (X - s ox - t_x) / s - q_x, res_y = (Y - s oy - t_y) / s + q_y
+        A = np.einsum("ij,ljk->lik", R, lm_basis[:, :, self.free])  # (68, 3, Kf)
+        Jl = np.zeros((68, 2, P))
+        Jl[:, 0, :kf], Jl[:, 1, :kf] = -A[:, 0], A[:, 1]
+        lqx, lqy = _skew_rows(lq)
+        Jl[:, 0, kf:kf + 3], Jl[:, 1, kf:kf + 3] = -lqx, lqy
+        Jl[:, 0, kf + 3] = -(target[:, 0] - t[0]) / s
+        Jl[:, 1, kf + 3] = -(target[:, 1] - t[1]) / s
+        Jl[:, 0, kf + 4] = Jl[:, 1, kf + 5] = -1.0 / s
+        Jl = Jl.reshape(-1, P)
+        wl = 2 * np.repeat(w_lm, 2)
+        grad += Jl.T @ (wl * res.reshape(-1))
+        hess += (Jl * wl[:, None]).T @ Jl
+        # prior and box: diagonal in the free coefficients
+        diag = 2.0 / self.prior_std[self.free] ** 2
+        grad[:kf] += diag * (alpha[self.free] - self.prior_mean[self.free])
+        box = np.zeros(len(alpha))
+        box[self.n_id:] = out
+        active = np.zeros(len(alpha))
+        active[self.n_id:] = out != 0
+        grad[:kf] += 2 * BOX_WEIGHT * box[self.free]
+        hess[np.arange(kf), np.arange(kf)] += diag + 2 * BOX_WEIGHT * active[self.free]
+        return energy, grad, hess
+
+
+def _step(R: np.ndarray, s: float, t: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """The pose moved by the last six step entries (rotation vector, d log s, d t)."""
+    return Rotation.from_rotvec(d[:3]).as_matrix() @ R, s * float(np.exp(d[3])), t + d[4:6]
+
+
+def _solve_round(rd: PhotometricRound, a_free, R, s, t, iterations: int, tolerance: float, lam: float):
+    """Levenberg-Marquardt on one round's energy from (a_free, R, s, t): at most ``iterations`` accepted steps,
+    until one lowers the energy by less than ``tolerance`` of it; Marquardt's diagonal scaling, the damping
+    ``lam`` updated by the ratio of the actual to the predicted decrease (Nielsen 1999). Returns the best point
+    found and the damping to go on with."""
+    energy, grad, hess = rd.evaluate(a_free, R, s, t, derivatives=True)
+    nu = 2.0
+    for _ in range(iterations):
+        drop = None
+        scale = np.diag(hess) + 1e-9
+        while lam < 1e8:
+            d = np.linalg.solve(hess + lam * np.diag(scale), -grad)
+            cand = (a_free + d[:-N_POSE],) + _step(R, s, t, d[-N_POSE:])
+            e_new = rd.evaluate(*cand) if np.isfinite(d).all() and cand[2] > 0 else np.inf
+            predicted = 0.5 * float(d @ (lam * scale * d - grad))
+            if e_new < energy and predicted > 0:
+                rho = (energy - e_new) / predicted
+                drop = (energy - e_new) / max(abs(energy), 1e-12)
+                a_free, R, s, t = cand
+                lam, nu = lam * max(1 / 3, 1 - (2 * rho - 1) ** 3), 2.0
+                break
+            lam, nu = lam * nu, nu * 2
+        if drop is None or drop < tolerance:
+            break
+        energy, grad, hess = rd.evaluate(a_free, R, s, t, derivatives=True)
+    return a_free, R, s, t, lam
+
+
+def face_sample_order(n_face: int) -> np.ndarray:
+    """(n_face,) a fixed pseudo-random order of the face's vertices: each round samples the first visible ones."""
+    return np.random.default_rng(20261206).permutation(n_face)
 
 
 def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d: np.ndarray, model, landmarks,
                     prior, params, detector: str | None = None,
-                    n_identity: int | None = None) -> tuple[np.ndarray, Pose]:
+                    n_identity: int | None = None, free: str = "all") -> tuple[np.ndarray, Pose]:
     """Refine a coarse face by its shading in the photo (module docstring).
 
     Args:
@@ -107,85 +380,64 @@ def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d
         points2d: (68, 2) the detector's landmarks, photo pixels.
         model: the face model (with its albedo model); landmarks: the detector's
             :class:`coarse.landmarks.LandmarkModel`; prior: the ``fit`` config section (landmark term and prior,
-            as :func:`coarse.fit.fit_map`); params: the ``refine.photometric`` section
-            (:class:`facesynth.config.PhotometricConfig`); detector: which detector found the face.
+            as :func:`coarse.fit.fit_map`, whose ``identity_std`` and prior mean may be replaced by the caller);
+            params: the ``refine.photometric`` section (:class:`facesynth.config.PhotometricConfig`);
+            detector: which detector found the face.
         n_identity: refine only the first ``n_identity`` identity modes (the others keep the start's values, as
             :func:`coarse.fit.fit_map`'s ``n_identity`` leaves them at 0); default all.
+        free: ``all`` (identity, expression and pose move) or ``expression`` (the identity stays the start's).
     Returns:
-        (alpha (K,) float32, its pose in the photo frame). With fewer than 50 visible face vertices, or when a
-        round's step is not finite, the last good round's answer (at first the start) is returned.
+        (alpha (K,) float32, its pose in the photo frame). With fewer than :data:`MIN_VISIBLE` visible face
+        vertices, or when a round's answer is not finite, the last good round's answer (at first the start).
     """
-    import torch
-
     if model.albedo_model is None:
         raise ValueError("the photometric fit needs the face model's albedo model")
-    f64 = torch.float64
-    gray = photo @ LUMA if photo.ndim == 3 else photo
-    H, W = gray.shape
-    image = torch.as_tensor(gaussian_filter(np.asarray(gray, np.float32), params.blur_mm * pose0.scale))[None, None]
+    if free not in ("all", "expression"):
+        raise ValueError(f"free must be 'all' or 'expression'; got {free!r}")
+    n_id, K = model.n_identity, model.n_coeffs
+    n_fit = 0 if free == "expression" else (n_id if n_identity is None else int(n_identity))
+    with one_blas_thread():  # small dense products: threads cost more than they give (coarse.fit)
+        return _fit(photo, np.asarray(alpha0, np.float64).copy(), pose0, np.asarray(points2d, np.float64), model,
+                    landmarks, prior, params, detector, np.r_[np.arange(n_fit), np.arange(n_id, K)])
+
+
+def _fit(photo, alpha, pose, pts, model, landmarks, prior, params, detector, free_ids):
+    """:func:`photometric_fit` with its coefficients ``free_ids`` moving."""
     face = model.regions["face"]
     tris = model.region_triangles("face", local=True)
-    tris_t = torch.as_tensor(tris)
     albedo_mean = model.albedo_model.mean.astype(np.float64) @ LUMA  # (Vf,) luma of the face vertices
     albedo_basis = np.einsum("vck,c->vk", model.albedo_model.basis.astype(np.float64), LUMA)
     n_id, K = model.n_identity, model.n_coeffs
-    w_lm = torch.as_tensor(map_landmark_weights(landmarks, prior, detector))
-    prior_mean, prior_std = (torch.as_tensor(x) for x in map_prior(prior, n_id, K - n_id))
-    pts = torch.as_tensor(np.asarray(points2d, np.float64))
-    offset = torch.as_tensor(np.asarray(landmarks.offset_mm, np.float64))
-
-    frozen = torch.zeros(K, dtype=torch.bool)
-    frozen[(n_id if n_identity is None else int(n_identity)):n_id] = True
-    alpha, pose = np.asarray(alpha0, np.float64).copy(), pose0
+    w_lm = map_landmark_weights(landmarks, prior, detector)
+    prior_mean, prior_std = map_prior(prior, n_id, K - n_id)
+    order = face_sample_order(len(face))
+    usable = _has_triangle(model)
+    H, W = photo.shape[:2]
+    blurred = BlurredPhoto.of(photo, params.blur_mm * pose.scale,
+                              project(model.vertices(alpha.astype(np.float32))[face], pose)[:, :2])
+    lam = 0.1  # Levenberg-Marquardt damping, carried from round to round
     for _ in range(params.rounds):
         verts = model.vertices(alpha.astype(np.float32))
-        vis = visible_vertices(model, verts, pose, (H, W))[face]
-        if vis.sum() < 50:
+        vis = visible_vertices(model, verts, pose, (H, W))[face] & usable
+        if vis.sum() < MIN_VISIBLE:
             break
-        R0 = np.asarray(pose.rotation, np.float64)
-        vf = verts[face].astype(np.float64)
-        normals = (mesh_normals(vf, tris) @ R0.T)[vis]
-        seen = _sample(image, torch.as_tensor(project(vf, pose)[vis, :2])).numpy()
-        albedo, sh = _albedo_light(albedo_mean[vis], albedo_basis[vis], normals, seen, params.robust,
-                                   params.albedo_reg)
-        albedo, sh = torch.as_tensor(albedo), torch.as_tensor(sh)
-        lm_mean, lm_basis = (torch.as_tensor(x) for x in landmarks.vertex_rows(model, alpha, R0))
-        vis_t = torch.as_tensor(vis)
-        R0, s0 = torch.as_tensor(R0), float(pose.scale)
-        t0 = torch.as_tensor(np.asarray(pose.translation, np.float64))
-        a = torch.tensor(alpha, dtype=f64, requires_grad=True)
-        a.register_hook(lambda g: g.masked_fill(frozen, 0.0))
-        omega = torch.zeros(3, dtype=f64, requires_grad=True)
-        log_s = torch.zeros((), dtype=f64, requires_grad=True)
-        dt = torch.zeros(2, dtype=f64, requires_grad=True)
-
-        def energy():
-            R, s, t = _rotation(omega, R0), s0 * torch.exp(log_s), t0 + dt
-            v = model.vertices(a, region="face")
-            n = mesh_normals(v, tris_t)[vis_t] @ R.T
-            r = _sample(image, _project(v[vis_t], R, s, t)) - albedo * (sh_basis(n) * sh).sum(-1)
-            e_photo = params.weight * (r * r / (r * r + params.robust ** 2)).mean()
-            res = (pts - s * offset - _project(lm_mean + lm_basis @ a, R, s, t)) / s
-            e_lm = (w_lm[:, None] * res * res).sum()
-            e_prior = (((a - prior_mean) / prior_std) ** 2).sum()
-            ex = a[n_id:]
-            e_box = BOX_WEIGHT * (torch.relu(-ex) ** 2 + torch.relu(ex - 1) ** 2).sum()
-            return e_photo + e_lm + e_prior + e_box
-
-        opt = torch.optim.LBFGS([a, omega, log_s, dt], lr=1.0, max_iter=params.steps, line_search_fn="strong_wolfe")
-
-        def closure():
-            opt.zero_grad()
-            e = energy()
-            e.backward()
-            return e
-
-        opt.step(closure)
-        new_alpha = a.detach().numpy().copy()
-        with torch.no_grad():
-            new_pose = Pose(float(s0 * torch.exp(log_s)), _rotation(omega, R0).numpy(), (t0 + dt).numpy())
-        if not (np.isfinite(new_alpha).all() and np.isfinite(new_pose.rotation).all() and new_pose.scale > 0):
-            break  # a degenerate step (e.g. a face of a few pixels): keep the last good round
-        alpha, pose = new_alpha, new_pose
+        R0, s0, t0 = np.asarray(pose.rotation, np.float64), float(pose.scale), np.asarray(pose.translation, np.float64)
+        rd = PhotometricRound(model, face, tris, blurred, order[vis[order]][:params.samples], alpha, free_ids,
+                              *landmarks.vertex_rows(model, alpha, R0), pts, landmarks.offset_mm, w_lm, prior_mean,
+                              prior_std, n_id, params.weight, params.robust)
+        rd.fit_albedo_light(albedo_mean, albedo_basis, params.albedo_reg, R0, s0, t0)
+        a_free, R, s, t, lam = _solve_round(rd, alpha[free_ids], R0, s0, t0, params.iterations, params.tolerance,
+                                            lam)
+        new_alpha = rd.full_alpha(a_free)
+        if not (np.isfinite(new_alpha).all() and np.isfinite(R).all() and s > 0 and np.isfinite(t).all()):
+            break  # a degenerate step: keep the last good round
+        alpha, pose = new_alpha, Pose(float(s), R, t)
         alpha[n_id:] = np.clip(alpha[n_id:], 0.0, 1.0)
     return alpha.astype(np.float32), pose
+
+
+def _has_triangle(model) -> np.ndarray:
+    """(Vf,) bool: face vertices that are a corner of a face triangle (the others have no normal)."""
+    has = np.zeros(len(model.regions["face"]), bool)
+    has[model.region_triangles("face", local=True).ravel()] = True
+    return has

@@ -344,7 +344,13 @@ class PhotometricConfig:
     blur_mm: float
     albedo_reg: float
     rounds: int
-    steps: int
+    samples: int
+    iterations: int
+    tolerance: float
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.samples < 50 or self.iterations < 1 or self.tolerance < 0:
+            raise ValueError("rounds and iterations must be >= 1, samples >= 50, tolerance >= 0")
 
 
 @dataclass(frozen=True)
@@ -506,6 +512,43 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
+class IdentityConfig:
+    """Identity from the image (``train identity-data``, ``train identity``; :mod:`coarse.identity`): the
+    recognition descriptor's map to the identity coefficients, and the synthetic faces it learns from
+    (photo-like renders of ``image_size`` pixels, yaw ~ N(0, ``yaw_std_deg``) cut at ``max_yaw_deg``, a pinhole
+    camera with ``perspective_prob``, the photo-light options of ``sampling.light`` given here)."""
+
+    weights: str
+    data: str
+    n: int
+    seed: int
+    chunk: int
+    image_size: int
+    yaw_std_deg: float
+    max_yaw_deg: float
+    perspective_prob: float
+    occlusion_max: float
+    shadow_prob: float
+    srgb_prob: float
+
+    def __post_init__(self):
+        if self.n < 1 or self.chunk < 1 or self.image_size < 64:
+            raise ValueError("n and chunk must be >= 1, image_size >= 64")
+
+
+@dataclass(frozen=True)
+class GltfConfig:
+    """The glTF export (:mod:`reconstruct.gltf`: ``face.glb`` of ``refine sfs``, ``animation.glb`` of ``refine
+    video --gltf``) and ``refine gltf-preview``: ``preview_size`` pixels (square) of each panel."""
+
+    preview_size: int
+
+    def __post_init__(self):
+        if self.preview_size < 32:
+            raise ValueError("preview_size must be at least 32")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig
     sampling: SamplingConfig
@@ -519,6 +562,8 @@ class Config:
     detail: DetailConfig
     scan_eval: ScanEvalConfig
     video: VideoConfig
+    identity: IdentityConfig
+    gltf: GltfConfig
 
     def to_dict(self) -> dict:
         return _to_plain(self)

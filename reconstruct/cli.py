@@ -11,6 +11,7 @@ from training.errors import CheckpointError, TrainingError
 
 from coarse.detect import ReconstructionInputError
 from coarse.fit import FitError
+from .gltf import GltfError
 from .models import load_coarse, load_detail_predictor
 from .scan import ScanError
 
@@ -170,6 +171,9 @@ def evaluate_scan(scan_dir, views, out, image_size, seed, weights, detail_weight
 @click.option("--animation", is_flag=True, help="also animation/: neutral.obj and coefficients.csv (pose and the 53 "
                                                "expression weights per frame)")
 @click.option("--detail", is_flag=True, help="also the detail network and SfS per frame: detail/frame_NNNNNN.obj")
+@click.option("--gltf", is_flag=True, help="also animation.glb (glTF 2.0: the clip's head with the 53 blendshapes as "
+                                          "ARKit-named morph targets, their weights and the head's pose animated "
+                                          "at the frame times) and blendshapes.csv (Live Link Face's CSV layout)")
 @click.option("--no-overlay", is_flag=True, help="skip overlay.mp4")
 @click.option("--max-frames", type=int, default=None, help="only the first frames")
 @click.option("--resolution", type=int, default=None, help="SfS pixels over the face, with --detail"
@@ -179,8 +183,8 @@ def evaluate_scan(scan_dir, views, out, image_size, seed, weights, detail_weight
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--force", is_flag=True, help="overwrite earlier outputs in --out")
 @user_errors(ReconstructionInputError, FitError, CheckpointError, TrainingError)
-def video(clip, config, out, obj, animation, detail, no_overlay, max_frames, resolution, detail_weights, device,
-          force):
+def video(clip, config, out, obj, animation, detail, gltf, no_overlay, max_frames, resolution, detail_weights,
+          device, force):
     from .models import StackOptions, load_stack
     from .video import VideoOptions, existing_outputs, process_video, video_info
 
@@ -193,11 +197,30 @@ def video(clip, config, out, obj, animation, detail, no_overlay, max_frames, res
     if clash and not force:
         raise ReconstructionInputError(f"{base / clash[0]} exists: use --force to overwrite or another --out")
     stack = load_stack(cfg, StackOptions(detail_weights=detail_weights, no_detail=not detail, device=device))
-    options = VideoOptions(obj, animation, detail, not no_overlay, max_frames, cfg.refine.resolution)
+    options = VideoOptions(obj, animation, detail, not no_overlay, max_frames, cfg.refine.resolution, gltf)
     s = process_video(clip, base, cfg, stack, options)
     click.echo(f"{base}: {s['frames']} frames, {s['frames_with_face']} with a face "
                f"({s['detector_runs']} detector runs), identity from {s['identity_frames']} frames, "
                f"{s['frames_per_s']:.1f} frames/s")
+
+
+@main.command("gltf-preview", help="Draw GLB (a face.glb or animation.glb that refine wrote) in three panels: "
+                                   "the neutral head, jawOpen = 1 and mouthSmileLeft + mouthSmileRight = 1 (its "
+                                   "ARKit-named morph targets), as a PNG.")
+@click.argument("glb", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="the PNG to write")
+@click.option("--size", type=int, default=None, help="pixels (square) of each panel" + _d("gltf.preview_size"))
+@config_option
+@user_errors(GltfError)
+def gltf_preview(glb, out, size, config):
+    from facesynth.io import save_png
+
+    from .gltf import preview_sheet
+
+    cfg = load_cfg(config, {"gltf.preview_size": size})
+    sheet = preview_sheet(glb, cfg.gltf.preview_size, cfg.render.gl_platform)
+    save_png(out, sheet)
+    click.echo(f"{out}: {sheet.shape[1]}x{sheet.shape[0]} pixels")
 
 
 @main.command("sample-clip", help="Render the project's synthetic clip to OUT (MP4): a face turning its head and "

@@ -6,6 +6,10 @@
                                            frame saw it (:func:`reconstruct.pipeline.refined_mesh`)
     refined_depthmap.obj/.mtl              the mesh of the refined depth map's pixels over the face mask, with
       + refined_texture.png                the photo in the SfS frame as its texture
+    face.glb                               glTF 2.0: the fitted identity's neutral head with refined.obj's
+                                           detail, coarse_texture.png, and the 53 expression blendshapes as
+                                           morph targets with ARKit names, the fitted weights as defaults
+                                           (:mod:`reconstruct.gltf`)
     params.json                            coefficients (named), pose, lighting, landmarks, timings
     depth.png, normals.png                 coarse | refined, side by side
     overlay.png                            photo | coarse shading | [+ detail net shading |] refined shading |
@@ -26,12 +30,13 @@ from morphable.obj import write_obj
 from render.camera import project
 from render.shading import shading_image
 
+from .gltf import HeadSurface, write_face_glb
 from .pipeline import depth_grid_mesh, refined_mesh
 from .texture import atlas_uv, bake_uv_texture
 
 OUTPUT_FILES = ("coarse.obj", "coarse.mtl", "coarse_texture.png", "refined.obj", "refined.mtl",
-                "refined_depthmap.obj", "refined_depthmap.mtl", "refined_texture.png", "params.json", "depth.png",
-                "normals.png", "overlay.png")
+                "refined_depthmap.obj", "refined_depthmap.mtl", "refined_texture.png", "face.glb", "params.json",
+                "depth.png", "normals.png", "overlay.png")
 #: Written only when their stage ran (a stale one is removed).
 OPTIONAL_FILES = ("detail.png",)
 
@@ -91,6 +96,9 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
     gverts, gtris, guv = depth_grid_mesh(refined, m, rec.sfs_frame)
     save_png(out_dir / "refined_texture.png", contact_sheet([rec.sfs_image], 1, pad=0))
     written.append(write_obj(out_dir / "refined_depthmap.obj", gverts, gtris, guv, gtris, "refined_texture.png"))
+    ident, expr = model.split(rec.alpha)
+    write_face_glb(out_dir / "face.glb", model, HeadSurface(rverts, expr, rec.vertex_colors,
+                                                            (out_dir / "coarse_texture.png").read_bytes()))
 
     lo, hi = float(rec.coarse_depth[m].min()), float(rec.coarse_depth[m].max())
     rn = rec.refined_normals if rec.refined_normals is not None else rec.coarse_normals
@@ -125,7 +133,6 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
     elif (out_dir / "detail.png").exists():
         (out_dir / "detail.png").unlink()  # from an earlier run with the detail stage
 
-    ident, expr = model.split(rec.alpha)
     params = {
         "coarse_method": rec.coarse_method,
         "identity": ident.tolist(),
@@ -151,6 +158,9 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
                                   "along its normal by refined_offset (mm; vertices_moved: by more than 0.001 mm) "
                                   "where the SfS frame saw it, fading to 0 where it did not; "
                                   "refined_depthmap.obj: the refined depth map's pixels",
+                   "face.glb": "glTF 2.0, metres: the identity's neutral head with refined.obj's offsets and "
+                               "coarse_texture.png; the 53 expression blendshapes as morph targets with ARKit names "
+                               "(mesh.extras.targetNames), default weights = expression (then refined.obj)",
                    "depth.png": "coarse | refined", "normals.png": "coarse | refined",
                    "detail.png": "detail network's depth offset (mm along the view axis): blue deeper, red nearer, "
                                  "full colour at +-detail.png_scale_mm"},

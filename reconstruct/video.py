@@ -25,8 +25,10 @@ smoothed landmarks, the fit's residual and timings), ``identity.json`` (the clip
 frames it was fitted on), ``neutral.obj`` (that identity with a neutral expression), ``overlay.mp4`` (the fitted
 mesh's shading over the frames) and ``summary.json`` (counts, speed); on request ``obj/frame_NNNNNN.obj`` (each
 frame's mesh, model frame), ``animation/`` (``neutral.obj`` plus ``coefficients.csv``: pose and expression per
-frame; the expression blendshapes are the face model's) and ``detail/frame_NNNNNN.obj`` (each frame's refined
-mesh after the detail network and shape from shading, :func:`reconstruct.pipeline.reconstruct_face`).
+frame; the expression blendshapes are the face model's), ``detail/frame_NNNNNN.obj`` (each frame's refined
+mesh after the detail network and shape from shading, :func:`reconstruct.pipeline.reconstruct_face`) and
+``animation.glb`` plus ``blendshapes.csv`` (the clip's head with its expressions and pose animated, glTF 2.0, and
+the ARKit weights per frame in Live Link Face's CSV layout: :func:`reconstruct.gltf.write_clip_outputs`).
 
 Decoding and encoding use PyAV (FFmpeg inside the wheel): any container and codec FFmpeg reads.
 """
@@ -385,7 +387,8 @@ class OverlayDrawer:
 class VideoOptions:
     """What ``refine video`` writes besides the standard outputs: ``obj`` per-frame meshes; ``animation``
     neutral mesh plus per-frame coefficients; ``detail`` the detail network and SfS per frame (refined meshes);
-    ``overlay`` overlay.mp4; ``max_frames`` only the first frames; ``resolution`` SfS pixels for ``detail``."""
+    ``overlay`` overlay.mp4; ``max_frames`` only the first frames; ``resolution`` SfS pixels for ``detail``;
+    ``gltf`` animation.glb and blendshapes.csv."""
 
     obj: bool = False
     animation: bool = False
@@ -393,6 +396,7 @@ class VideoOptions:
     overlay: bool = True
     max_frames: int | None = None
     resolution: int | None = None
+    gltf: bool = False
 
 
 @dataclass
@@ -537,6 +541,10 @@ def process_video(path: str | Path, out: Path, cfg, stack, options: VideoOptions
                                                 "neutral.obj: this identity, neutral expression, mm, y up"})
     if options.animation:
         _write_animation(out / "animation", lines, model, neutral)
+    if options.gltf:
+        from .gltf import write_clip_outputs
+
+        write_clip_outputs(out, [json.loads(x) for x in lines], model, ident, info.width, info.height)
     n = len(lines)
     summary = {"video": str(path), "frames": n, "width": info.width, "height": info.height, "fps": float(info.fps),
                "frames_with_face": n - counts["none"], "detected": counts["detected"], "tracked": counts["tracked"],

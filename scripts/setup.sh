@@ -27,3 +27,19 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --no-deps pyrender==0.1.45
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
 .venv/bin/python -c "import pyrender, OpenGL, dlib, torch, webdataset; print('setup: ok, torch', torch.__version__, 'PyOpenGL', OpenGL.__version__)"
+
+# The Khronos glTF Validator (npm gltf-validator, a JavaScript library), which scripts/validate_gltf.mjs runs on
+# the glTF files refine writes (tests/reconstruct/test_gltf.py): into .node/ (git-ignored) where node and npm are
+# present; without them, or without the registry, setup goes on and those checks skip.
+GLTF_VALIDATOR=2.0.0-dev.3.10
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  if ! grep -qs "\"version\": \"$GLTF_VALIDATOR\"" .node/node_modules/gltf-validator/package.json; then
+    if npm install --prefix .node --no-save --no-audit --no-fund --loglevel=error "gltf-validator@$GLTF_VALIDATOR"; then
+      echo "setup: gltf-validator $GLTF_VALIDATOR in .node/"
+    else
+      echo "setup: npm could not install gltf-validator@$GLTF_VALIDATOR: the glTF validation tests will skip"
+    fi
+  fi
+else
+  echo "setup: node and npm not found: gltf-validator not installed (the glTF validation tests will skip)"
+fi

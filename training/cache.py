@@ -162,7 +162,7 @@ def write_parts(out: str | Path, meta: dict, n: int, source, workers: int = 0, p
     out = Path(out)
     total = n + (read_cache_info(head)["n"] if head is not None else 0)
     if out.exists():
-        info = read_cache_info(out)
+        info = read_cache_info(out, meta["format"])
         diff = _first_difference({k: info[k] for k in ("seed", "n", "config")},
                                  {"seed": meta["seed"], "n": total, "config": meta["config"]})
         if diff:
@@ -201,32 +201,33 @@ def _merge_parts(out: Path, parts: Path, ranges: list, meta: dict, head: str | P
     import h5py
 
     first = np.load(_part_path(parts, *ranges[0]))
+    keys = list(first.files)
     h = None if head is None else h5py.File(head, "r")
-    offset = 0 if h is None else int(h["inputs"].shape[0])
+    offset = 0 if h is None else int(h[keys[0]].shape[0])
     n = offset + ranges[-1][1]
     try:
         with atomic_path(out) as tmp:
             with h5py.File(tmp, "w") as f:
-                for k in ARRAYS:
+                for k in keys:
                     shape = (n,) + first[k].shape[1:]
                     f.create_dataset(k, shape, first[k].dtype, chunks=(1,) + shape[1:] if k == "inputs" else None)
                 for a in range(0, offset, 1024):  # the head's rows, a slab at a time
-                    for k in ARRAYS:
+                    for k in keys:
                         f[k][a:min(a + 1024, offset)] = h[k][a:min(a + 1024, offset)]
                 for a, b in ranges:
                     part = np.load(_part_path(parts, a, b))
-                    for k in ARRAYS:
+                    for k in keys:
                         f[k][offset + a:offset + b] = part[k]
-                f.attrs.update({"format": FORMAT, "seed": meta["seed"], "n": n, "config": json.dumps(meta["config"])})
+                f.attrs.update({"format": meta["format"], "seed": meta["seed"], "n": n, "config": json.dumps(meta["config"])})
     finally:
         if h is not None:
             h.close()
     shutil.rmtree(parts)
 
 
-def read_cache_info(path: str | Path) -> dict:
-    """The attributes of a cache file: ``format``, ``seed``, ``n``, ``config`` (dict) and ``shape`` of one
-    input; :class:`TrainingError` when it is not one."""
+def read_cache_info(path: str | Path, fmt: str = FORMAT) -> dict:
+    """The attributes of a cache file of format ``fmt`` (default: training pairs): ``format``, ``seed``, ``n``,
+    ``config`` (dict) and ``shape`` of one input (pairs files); :class:`TrainingError` when it is not one."""
     import h5py
 
     path = Path(path)
@@ -234,10 +235,13 @@ def read_cache_info(path: str | Path) -> dict:
         raise TrainingError(f"cache file {path} not found (make it with `train cache`)")
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise TrainingError(f"{path} is not a training cache (format {f.attrs.get('format')!r})")
-            return {"format": FORMAT, "seed": int(f.attrs["seed"]), "n": int(f.attrs["n"]),
-                    "config": json.loads(f.attrs["config"]), "shape": tuple(f["inputs"].shape[1:])}
+            if f.attrs.get("format") != fmt:
+                raise TrainingError(f"{path} is not a {fmt} file (format {f.attrs.get('format')!r})")
+            info = {"format": fmt, "seed": int(f.attrs["seed"]), "n": int(f.attrs["n"]),
+                    "config": json.loads(f.attrs["config"])}
+            if "inputs" in f:
+                info["shape"] = tuple(f["inputs"].shape[1:])
+            return info
     except OSError as e:
         raise TrainingError(f"{path} is not a readable training cache ({e})") from None
 

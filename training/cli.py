@@ -169,6 +169,32 @@ def cache_next(config, source, weights, out, n, workers, quiet):
                f"({result['rendered']} rendered now in {took:.0f} s); preview {png}")
 
 
+@main.command("identity-data", help="Render photo-like synthetic faces, run the detector and the face-recognition "
+                                    "network on each, and keep the descriptors beside the truth (training/identity.py); "
+                                    "resumable: the same command again.")
+@config_option
+@click.option("--n", type=int, default=None, help="faces (0 .. n - 1 of the set)" + _d("identity.n"))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="file (HDF5)" + _d("identity.data"))
+@click.option("--seed", type=int, default=None, help="the faces' seed" + _d("identity.seed"))
+@render_options
+@user_errors(TrainingError)
+def identity_data(config, n, out, seed, workers, quiet):
+    import time
+
+    from .identity import read_identity_data, write_identity_data
+
+    cfg = load_cfg(config, {"identity.n": n, "identity.data": out, "identity.seed": seed})
+    idc = cfg.identity
+    path = cfg.resolve_path(idc.data)
+    t0 = time.perf_counter()
+    result = write_identity_data(cfg, path, idc.n, idc.seed, workers, progress=not quiet)
+    took = time.perf_counter() - t0
+    found = float(read_identity_data(path)["found"].mean())
+    rate = f", {took / result['rendered']:.3g} s per face" if result["rendered"] else ""
+    click.echo(f"{result['path']}: {result['n']} faces ({result['rendered']} now in {took:.0f} s{rate}); "
+               f"detector found {found:.1%}")
+
+
 @main.command(help="Train (or resume: the same command again) the detail network; run folder --out.")
 @run_options("detail", "shards made with datagen.detail: true", "generate faces on the fly",
              "crops per step (per GPU)", "faces, crops and initialisation seed")
