@@ -57,9 +57,14 @@ def write_json(path: str | Path, obj, indent: int | None = 1, sort_keys: bool = 
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys))
 
 
-def save_png(path: str | Path, img: np.ndarray) -> Path:
+#: zlib level of :func:`save_png`: 1 writes refine's pictures about 3x faster than Pillow's default 6, for files
+#: about 18 % larger (benchmarks/outputs.py); the pixels are the same at every level.
+PNG_LEVEL = 1
+
+
+def save_png(path: str | Path, img: np.ndarray, compress_level: int = PNG_LEVEL) -> Path:
     """Write ``img`` ((H, W) or (H, W, 3), uint8 or float in [0, 1]) as a PNG atomically, creating the
-    folder; returns ``path``."""
+    folder; returns ``path``. ``compress_level``: zlib's 0 (none) .. 9 (smallest, slowest)."""
     from PIL import Image
 
     path = Path(path)
@@ -68,7 +73,7 @@ def save_png(path: str | Path, img: np.ndarray) -> Path:
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=compress_level)
     return path
 
 

@@ -9,8 +9,10 @@ maintainer answered that trimesh implements no animation); the only way in is a 
 accessors to its buffer by hand. pygltflib is the specification's object model as dataclasses (accessors, buffer
 views, meshes with ``targets``, animations, images) plus GLB chunk writing and reading, so the file is assembled
 object by object as the specification names them, and read back the same way. What is written here by hand:
-packing arrays into the one buffer (:class:`_Builder`) and decoding accessors back (:func:`accessor_array`),
-which pygltflib leaves to its user.
+packing arrays into the one buffer (:class:`_Builder`, sparse morph targets included) and decoding accessors back
+(:func:`accessor_array`, sparse ones included), which pygltflib leaves to its user, and the GLB's three parts
+around pygltflib's JSON (:meth:`_Builder.to_bytes`: the bytes of its ``save_to_bytes``, which copies the 11 MB
+buffer three times on the way).
 
 What a file holds:
 
@@ -29,8 +31,13 @@ What a file holds:
 - Attributes: POSITION (with min/max), NORMAL (unit; the area-weighted vertex normals of the whole head, so the
   copies at a seam share one), TEXCOORD_0 (face and teeth: the baked atlas of ``coarse_texture.png``, v down),
   and COLOR_0 (linear RGB from the per-vertex colours) on the eyes, and on every part when there is no texture.
-- Morph targets (POSITION and NORMAL deltas; the normal delta of a target is the exact change of the vertex
-  normals at weight 1, so a single shape is shaded exactly and mixtures by the linear blend glTF defines):
+- Morph targets (POSITION and NORMAL deltas; the normal delta of a target is the change of the vertex normals at
+  weight 1, so a single shape is shaded as its own mesh and mixtures by the linear blend glTF defines) as sparse
+  accessors (glTF 2.0 ``accessor.sparse``: zeros but for the listed vertices): a target lists the vertices where
+  some coordinate of its delta exceeds :data:`SPARSE_POSITION_M` (position) or :data:`SPARSE_NORMAL` (normal), so
+  the posed head is the whole blendshapes' to 1e-4 mm (and 1e-4 of a normal) per unit of weight. ICT's shapes move
+  wide areas (jawOpen the whole lower head) and leave their files' rounding elsewhere: a face target lists about
+  55 % of the vertices, and ``face.glb`` is about 11 MB instead of 17 MB with whole arrays:
   the face mesh has the model's 53 expression blendshapes in the model's order, named in ARKit's style
   (:func:`reconstruct.arkit.arkit_name`: ``browDownLeft``, ``jawOpen``; ICT's split shapes keep their halves as
   ``browInnerUpLeft``, ``browInnerUpRight``, ``cheekPuffLeft``, ``cheekPuffRight``), then ``browInnerUp`` and
@@ -50,6 +57,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,6 +79,12 @@ PARTS = ("face", "teeth", "eyeLeft", "eyeRight")
 #: A target moves a part when some vertex of it moves by more than this (mm): the teeth move with the four jaw
 #: shapes; the others move them by at most 0.002 mm, the rounding of ICT's files, and are left out of the teeth.
 MOVES_MM = 0.01
+#: A morph target's sparse accessor lists the vertices where some coordinate of its position delta exceeds this
+#: (metres; 1e-4 mm): a head posed at weights w is within 1e-4 mm x sum |w| of the whole blendshapes' (the
+#: astronaut's refined head at its default weights: 0.0002 mm).
+SPARSE_POSITION_M = 1e-7
+#: ... and of its normal delta, this (of a unit normal; 0.006 degrees).
+SPARSE_NORMAL = 1e-4
 #: The Node.js script that runs the Khronos glTF Validator (npm ``gltf-validator``, installed by ``make setup``).
 VALIDATOR_SCRIPT = REPO_ROOT / "scripts" / "validate_gltf.mjs"
 #: The panels of :func:`preview_sheet`: label -> weights by target name (the rest 0).
@@ -165,15 +179,79 @@ def _target_weights(weights: np.ndarray) -> np.ndarray:
     return np.concatenate([w, np.zeros(w.shape[:-1] + (len(SPLIT) + len(MISSING),))], -1)
 
 
-def _targets(model, base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Position and normal deltas of every target of :func:`target_names` over the whole head, and the head's
-    normals: (M, V, 3) mm, (M, V, 3), (V, 3) unit."""
+@lru_cache(maxsize=4)
+def _blendshapes(model) -> np.ndarray:
+    """(M, V, 3) float32 mm: the position deltas of every target of :func:`target_names` over the whole head (the
+    model's own numbers, kept per model)."""
     D = np.moveaxis(model.basis[:, :, model.n_identity:], -1, 0)  # (53, V, 3)
     pair = [D[model.expression_index(left)] + D[model.expression_index(right)] for left, right in SPLIT.values()]
-    D = np.concatenate([D, np.stack(pair), np.zeros((len(MISSING),) + D.shape[1:], np.float32)])
+    return np.concatenate([D, np.stack(pair), np.zeros((len(MISSING),) + D.shape[1:], np.float32)])
+
+
+def _normal_deltas(model, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The change of the head's vertex normals by each target of :func:`target_names` at weight 1, and the head's
+    normals: (M, V, 3), (V, 3) unit; ``base``: (V, 3) mm, the head at weights 0."""
+    D = _blendshapes(model)
     n0 = model.vertex_normals(base.astype(np.float32))
-    moved = model.vertex_normals((base[None] + D).astype(np.float32))
-    return D, moved - n0[None], n0
+    shapes = np.add(base[None], D, out=np.empty(D.shape, np.float32), dtype=np.float64, casting="unsafe")  # summed
+    moved = model.vertex_normals(shapes)  # in float64 and rounded to float32, without a float64 (M, V, 3) copy
+    return moved - n0[None], n0
+
+
+def _largest_coordinate(v: np.ndarray) -> np.ndarray:
+    """(..., 3) -> (...): the largest |coordinate| of each vector (numpy's max over a last axis of 3 is slow)."""
+    a = np.abs(v)
+    return np.maximum(np.maximum(a[..., 0], a[..., 1]), a[..., 2])
+
+
+@dataclass(frozen=True)
+class _SparseLists:
+    """The deltas of one mesh's M morph targets over its N vertices as sparse accessors hold them: ``counts`` (M,)
+    how many vertices each target lists; ``vertex`` (K,) the listed vertices, target by target, increasing within
+    one; ``values`` (K, 3) float32 their deltas; ``lo``, ``hi`` (M, 3) float32 each target's min and max over all N
+    (the unlisted zeros included)."""
+
+    n: int
+    counts: np.ndarray
+    vertex: np.ndarray
+    values: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _sparse_lists(deltas: np.ndarray, threshold: float) -> _SparseLists:
+    """(M, N, 3) float32 deltas -> the vertices of each target where some coordinate exceeds ``threshold`` in
+    magnitude, and their deltas."""
+    M, N, _ = deltas.shape
+    listed = (_largest_coordinate(deltas) > threshold).reshape(-1)  # by target, then increasing vertex
+    counts = listed.reshape(M, N).sum(1)
+    values = np.compress(listed, deltas.reshape(-1, 3), axis=0)
+    lo, hi = np.zeros((M, 3), np.float32), np.zeros((M, 3), np.float32)  # the zeros of a partial list
+    some = counts > 0
+    if some.any():
+        starts = (np.cumsum(counts) - counts)[some]
+        lo[some], hi[some] = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
+        part = counts < N
+        lo[part], hi[part] = np.minimum(lo[part], 0), np.maximum(hi[part], 0)
+    return _SparseLists(N, counts, np.flatnonzero(listed) % N, values, lo, hi)
+
+
+@lru_cache(maxsize=4)
+def _part_targets(model) -> tuple[tuple[np.ndarray, np.ndarray, _SparseLists], ...]:
+    """Per part of :func:`_parts`: its targets (indices into :func:`target_names`: every one on the face, those that
+    move the part by more than :data:`MOVES_MM` elsewhere), which of them move it (a target that does not is zeros),
+    and their position deltas in metres as :func:`_sparse_lists` at :data:`SPARSE_POSITION_M` (the model's own
+    numbers, kept per model: a later head of the same model skips this)."""
+    D = _blendshapes(model)
+    moved = _largest_coordinate(D)  # (M, V) mm
+    out = []
+    for part in _parts(model):
+        moves = moved[:, part.ids].max(1) > MOVES_MM
+        keep = np.arange(len(D)) if part.name == "face" else np.flatnonzero(moves)
+        dp = np.take(D[keep], part.ids, axis=1) * np.float32(METRES)
+        dp[~moves[keep]] = 0.0
+        out.append((keep, moves[keep], _sparse_lists(dp, SPARSE_POSITION_M)))
+    return tuple(out)
 
 
 class _Builder:
@@ -181,14 +259,22 @@ class _Builder:
 
     def __init__(self):
         self.gltf = gl.GLTF2(asset=gl.Asset(version="2.0", generator="facesynth reconstruct.gltf"))
-        self.blob = bytearray()
+        self.chunks: list[bytes] = []  # the buffer, in pieces (joined once, by to_bytes)
+        self.size = 0
 
     def view(self, data: bytes, target: int | None = None) -> int:
-        self.blob.extend(b"\0" * (-len(self.blob) % 4))
-        self.gltf.bufferViews.append(gl.BufferView(buffer=0, byteOffset=len(self.blob), byteLength=len(data),
+        self.pad()
+        self.gltf.bufferViews.append(gl.BufferView(buffer=0, byteOffset=self.size, byteLength=len(data),
                                                    target=target))
-        self.blob.extend(data)
+        self.chunks.append(data)
+        self.size += len(data)
         return len(self.gltf.bufferViews) - 1
+
+    def pad(self) -> None:
+        """Zeros up to the next multiple of 4 bytes (glTF aligns every buffer view and the buffer's end)."""
+        if self.size % 4:
+            self.chunks.append(b"\0" * (-self.size % 4))
+            self.size += len(self.chunks[-1])
 
     def accessor(self, array: np.ndarray, kind: str, target: int | None = gl.ARRAY_BUFFER,
                  bounds: bool = False) -> int:
@@ -203,19 +289,41 @@ class _Builder:
         self.gltf.accessors.append(acc)
         return len(self.gltf.accessors) - 1
 
-    def zeros(self, count: int, bounds: bool) -> int:
-        """An accessor of ``count`` zero VEC3s with no buffer view (glTF: initialised with zeros)."""
-        acc = gl.Accessor(componentType=gl.FLOAT, count=count, type=gl.VEC3, byteOffset=None)
-        if bounds:
-            acc.min, acc.max = [0.0] * 3, [0.0] * 3
-        self.gltf.accessors.append(acc)
-        return len(self.gltf.accessors) - 1
+    def sparse(self, lists: _SparseLists, bounds: bool) -> list[int]:
+        """``lists`` -> its M VEC3 accessors of N zeros (no buffer view), each with its sparse substitution (glTF 2.0
+        ``accessor.sparse``; a target with no listed vertex: none). The M lists share one buffer view of indices
+        (unsigned short, or int beyond 65536 vertices) and one of values. ``bounds``: each accessor's min and max."""
+        itype, ctype = (np.uint16, gl.UNSIGNED_SHORT) if lists.n <= 1 << 16 else (np.uint32, gl.UNSIGNED_INT)
+        if len(lists.values):
+            indices_view = self.view(lists.vertex.astype(itype).tobytes())
+            values_view = self.view(lists.values.tobytes())
+        starts = np.cumsum(lists.counts) - lists.counts
+        out = []
+        for m, count in enumerate(lists.counts.tolist()):
+            acc = gl.Accessor(componentType=gl.FLOAT, count=lists.n, type=gl.VEC3, byteOffset=None)
+            if count:
+                acc.sparse = gl.Sparse(
+                    count=count,
+                    indices=gl.AccessorSparseIndices(bufferView=indices_view, componentType=ctype,
+                                                     byteOffset=int(starts[m]) * np.dtype(itype).itemsize),
+                    values=gl.AccessorSparseValues(bufferView=values_view, byteOffset=int(starts[m]) * 12))
+            if bounds:
+                acc.min, acc.max = lists.lo[m].tolist(), lists.hi[m].tolist()
+            self.gltf.accessors.append(acc)
+            out.append(len(self.gltf.accessors) - 1)
+        return out
 
     def to_bytes(self) -> bytes:
-        self.blob.extend(b"\0" * (-len(self.blob) % 4))
-        self.gltf.buffers = [gl.Buffer(byteLength=len(self.blob))]
-        self.gltf.set_binary_blob(bytes(self.blob))
-        return b"".join(self.gltf.save_to_bytes())
+        """The GLB: its 12-byte header, the JSON chunk (pygltflib's JSON, padded with spaces to 4 bytes) and the
+        BIN chunk (the buffer). The bytes pygltflib's ``save_to_bytes`` writes, without its three copies of the
+        buffer."""
+        self.pad()
+        self.gltf.buffers = [gl.Buffer(byteLength=self.size)]
+        doc = self.gltf.gltf_to_json(separators=(",", ":"), indent=None).encode("utf-8")
+        doc += b" " * (-len(doc) % 4)
+        return b"".join([struct.pack("<4sII", b"glTF", 2, 12 + 8 + len(doc) + 8 + self.size),
+                         struct.pack("<I4s", len(doc), b"JSON"), doc, struct.pack("<I4s", self.size, b"BIN\0"),
+                         *self.chunks])
 
 
 def _materials(b: _Builder, texture_png: bytes | None) -> dict[str, int]:
@@ -246,7 +354,7 @@ def _build(model, head: HeadSurface, track: HeadTrack | None = None) -> bytes:
         raise ValueError(f"expected ({model.n_vertices}, 3) vertices and ({model.n_expression},) weights; got "
                          f"{verts.shape} and {w.shape}")
     base = verts - np.einsum("vck,k->vc", model.basis[:, :, model.n_identity:], w)  # the neutral expression
-    D, dN, n0 = _targets(model, base)
+    dN, n0 = _normal_deltas(model, base)
     names, defaults = target_names(model), _target_weights(w)
     colors = head.vertex_colors
     if colors is None:
@@ -258,7 +366,7 @@ def _build(model, head: HeadSurface, track: HeadTrack | None = None) -> bytes:
     materials = _materials(b, head.texture_png)
     b.gltf.nodes.append(gl.Node(name="head", children=list(range(1, len(PARTS) + 1))))
     used: dict[str, np.ndarray] = {}  # part -> indices of its targets in `names`
-    for part in _parts(model):
+    for part, (keep, moves, positions) in zip(_parts(model), _part_targets(model)):
         ids = part.ids
         eye = part.name.startswith("eye")  # its node sits at the eyeball's centre: the mean of its sclera (a ball)
         centre = base[ids[np.isin(ids, model.regions["sclera"])]].mean(0) if eye else np.zeros(3)
@@ -271,16 +379,10 @@ def _build(model, head: HeadSurface, track: HeadTrack | None = None) -> bytes:
         if not textured:
             attrs.COLOR_0 = b.accessor(linear[ids].astype(np.float32), gl.VEC3)
         attrs._MODEL_VERTEX = b.accessor(ids.astype(np.float32), gl.SCALAR)
-        moves = np.abs(D[:, ids]).max((1, 2)) > MOVES_MM
-        keep = np.arange(len(names)) if part.name == "face" else np.flatnonzero(moves)
-        targets = []
-        for k in keep:
-            if moves[k]:
-                targets.append(gl.Attributes(POSITION=b.accessor((D[k, ids] * METRES).astype(np.float32), gl.VEC3,
-                                                                 bounds=True),
-                                             NORMAL=b.accessor(dN[k, ids].astype(np.float32), gl.VEC3)))
-            else:
-                targets.append(gl.Attributes(POSITION=b.zeros(len(ids), True), NORMAL=b.zeros(len(ids), False)))
+        dn = np.take(dN if len(keep) == len(dN) else dN[keep], ids, axis=1)
+        dn[~moves] = 0.0  # a target that does not move the part: zeros
+        targets = [gl.Attributes(POSITION=p, NORMAL=n) for p, n in
+                   zip(b.sparse(positions, bounds=True), b.sparse(_sparse_lists(dn, SPARSE_NORMAL), bounds=False))]
         prim = gl.Primitive(attributes=attrs, indices=b.accessor(part.triangles.reshape(-1), gl.SCALAR,
                                                                  gl.ELEMENT_ARRAY_BUFFER),
                             material=materials["textured" if textured else "vertex"], targets=targets)
@@ -436,23 +538,41 @@ _NUMPY = {gl.FLOAT: np.float32, gl.UNSIGNED_INT: np.uint32, gl.UNSIGNED_SHORT: n
 _WIDTH = {gl.SCALAR: 1, gl.VEC2: 2, gl.VEC3: 3, gl.VEC4: 4}
 
 
+def _view_array(g: gl.GLTF2, view_index: int, offset: int, count: int, dtype: np.dtype, width: int) -> np.ndarray:
+    """(count, width) ``dtype`` elements of buffer view ``view_index`` from byte ``offset`` on, tightly packed or
+    at the view's stride."""
+    view = g.bufferViews[view_index]
+    stride = view.byteStride or dtype.itemsize * width
+    start = (view.byteOffset or 0) + (offset or 0)
+    if count == 0:
+        return np.zeros((0, width), dtype)
+    raw = np.frombuffer(g.binary_blob(), np.uint8, count=stride * (count - 1) + dtype.itemsize * width, offset=start)
+    out = np.lib.stride_tricks.as_strided(raw, (count, dtype.itemsize * width), (stride, 1)).copy()
+    return out.view(dtype).reshape(count, width)
+
+
+def _field(obj, name: str):
+    """A field of a pygltflib object, or of the dict pygltflib leaves for a nested one it did not decode."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name)
+
+
 def accessor_array(g: gl.GLTF2, index: int) -> np.ndarray:
     """Accessor ``index`` of ``g`` as (count, components) (SCALAR: (count,)), tightly packed or strided; zeros for
-    an accessor with no buffer view. Sparse accessors are not read (this module writes none)."""
+    an accessor with no buffer view; a sparse accessor's listed elements replaced by its values."""
     acc = g.accessors[index]
     dtype, width = np.dtype(_NUMPY[acc.componentType]), _WIDTH[acc.type]
-    if acc.sparse is not None:
-        raise GltfError(f"accessor {index} is sparse: not read")
     if acc.bufferView is None:
         out = np.zeros((acc.count, width), dtype)
     else:
-        view = g.bufferViews[acc.bufferView]
-        stride = view.byteStride or dtype.itemsize * width
-        start = (view.byteOffset or 0) + (acc.byteOffset or 0)
-        raw = np.frombuffer(g.binary_blob(), np.uint8, count=stride * (acc.count - 1) + dtype.itemsize * width,
-                            offset=start)
-        out = np.lib.stride_tricks.as_strided(raw, (acc.count, dtype.itemsize * width), (stride, 1)).copy()
-        out = out.view(dtype).reshape(acc.count, width)
+        out = _view_array(g, acc.bufferView, acc.byteOffset, acc.count, dtype, width)
+    if acc.sparse is not None:
+        sparse = acc.sparse
+        count, indices, values = _field(sparse, "count"), _field(sparse, "indices"), _field(sparse, "values")
+        where = _view_array(g, _field(indices, "bufferView"), _field(indices, "byteOffset"), count,
+                            np.dtype(_NUMPY[_field(indices, "componentType")]), 1)[:, 0]
+        if where.size and (np.any(np.diff(where.astype(np.int64)) <= 0) or int(where[-1]) >= acc.count):
+            raise GltfError(f"accessor {index}: sparse indices not increasing within its {acc.count} elements")
+        out[where] = _view_array(g, _field(values, "bufferView"), _field(values, "byteOffset"), count, dtype, width)
     return out[:, 0] if acc.type == gl.SCALAR else out
 
 

@@ -63,14 +63,24 @@ def bake_uv_texture(model, vertex_colors: np.ndarray, size: int = 512) -> np.nda
     frags = fragments_from_ids(ids, pts, model.tri_uv)
     tex = frags.interpolate(vertex_colors[uv_to_vertex], model.tri_uv)
     # Pad a few texels around each chart so bilinear lookups at the seams do not bleed black.
-    from scipy.ndimage import grey_dilation
-
     covered = frags.mask
     for _ in range(3):
-        grown = np.stack([grey_dilation(tex[..., c], size=3) for c in range(3)], -1)
-        tex = np.where(covered[..., None], tex, grown)
-        covered = grey_dilation(covered.astype(np.uint8), size=3).astype(bool)
+        tex = np.where(covered[..., None], tex, _max3x3(tex))
+        covered = _max3x3(covered)
     return tex
+
+
+def _max3x3(a: np.ndarray) -> np.ndarray:
+    """The maximum over each pixel's 3 x 3 neighbourhood within the image, of (H, W) or (H, W, C) ``a`` (each
+    channel apart): scipy's ``grey_dilation(size=3)``, whose reflected border repeats the edge pixel, as two
+    passes of shifted maxima (several times faster)."""
+    rows = a.copy()
+    np.maximum(rows[1:], a[:-1], out=rows[1:])
+    np.maximum(rows[:-1], a[1:], out=rows[:-1])
+    out = rows.copy()
+    np.maximum(out[:, 1:], rows[:, :-1], out=out[:, 1:])
+    np.maximum(out[:, :-1], rows[:, 1:], out=out[:, :-1])
+    return out
 
 
 def atlas_uv(model) -> np.ndarray:

@@ -41,3 +41,11 @@ def test_save_png_float_and_uint8(tmp_path):
     np.testing.assert_array_equal(back, [[0, 128], [255, 255]])
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     np.testing.assert_array_equal(np.asarray(Image.open(save_png(tmp_path / "c.png", rgb))), rgb)
+
+
+def test_save_png_level_changes_the_size_not_the_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    img = (np.linspace(0, 1, 64)[None, :, None] * np.ones((48, 1, 3)) + rng.normal(0, 0.02, (48, 64, 3)))
+    fast, small = save_png(tmp_path / "fast.png", img), save_png(tmp_path / "small.png", img, compress_level=9)
+    np.testing.assert_array_equal(np.asarray(Image.open(fast)), np.asarray(Image.open(small)))
+    assert fast.stat().st_size >= small.stat().st_size

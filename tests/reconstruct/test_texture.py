@@ -1,11 +1,12 @@
 """Texture from a photo (the paper's Fig. 9): colours projected onto the visible vertices reproduce the face's
-own albedo when the "photo" is a render of that albedo."""
+own albedo when the "photo" is a render of that albedo; the baked atlas's padding grows each chart as scipy's 3 x 3
+grey dilation does."""
 from __future__ import annotations
 
 import numpy as np
 
 from datagen.scene import draw_scene
-from reconstruct.texture import vertex_texture
+from reconstruct.texture import _max3x3, vertex_texture
 from render.renderer import FaceRenderer, Light
 
 
@@ -27,3 +28,15 @@ def test_projected_texture_reproduces_the_rendered_albedo_where_visible(model, c
     hidden = face & ~visible
     if hidden.any():
         assert np.abs(colors[hidden] - albedo[face].mean(0)).mean() < 0.25
+
+
+def test_padding_maximum_is_scipys_grey_dilation():
+    from scipy.ndimage import grey_dilation
+
+    rng = np.random.default_rng(0)
+    for shape in [(37, 53), (1, 6), (5, 1), (1, 1)]:
+        tex = (rng.random(shape + (3,)) * (rng.random(shape + (1,)) > 0.6)).astype(np.float32)
+        want = np.stack([grey_dilation(tex[..., c], size=3) for c in range(3)], -1)
+        np.testing.assert_array_equal(_max3x3(tex), want)
+        mask = rng.random(shape) > 0.8
+        np.testing.assert_array_equal(_max3x3(mask), grey_dilation(mask.astype(np.uint8), size=3).astype(bool))
