@@ -141,23 +141,62 @@ def _kernels() -> dict:
         return _KERNELS
     import numba
 
+    @numba.njit(cache=True, nogil=True)
+    def area_normals(ring, tri, inc_i, inc_t, out):
+        # out[i] = sum over sample vertex i's triangles t of (v1 - v0) x (v2 - v0): the unnormalised normal
+        out[:] = 0.0
+        for k in range(len(inc_i)):
+            t = inc_t[k]
+            a, b, c = ring[tri[t, 0]], ring[tri[t, 1]], ring[tri[t, 2]]
+            e1x, e1y, e1z = b[0] - a[0], b[1] - a[1], b[2] - a[2]
+            e2x, e2y, e2z = c[0] - a[0], c[1] - a[1], c[2] - a[2]
+            i = inc_i[k]
+            out[i, 0] += e1y * e2z - e1z * e2y
+            out[i, 1] += e1z * e2x - e1x * e2z
+            out[i, 2] += e1x * e2y - e1y * e2x
+
     @numba.njit(cache=True, nogil=True, fastmath=True)
-    def pair_rows(indptr, w, h, basis, out):
-        # out[i] = sum over the pairs p of row i of sum_j h[p, j] basis[3 w[p] + j]: a sparse (N, 3R) matrix of
-        # 3-vectors on vertices times the (3R, K) basis, one row of K at a time (contiguous, vectorised)
+    def jacobian_rows(ring, tri, rows_t, rows_c, pair_of, pair_i, pair_w, indptr, self_pair, qvec, albedo, position,
+                      basis, out):
+        # d r_i / d a for every sample vertex i (module docstring of PhotometricRound.derivatives):
+        # G[p] = sum over the triangles t holding both i and w of the edge opposite w in t; the pair's 3-vector
+        # h[p] = -albedo_i (G[p] x qvec_i), plus the position part on w = i; then out[i] = sum_p h[p] . basis[w]
+        n_pairs = len(pair_i)
+        G = np.zeros((n_pairs, 3))
+        for k in range(len(rows_t)):
+            t, c = rows_t[k], rows_c[k]
+            u, v = ring[tri[t, (c + 1) % 3]], ring[tri[t, (c + 2) % 3]]
+            p = pair_of[k]
+            G[p, 0] += u[0] - v[0]
+            G[p, 1] += u[1] - v[1]
+            G[p, 2] += u[2] - v[2]
+        h = np.empty((n_pairs, 3), np.float32)
+        for p in range(n_pairs):
+            i = pair_i[p]
+            q0, q1, q2 = qvec[i, 0], qvec[i, 1], qvec[i, 2]
+            rho = albedo[i]
+            h[p, 0] = -rho * (G[p, 1] * q2 - G[p, 2] * q1)
+            h[p, 1] = -rho * (G[p, 2] * q0 - G[p, 0] * q2)
+            h[p, 2] = -rho * (G[p, 0] * q1 - G[p, 1] * q0)
+        for i in range(len(self_pair)):
+            p = self_pair[i]
+            h[p, 0] += position[i, 0]
+            h[p, 1] += position[i, 1]
+            h[p, 2] += position[i, 2]
         n, k = out.shape
         for i in range(n):
-            row = out[i]
-            row[:] = 0.0
+            acc = out[i]
+            for m in range(k):
+                acc[m] = 0.0
             for p in range(indptr[i], indptr[i + 1]):
-                r = 3 * w[p]
-                for j in range(3):
-                    c = h[p, j]
-                    b = basis[r + j]
-                    for m in range(k):
-                        row[m] += c * b[m]
+                r = 3 * pair_w[p]
+                c0, c1, c2 = h[p, 0], h[p, 1], h[p, 2]
+                b0, b1, b2 = basis[r], basis[r + 1], basis[r + 2]
+                for m in range(k):
+                    acc[m] += c0 * b0[m] + c1 * b1[m] + c2 * b2[m]
 
-    _KERNELS["pair_rows"] = pair_rows
+    _KERNELS["area_normals"] = area_normals
+    _KERNELS["jacobian_rows"] = jacobian_rows
     return _KERNELS
 
 
@@ -185,7 +224,7 @@ class PhotometricRound:
 
     def __init__(self, model, face, tris, photo: BlurredPhoto, sample, alpha, free, lm_mean, lm_basis,
                  lm_target, lm_offset, lm_weights, prior_mean, prior_std, n_identity, weight, robust):
-        self.photo, self.sample = photo, np.asarray(sample)
+        self.photo, self.sample = photo, np.sort(sample)  # in mesh order: neighbours share cache lines
         self.albedo, self.sh = np.ones(len(sample)), np.zeros(9)  # set by fit_albedo_light
         self.alpha0, self.free = np.asarray(alpha, np.float64), np.asarray(free)
         self.weight, self.robust, self.n_id = float(weight), float(robust), int(n_identity)
@@ -195,17 +234,19 @@ class PhotometricRound:
         n = len(sample)
         # the sample's triangles and their vertices (the sample's one-ring): all the geometry a step needs
         touch = np.zeros(len(face), bool)
-        touch[sample] = True
+        touch[self.sample] = True
         adj = tris[touch[tris].any(1)]
-        ring, local = np.unique(np.r_[sample, adj.ravel()], return_inverse=True)
+        ring, local = np.unique(np.r_[self.sample, adj.ravel()], return_inverse=True)
         self.tri = local[n:].reshape(-1, 3)  # (T, 3) ids into ring
         self.in_ring = local[:n]  # (N,) the sample's ids into ring
         gid = face[ring]
         frozen = np.setdiff1d(np.arange(model.n_coeffs), self.free)
         basis = model.basis[gid]  # (R, 3, K) float32
-        self.base = (model.mean[gid].astype(np.float64)
-                     + basis[:, :, frozen].astype(np.float64) @ self.alpha0[frozen])  # (R, 3) the frozen part
-        self.basis = np.ascontiguousarray(basis[:, :, self.free]).reshape(-1, len(self.free))  # (3R, Kf)
+        self.base = model.mean[gid].astype(np.float64)  # (R, 3) and the frozen coefficients' part
+        if len(frozen):
+            self.base += basis[:, :, frozen].astype(np.float64) @ self.alpha0[frozen]
+            basis = np.ascontiguousarray(basis[:, :, self.free])
+        self.basis = basis.reshape(-1, len(self.free))  # (3R, Kf)
         # incidences: sample vertex i is corner c of triangle t; every corner c' of t is a pair (i, tri[t, c'])
         which = np.full(len(ring), -1)
         which[self.in_ring] = np.arange(n)
@@ -226,9 +267,10 @@ class PhotometricRound:
         return self.base + (self.basis @ a_free.astype(np.float32)).reshape(-1, 3)
 
     def _unnormalised_normals(self, ring: np.ndarray) -> np.ndarray:
-        v = ring[self.tri]
-        c = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])  # (T, 3) twice the area vector
-        return np.stack([np.bincount(self.inc_i, c[self.inc_t, j], self.n) for j in range(3)], 1)
+        """(N, 3) the sample's area-weighted normals (sum over its triangles of twice the area vector)."""
+        out = np.empty((self.n, 3))
+        _kernels()["area_normals"](ring, self.tri, self.inc_i, self.inc_t, out)
+        return out
 
     def camera_normals(self, a_free: np.ndarray, R: np.ndarray) -> np.ndarray:
         """(N, 3) the sample's unit normals in the camera frame."""
@@ -249,86 +291,104 @@ class PhotometricRound:
         alpha[self.free] = a_free
         return alpha
 
-    def evaluate(self, a_free: np.ndarray, R: np.ndarray, s: float, t: np.ndarray, derivatives: bool = False):
-        """The round's energy at free coefficients ``a_free`` (Kf,) and pose (R (3, 3), s px/mm, t (2,) px);
-        with ``derivatives`` also its gradient g (Kf + 6,) and Gauss-Newton Hessian (Kf + 6, Kf + 6) in the
-        step (d a_free, rotation vector (left-multiplied), d log s, d t)."""
+    def evaluate(self, a_free: np.ndarray, R: np.ndarray, s: float, t: np.ndarray) -> "RoundPoint":
+        """The round's energy at free coefficients ``a_free`` (Kf,) and pose (R (3, 3), s px/mm, t (2,) px), with
+        what :meth:`derivatives` needs there."""
         ring = self._ring(a_free)
         u = self._unnormalised_normals(ring)
         norm = np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-        n_cam = (u / norm) @ R.T
+        n_model = u / norm
+        n_cam = n_model @ R.T
         q = ring[self.in_ring] @ R.T  # (N, 3) camera frame, mm
-        xy = np.stack(image_xy(q, s, t), 1)
-        sampled = self.photo.sample(xy, gradient=derivatives)
-        seen, grad_img = sampled if derivatives else (sampled, None)
-        shade = sh_basis(n_cam) @ self.sh
-        r = seen - self.albedo * shade
-        c2 = self.robust ** 2
-        f = self.weight / self.n
-        e_photo = f * float((r * r / (r * r + c2)).sum())
+        seen, grad_img = self.photo.sample(np.stack(image_xy(q, s, t), 1), gradient=True)
+        r = seen - self.albedo * (sh_basis(n_cam) @ self.sh)
+        e_photo = self.weight / self.n * float((r * r / (r * r + self.robust ** 2)).sum())
 
         alpha = self.full_alpha(a_free)
         lm_mean, lm_basis, target, offset, w_lm = self.lm
         lq = (lm_mean + lm_basis @ alpha) @ R.T  # (68, 3)
-        lxy = np.stack(image_xy(lq, s, t), 1)
-        res = (target - s * offset - lxy) / s
-        e_lm = float((w_lm[:, None] * res * res).sum())
+        res = (target - s * offset - np.stack(image_xy(lq, s, t), 1)) / s
         z = (alpha - self.prior_mean) / self.prior_std
         ex = alpha[self.n_id:]
         out = ex - np.clip(ex, 0.0, 1.0)
-        energy = e_photo + e_lm + float(z @ z) + BOX_WEIGHT * float(out @ out)
-        if not derivatives:
-            return energy
+        energy = (e_photo + float((w_lm[:, None] * res * res).sum()) + float(z @ z)
+                  + BOX_WEIGHT * float(out @ out))
+        return RoundPoint(energy, a_free, R, s, t, ring, norm, n_model, n_cam, q, grad_img, r, alpha, lq, res, out)
 
+    def derivatives(self, p: "RoundPoint") -> tuple[np.ndarray, np.ndarray]:
+        """Gradient g (Kf + 6,) and Gauss-Newton Hessian (Kf + 6, Kf + 6) of the energy at ``p`` in the step
+        (d a_free, rotation vector (left-multiplied), d log s, d t)."""
+        R, s, t = p.R, p.s, p.t
         kf = len(self.free)
         P = kf + N_POSE
         # shading residual rows: d r / d (a_free, omega, log s, t)
-        gx, gy = grad_img[:, 0], grad_img[:, 1]
-        dS_dm = sh_gradient(n_cam, self.sh)  # (N, 3)
-        n_model = u / norm
-        qvec = ((dS_dm @ R) - n_model * ((dS_dm @ R) * n_model).sum(1, keepdims=True)) / norm  # (N, 3)
-        v = ring[self.tri]
-        g = np.stack([v[:, 1] - v[:, 2], v[:, 2] - v[:, 0], v[:, 0] - v[:, 1]], 1)  # (T, 3 corners, 3) opposite edges
-        gr = g[self.rows_t, self.rows_c]
-        G = np.stack([np.bincount(self.pair_of, gr[:, j], len(self.pair_i)) for j in range(3)], 1)  # (pairs, 3)
-        h = -self.albedo[self.pair_i, None] * np.cross(G, qvec[self.pair_i])  # normal part, on each pair's vertex
-        h[self.self_pair] += s * (gx[:, None] * R[0] - gy[:, None] * R[1])  # position part, on the vertex itself
+        gx, gy = p.grad_img[:, 0], p.grad_img[:, 1]
+        dS_dm = sh_gradient(p.n_cam, self.sh)  # (N, 3)
+        dS_dn = dS_dm @ R
+        qvec = (dS_dn - p.n_model * (dS_dn * p.n_model).sum(1, keepdims=True)) / p.norm  # (N, 3)
         J = np.empty((self.n, P), np.float32)
         rows = np.empty((self.n, kf), np.float32)
-        _kernels()["pair_rows"](self.indptr, self.pair_w, h.astype(np.float32), self.basis, rows)
+        position = s * (gx[:, None] * R[0] - gy[:, None] * R[1])  # d r / d (the vertex's own position)
+        _kernels()["jacobian_rows"](p.ring, self.tri, self.rows_t, self.rows_c, self.pair_of, self.pair_i, self.pair_w,
+                                    self.indptr, self.self_pair, qvec, self.albedo, position, self.basis, rows)
         J[:, :kf] = rows
-        dqx, dqy = _skew_rows(q)
-        J[:, kf:kf + 3] = s * (gx[:, None] * dqx - gy[:, None] * dqy) - self.albedo[:, None] * np.cross(n_cam, dS_dm)
-        J[:, kf + 3] = s * (gx * q[:, 0] - gy * q[:, 1])
+        dqx, dqy = _skew_rows(p.q)
+        J[:, kf:kf + 3] = s * (gx[:, None] * dqx - gy[:, None] * dqy) - self.albedo[:, None] * np.cross(p.n_cam, dS_dm)
+        J[:, kf + 3] = s * (gx * p.q[:, 0] - gy * p.q[:, 1])
         J[:, kf + 4], J[:, kf + 5] = gx, gy
-        wr = 2 * f * _robust_weights(r, self.robust) / c2  # d e_photo = sum wr r dr
-        grad = J.T.astype(np.float64) @ (wr * r)
-        hess = ((J * np.sqrt(wr)[:, None].astype(np.float32)).T @ (J * np.sqrt(wr)[:, None].astype(np.float32))
-                ).astype(np.float64)
+        wr = 2 * self.weight / self.n * _robust_weights(p.r, self.robust) / self.robust ** 2  # de = sum wr r dr
+        grad = ((wr * p.r).astype(np.float32) @ J).astype(np.float64)
+        Jw = J * np.sqrt(wr).astype(np.float32)[:, None]
+        hess = (Jw.T @ Jw).astype(np.float64)
 
         # landmark rows: res_x = (X - s ox - t_x) / s - q_x, res_y = (Y - s oy - t_y) / s + q_y
+        lm_mean, lm_basis, target, offset, w_lm = self.lm
         A = np.einsum("ij,ljk->lik", R, lm_basis[:, :, self.free])  # (68, 3, Kf)
         Jl = np.zeros((68, 2, P))
         Jl[:, 0, :kf], Jl[:, 1, :kf] = -A[:, 0], A[:, 1]
-        lqx, lqy = _skew_rows(lq)
+        lqx, lqy = _skew_rows(p.lq)
         Jl[:, 0, kf:kf + 3], Jl[:, 1, kf:kf + 3] = -lqx, lqy
         Jl[:, 0, kf + 3] = -(target[:, 0] - t[0]) / s
         Jl[:, 1, kf + 3] = -(target[:, 1] - t[1]) / s
         Jl[:, 0, kf + 4] = Jl[:, 1, kf + 5] = -1.0 / s
         Jl = Jl.reshape(-1, P)
         wl = 2 * np.repeat(w_lm, 2)
-        grad += Jl.T @ (wl * res.reshape(-1))
+        grad += Jl.T @ (wl * p.res.reshape(-1))
         hess += (Jl * wl[:, None]).T @ Jl
         # prior and box: diagonal in the free coefficients
         diag = 2.0 / self.prior_std[self.free] ** 2
-        grad[:kf] += diag * (alpha[self.free] - self.prior_mean[self.free])
-        box = np.zeros(len(alpha))
-        box[self.n_id:] = out
-        active = np.zeros(len(alpha))
-        active[self.n_id:] = out != 0
+        grad[:kf] += diag * (p.alpha[self.free] - self.prior_mean[self.free])
+        box = np.zeros(len(p.alpha))
+        box[self.n_id:] = p.out
         grad[:kf] += 2 * BOX_WEIGHT * box[self.free]
-        hess[np.arange(kf), np.arange(kf)] += diag + 2 * BOX_WEIGHT * active[self.free]
-        return energy, grad, hess
+        hess[np.arange(kf), np.arange(kf)] += diag + 2 * BOX_WEIGHT * (box[self.free] != 0)
+        return grad, hess
+
+
+@dataclass(frozen=True)
+class RoundPoint:
+    """A point of a :class:`PhotometricRound` (free coefficients and pose), its energy, and the pieces of the
+    energy its derivatives reuse: the ring's vertices (R, 3), the sample's normals (model and camera frame) and
+    their unnormalised length, camera-frame positions q (N, 3), the photo's gradient (N, 2) and the shading
+    residuals (N,); the full coefficients (K,), the landmarks' camera-frame points (68, 3) and residuals
+    (68, 2), and the expression weights' excess over [0, 1] (Ke,)."""
+
+    energy: float
+    a_free: np.ndarray
+    R: np.ndarray
+    s: float
+    t: np.ndarray
+    ring: np.ndarray
+    norm: np.ndarray
+    n_model: np.ndarray
+    n_cam: np.ndarray
+    q: np.ndarray
+    grad_img: np.ndarray
+    r: np.ndarray
+    alpha: np.ndarray
+    lq: np.ndarray
+    res: np.ndarray
+    out: np.ndarray
 
 
 def _step(R: np.ndarray, s: float, t: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
@@ -336,32 +396,39 @@ def _step(R: np.ndarray, s: float, t: np.ndarray, d: np.ndarray) -> tuple[np.nda
     return Rotation.from_rotvec(d[:3]).as_matrix() @ R, s * float(np.exp(d[3])), t + d[4:6]
 
 
-def _solve_round(rd: PhotometricRound, a_free, R, s, t, iterations: int, tolerance: float, lam: float):
+#: Levenberg-Marquardt's damping at the start of a round, relative to the Hessian's diagonal: a round starts with
+#: a new light and sample, where a full Gauss-Newton step overshoots (the photo is far from linear over a pixel).
+START_DAMPING = 1.0
+
+
+def _solve_round(rd: PhotometricRound, a_free, R, s, t, iterations: int, tolerance: float,
+                 lam: float = START_DAMPING):
     """Levenberg-Marquardt on one round's energy from (a_free, R, s, t): at most ``iterations`` accepted steps,
     until one lowers the energy by less than ``tolerance`` of it; Marquardt's diagonal scaling, the damping
     ``lam`` updated by the ratio of the actual to the predicted decrease (Nielsen 1999). Returns the best point
-    found and the damping to go on with."""
-    energy, grad, hess = rd.evaluate(a_free, R, s, t, derivatives=True)
+    found."""
+    point = rd.evaluate(a_free, R, s, t)
     nu = 2.0
     for _ in range(iterations):
-        drop = None
+        grad, hess = rd.derivatives(point)
         scale = np.diag(hess) + 1e-9
+        drop = None
         while lam < 1e8:
             d = np.linalg.solve(hess + lam * np.diag(scale), -grad)
-            cand = (a_free + d[:-N_POSE],) + _step(R, s, t, d[-N_POSE:])
-            e_new = rd.evaluate(*cand) if np.isfinite(d).all() and cand[2] > 0 else np.inf
+            new_pose = _step(point.R, point.s, point.t, d[-N_POSE:])
+            cand = rd.evaluate(point.a_free + d[:-N_POSE], *new_pose) if np.isfinite(d).all() and new_pose[1] > 0 \
+                else None
             predicted = 0.5 * float(d @ (lam * scale * d - grad))
-            if e_new < energy and predicted > 0:
-                rho = (energy - e_new) / predicted
-                drop = (energy - e_new) / max(abs(energy), 1e-12)
-                a_free, R, s, t = cand
+            if cand is not None and cand.energy < point.energy and predicted > 0:
+                rho = (point.energy - cand.energy) / predicted
+                drop = (point.energy - cand.energy) / max(abs(point.energy), 1e-12)
+                point = cand
                 lam, nu = lam * max(1 / 3, 1 - (2 * rho - 1) ** 3), 2.0
                 break
             lam, nu = lam * nu, nu * 2
         if drop is None or drop < tolerance:
             break
-        energy, grad, hess = rd.evaluate(a_free, R, s, t, derivatives=True)
-    return a_free, R, s, t, lam
+    return point.a_free, point.R, point.s, point.t
 
 
 def face_sample_order(n_face: int) -> np.ndarray:
@@ -415,7 +482,6 @@ def _fit(photo, alpha, pose, pts, model, landmarks, prior, params, detector, fre
     H, W = photo.shape[:2]
     blurred = BlurredPhoto.of(photo, params.blur_mm * pose.scale,
                               project(model.vertices(alpha.astype(np.float32))[face], pose)[:, :2])
-    lam = 0.1  # Levenberg-Marquardt damping, carried from round to round
     for _ in range(params.rounds):
         verts = model.vertices(alpha.astype(np.float32))
         vis = visible_vertices(model, verts, pose, (H, W))[face] & usable
@@ -426,8 +492,7 @@ def _fit(photo, alpha, pose, pts, model, landmarks, prior, params, detector, fre
                               *landmarks.vertex_rows(model, alpha, R0), pts, landmarks.offset_mm, w_lm, prior_mean,
                               prior_std, n_id, params.weight, params.robust)
         rd.fit_albedo_light(albedo_mean, albedo_basis, params.albedo_reg, R0, s0, t0)
-        a_free, R, s, t, lam = _solve_round(rd, alpha[free_ids], R0, s0, t0, params.iterations, params.tolerance,
-                                            lam)
+        a_free, R, s, t = _solve_round(rd, alpha[free_ids], R0, s0, t0, params.iterations, params.tolerance)
         new_alpha = rd.full_alpha(a_free)
         if not (np.isfinite(new_alpha).all() and np.isfinite(R).all() and s > 0 and np.isfinite(t).all()):
             break  # a degenerate step: keep the last good round

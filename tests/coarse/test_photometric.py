@@ -136,47 +136,22 @@ def _round(model, cfg, scenes, face=0, n_samples=400, n_identity=60):
 
 
 def _autograd_energy(rd, model, start):
-    """The round's energy as the module docstring writes it, in torch (float64, autograd), as a function of the
-    step (d a_free, rotation vector, d log s, d t) from ``start``; the reference the fast code must agree with."""
+    """The round's energy written out in torch (coarse.photometric_reference.round_energy) over the round's
+    sample, light and albedo, as a function of the step from ``start`` (free coefficients, then the pose's six)."""
     import torch
 
-    from morphable.model import mesh_normals
-    from render.camera import image_xy
-    from render.shading import sh_basis
+    from coarse.photometric_reference import round_energy
 
     a0, R0, s0, t0 = start
-    T = torch.as_tensor
-    image = T(rd.photo.image, dtype=torch.float64)[None, None]
-    h, w = rd.photo.image.shape
-    tris = T(model.region_triangles("face", local=True))
-    lm_mean, lm_basis, target, offset, w_lm = rd.lm
-    free = T(rd.free)
+    energy = round_energy(model, rd.photo.image, rd.photo.origin, rd.sample, rd.albedo, rd.sh, *rd.lm, rd.prior_mean,
+                          rd.prior_std, R0, s0, t0, rd.weight, rd.robust)
+    free, kf = torch.as_tensor(rd.free), len(rd.free)
 
-    def energy(x):
-        kf = len(a0)
-        alpha = T(rd.alpha0).clone()
-        alpha[free] = T(a0) + x[:kf]
-        om = x[kf:kf + 3]
-        zero = om.new_zeros(())
-        k = torch.stack([torch.stack([zero, -om[2], om[1]]), torch.stack([om[2], zero, -om[0]]),
-                         torch.stack([-om[1], om[0], zero])])
-        R = torch.linalg.matrix_exp(k) @ T(R0)
-        s, t = s0 * torch.exp(x[kf + 3]), T(t0) + x[kf + 4:]
-        v = model.vertices(alpha, region="face")
-        n = mesh_normals(v, tris)[T(rd.sample)] @ R.T
-        xy = torch.stack(image_xy(v[T(rd.sample)] @ R.T, s, t), 1) - T(rd.photo.origin)
-        grid = torch.stack([xy[:, 0] / w * 2 - 1, xy[:, 1] / h * 2 - 1], 1)
-        seen = torch.nn.functional.grid_sample(image, grid[None, None], mode="bilinear", padding_mode="border",
-                                               align_corners=False)[0, 0, 0]
-        r = seen - T(rd.albedo) * (sh_basis(n) * T(rd.sh)).sum(-1)
-        e = rd.weight * (r * r / (r * r + rd.robust ** 2)).mean()
-        res = (T(target) - s * T(offset) - torch.stack(image_xy((T(lm_mean) + T(lm_basis) @ alpha) @ R.T, s, t), 1)) / s
-        e = e + (T(w_lm)[:, None] * res * res).sum()
-        e = e + (((alpha - T(rd.prior_mean)) / T(rd.prior_std)) ** 2).sum()
-        ex = alpha[model.n_identity:]
-        from coarse.photometric import BOX_WEIGHT
-        return e + BOX_WEIGHT * (torch.relu(-ex) ** 2 + torch.relu(ex - 1) ** 2).sum()
-    return energy
+    def of_step(x):
+        a = torch.as_tensor(rd.alpha0).clone()
+        a[free] = torch.as_tensor(a0) + x[:kf]
+        return energy(a, x[kf:kf + 3], x[kf + 3], x[kf + 4:])
+    return of_step
 
 
 @pytest.mark.parametrize("face", [0, 1])
@@ -184,7 +159,8 @@ def test_the_analytic_gradient_is_the_autograd_gradient(model, cfg, scenes, face
     import torch
 
     rd, start = _round(model, cfg, scenes, face)
-    energy, grad, hess = rd.evaluate(*start, derivatives=True)
+    point = rd.evaluate(*start)
+    energy, (grad, hess) = point.energy, rd.derivatives(point)
     x = torch.zeros(len(start[0]) + 6, dtype=torch.float64, requires_grad=True)
     ref = _autograd_energy(rd, model, start)(x)
     ref.backward()
@@ -202,9 +178,9 @@ def test_the_steps_reach_the_energy_autograd_lbfgs_reaches(model, cfg, scenes):
 
     for face in (0, 2):
         rd, start = _round(model, cfg, scenes, face)
-        e0 = rd.evaluate(*start)
-        a, R, s, t, _ = _solve_round(rd, *start, iterations=60, tolerance=1e-7, lam=0.1)
-        fast = rd.evaluate(a, R, s, t)
+        e0 = rd.evaluate(*start).energy
+        a, R, s, t = _solve_round(rd, *start, iterations=60, tolerance=1e-7)
+        fast = rd.evaluate(a, R, s, t).energy
         x = torch.zeros(len(start[0]) + 6, dtype=torch.float64, requires_grad=True)
         energy = _autograd_energy(rd, model, start)
         opt = torch.optim.LBFGS([x], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
