@@ -5,12 +5,13 @@ outline against the background) says more. This stage starts from the landmark f
 minimises, over identity, expression and pose::
 
     E = sum_k w_k || (x_k - proj_k(a)) / s ||^2                    the landmark fit's term (coarse.fit.fit_map)
-      + ||a_id / identity_std||^2 + ||(a_exp - expression_mean) / expression_std||^2      its prior
+      + ||W (a - a_mean)||^2          its prior (coarse.fit.CoefficientPrior: the fit section's, or one given)
       + weight * mean_{v in S} psi(I(p_v) - albedo_v Y(n_v) . sh)                       shading
       + BOX_WEIGHT * ||a_exp - clip(a_exp, 0, 1)||^2                                    expression in [0, 1]
 
 - ``S``: ``samples`` of the face vertices the camera sees (in the photo, facing it, not occluded), drawn afresh
-  each round from one seeded order of the face's vertices (so the same photo gives the same answer);
+  each round from one seeded order of the face's vertices (so the same photo gives the same answer); the rounds
+  before the last take ``early_samples`` (they bring the shape near; the last round's sample sets the answer);
 - ``I`` is the photo's luma, blurred by ``blur_mm`` (mm on the face at the pose's scale), sampled bilinearly at
   each vertex's projection ``p_v`` (the term moves vertices across image edges, e.g. the cheek's outline);
 - ``albedo_v`` is the vertex's gray albedo from the face model's albedo model, ``Y(n_v) . sh`` second-order SH
@@ -37,6 +38,7 @@ Frames: the photo frame (pixels, x right, y down) for the photo, the landmarks a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -46,7 +48,7 @@ from render.camera import Pose, image_xy, project
 from render.shading import LUMA, sh_basis, sh_gradient, sh_least_squares
 from render.visibility import visible_vertices
 
-from .fit import map_landmark_weights, map_prior, one_blas_thread
+from .fit import CoefficientPrior, map_landmark_weights, one_blas_thread
 
 #: Weight of the penalty that keeps expression weights in [0, 1] during the steps (clipped after).
 BOX_WEIGHT = 1e3
@@ -94,19 +96,21 @@ class BlurredPhoto:
 
     @staticmethod
     def of(photo: np.ndarray, sigma_px: float, points: np.ndarray) -> "BlurredPhoto":
-        """Luma of ``photo`` ((H, W, 3) or (H, W) in [0, 1]) blurred by ``sigma_px``, over the box of ``points``
-        (N, 2) photo-frame pixels widened by half its size and 4 sigma (the fit moves the face a little; the
-        blur of a window is the blur of the photo there)."""
-        gray = photo @ LUMA if photo.ndim == 3 else photo
-        H, W = gray.shape
+        """Luma of ``photo`` ((H, W, 3) or (H, W), float in [0, 1] or uint8) blurred by ``sigma_px``, over the box
+        of ``points`` (N, 2) photo-frame pixels widened by half its size and 4 sigma (the fit moves the face a
+        little; the blur of a window is the blur of the photo there)."""
+        H, W = photo.shape[:2]
         lo, hi = points.min(0), points.max(0)
         pad = 0.5 * (hi - lo).max() + 4 * sigma_px + 2
         x0, y0 = (max(0, int(np.floor(v - pad))) for v in lo)
         x1, y1 = min(W, int(np.ceil(hi[0] + pad))), min(H, int(np.ceil(hi[1] + pad)))
         if x1 - x0 < 2 or y1 - y0 < 2:
             x0, y0, x1, y1 = 0, 0, W, H
-        window = np.asarray(gray[y0:y1, x0:x1], np.float32)
-        return BlurredPhoto(gaussian_filter(window, sigma_px), np.array([x0, y0], np.float64))
+        window = np.asarray(photo[y0:y1, x0:x1], np.float32)
+        if photo.dtype == np.uint8:
+            window /= 255.0
+        gray = window @ LUMA if window.ndim == 3 else window
+        return BlurredPhoto(gaussian_filter(gray, sigma_px), np.array([x0, y0], np.float64))
 
     def sample(self, xy: np.ndarray, gradient: bool = False):
         """Bilinear samples (N,) at photo-frame points ``xy`` (N, 2) (pixel centres at +0.5; outside the window
@@ -218,19 +222,21 @@ class PhotometricRound:
         alpha: (K,) the round's start (frozen coefficients keep its values); free: (Kf,) ids of the moving ones.
         lm_mean: (68, 3), lm_basis: (68, 3, K): the landmarks as ``mean + basis @ a`` (the contour's choice).
         lm_target: (68, 2) the detector's points minus nothing (the offset is applied with the scale);
-        lm_offset: (68, 2) mm; lm_weights: (68,) 1/mm^2; prior_mean, prior_std: (K,); n_identity: modes of
-        identity (expression follows); weight, robust: the shading term's.
+        lm_offset: (68, 2) mm; lm_weights: (68,) 1/mm^2; coefficients: the prior
+        (:class:`coarse.fit.CoefficientPrior`); n_identity: modes of identity (expression follows); weight,
+        robust: the shading term's.
     """
 
     def __init__(self, model, face, tris, photo: BlurredPhoto, sample, alpha, free, lm_mean, lm_basis,
-                 lm_target, lm_offset, lm_weights, prior_mean, prior_std, n_identity, weight, robust):
+                 lm_target, lm_offset, lm_weights, coefficients: CoefficientPrior, n_identity, weight, robust):
         self.photo, self.sample = photo, np.sort(sample)  # in mesh order: neighbours share cache lines
         self.albedo, self.sh = np.ones(len(sample)), np.zeros(9)  # set by fit_albedo_light
         self.alpha0, self.free = np.asarray(alpha, np.float64), np.asarray(free)
         self.weight, self.robust, self.n_id = float(weight), float(robust), int(n_identity)
         self.lm = (lm_mean, lm_basis, np.asarray(lm_target, np.float64), np.asarray(lm_offset, np.float64),
                    np.asarray(lm_weights, np.float64))
-        self.prior_mean, self.prior_std = prior_mean, prior_std
+        self.coefficients = coefficients
+        self.prior_A, self.prior_c = coefficients.rows(self.free, self.alpha0)  # z = A a_free + c ~ N(0, I)
         n = len(sample)
         # the sample's triangles and their vertices (the sample's one-ring): all the geometry a step needs
         touch = np.zeros(len(face), bool)
@@ -308,12 +314,13 @@ class PhotometricRound:
         lm_mean, lm_basis, target, offset, w_lm = self.lm
         lq = (lm_mean + lm_basis @ alpha) @ R.T  # (68, 3)
         res = (target - s * offset - np.stack(image_xy(lq, s, t), 1)) / s
-        z = (alpha - self.prior_mean) / self.prior_std
+        z = self.prior_A @ a_free + self.prior_c
         ex = alpha[self.n_id:]
         out = ex - np.clip(ex, 0.0, 1.0)
         energy = (e_photo + float((w_lm[:, None] * res * res).sum()) + float(z @ z)
                   + BOX_WEIGHT * float(out @ out))
-        return RoundPoint(energy, a_free, R, s, t, ring, norm, n_model, n_cam, q, grad_img, r, alpha, lq, res, out)
+        return RoundPoint(energy, a_free, R, s, t, ring, norm, n_model, n_cam, q, grad_img, r, alpha, lq, res, z,
+                          out)
 
     def derivatives(self, p: "RoundPoint") -> tuple[np.ndarray, np.ndarray]:
         """Gradient g (Kf + 6,) and Gauss-Newton Hessian (Kf + 6, Kf + 6) of the energy at ``p`` in the step
@@ -355,13 +362,13 @@ class PhotometricRound:
         wl = 2 * np.repeat(w_lm, 2)
         grad += Jl.T @ (wl * p.res.reshape(-1))
         hess += (Jl * wl[:, None]).T @ Jl
-        # prior and box: diagonal in the free coefficients
-        diag = 2.0 / self.prior_std[self.free] ** 2
-        grad[:kf] += diag * (p.alpha[self.free] - self.prior_mean[self.free])
+        # prior (linear rows) and box (diagonal)
+        grad[:kf] += 2 * self.prior_A.T @ p.z
+        hess[:kf, :kf] += 2 * self.prior_A.T @ self.prior_A
         box = np.zeros(len(p.alpha))
         box[self.n_id:] = p.out
         grad[:kf] += 2 * BOX_WEIGHT * box[self.free]
-        hess[np.arange(kf), np.arange(kf)] += diag + 2 * BOX_WEIGHT * (box[self.free] != 0)
+        hess[np.arange(kf), np.arange(kf)] += 2 * BOX_WEIGHT * (box[self.free] != 0)
         return grad, hess
 
 
@@ -371,7 +378,7 @@ class RoundPoint:
     energy its derivatives reuse: the ring's vertices (R, 3), the sample's normals (model and camera frame) and
     their unnormalised length, camera-frame positions q (N, 3), the photo's gradient (N, 2) and the shading
     residuals (N,); the full coefficients (K,), the landmarks' camera-frame points (68, 3) and residuals
-    (68, 2), and the expression weights' excess over [0, 1] (Ke,)."""
+    (68, 2), the prior's whitened residuals z, and the expression weights' excess over [0, 1] (Ke,)."""
 
     energy: float
     a_free: np.ndarray
@@ -388,6 +395,7 @@ class RoundPoint:
     alpha: np.ndarray
     lq: np.ndarray
     res: np.ndarray
+    z: np.ndarray
     out: np.ndarray
 
 
@@ -438,21 +446,23 @@ def face_sample_order(n_face: int) -> np.ndarray:
 
 def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d: np.ndarray, model, landmarks,
                     prior, params, detector: str | None = None,
-                    n_identity: int | None = None, free: str = "all") -> tuple[np.ndarray, Pose]:
+                    n_identity: int | None = None, free: str = "all",
+                    coefficients: CoefficientPrior | None = None) -> tuple[np.ndarray, Pose]:
     """Refine a coarse face by its shading in the photo (module docstring).
 
     Args:
-        photo: (H, W, 3) or (H, W) float in [0, 1].
+        photo: (H, W, 3) or (H, W), float in [0, 1] or uint8.
         alpha0: (K,) the start, identity first (the landmark fit); pose0: its pose in the photo frame.
         points2d: (68, 2) the detector's landmarks, photo pixels.
         model: the face model (with its albedo model); landmarks: the detector's
             :class:`coarse.landmarks.LandmarkModel`; prior: the ``fit`` config section (landmark term and prior,
-            as :func:`coarse.fit.fit_map`, whose ``identity_std`` and prior mean may be replaced by the caller);
+            as :func:`coarse.fit.fit_map`);
             params: the ``refine.photometric`` section (:class:`facesynth.config.PhotometricConfig`);
             detector: which detector found the face.
         n_identity: refine only the first ``n_identity`` identity modes (the others keep the start's values, as
             :func:`coarse.fit.fit_map`'s ``n_identity`` leaves them at 0); default all.
         free: ``all`` (identity, expression and pose move) or ``expression`` (the identity stays the start's).
+        coefficients: the prior on the coefficients (:class:`coarse.fit.CoefficientPrior`; default ``prior``'s).
     Returns:
         (alpha (K,) float32, its pose in the photo frame). With fewer than :data:`MIN_VISIBLE` visible face
         vertices, or when a round's answer is not finite, the last good round's answer (at first the start).
@@ -465,33 +475,55 @@ def photometric_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d
     n_fit = 0 if free == "expression" else (n_id if n_identity is None else int(n_identity))
     with one_blas_thread():  # small dense products: threads cost more than they give (coarse.fit)
         return _fit(photo, np.asarray(alpha0, np.float64).copy(), pose0, np.asarray(points2d, np.float64), model,
-                    landmarks, prior, params, detector, np.r_[np.arange(n_fit), np.arange(n_id, K)])
+                    landmarks, prior, params, detector, np.r_[np.arange(n_fit), np.arange(n_id, K)],
+                    coefficients or CoefficientPrior.from_config(prior, n_id, K - n_id))
 
 
-def _fit(photo, alpha, pose, pts, model, landmarks, prior, params, detector, free_ids):
-    """:func:`photometric_fit` with its coefficients ``free_ids`` moving."""
+@dataclass(frozen=True)
+class _FaceData:
+    """What every fit of one face model reuses: the face region's vertex ids (Vf,) and triangles (F, 3, local
+    ids), which of its vertices have a triangle (Vf,), the sampling order (Vf,), and the albedo model in luma:
+    mean (Vf,) and basis (Vf, Ka)."""
+
+    face: np.ndarray
+    tris: np.ndarray
+    usable: np.ndarray
+    order: np.ndarray
+    albedo_mean: np.ndarray
+    albedo_basis: np.ndarray
+
+
+@lru_cache(maxsize=4)
+def _face_data(model) -> _FaceData:
     face = model.regions["face"]
     tris = model.region_triangles("face", local=True)
-    albedo_mean = model.albedo_model.mean.astype(np.float64) @ LUMA  # (Vf,) luma of the face vertices
-    albedo_basis = np.einsum("vck,c->vk", model.albedo_model.basis.astype(np.float64), LUMA)
+    usable = np.zeros(len(face), bool)
+    usable[tris.ravel()] = True  # a vertex of no face triangle has no normal
+    return _FaceData(face, tris, usable, face_sample_order(len(face)),
+                     model.albedo_model.mean.astype(np.float64) @ LUMA,
+                     np.einsum("vck,c->vk", model.albedo_model.basis.astype(np.float64), LUMA))
+
+
+def _fit(photo, alpha, pose, pts, model, landmarks, prior, params, detector, free_ids, coefficients):
+    """:func:`photometric_fit` with its coefficients ``free_ids`` moving."""
+    fd = _face_data(model)
+    face, tris, order, usable = fd.face, fd.tris, fd.order, fd.usable
     n_id, K = model.n_identity, model.n_coeffs
     w_lm = map_landmark_weights(landmarks, prior, detector)
-    prior_mean, prior_std = map_prior(prior, n_id, K - n_id)
-    order = face_sample_order(len(face))
-    usable = _has_triangle(model)
     H, W = photo.shape[:2]
     blurred = BlurredPhoto.of(photo, params.blur_mm * pose.scale,
                               project(model.vertices(alpha.astype(np.float32))[face], pose)[:, :2])
-    for _ in range(params.rounds):
+    n_samples = [params.early_samples] * (params.rounds - 1) + [params.samples]
+    for rnd in range(params.rounds):
         verts = model.vertices(alpha.astype(np.float32))
         vis = visible_vertices(model, verts, pose, (H, W))[face] & usable
         if vis.sum() < MIN_VISIBLE:
             break
         R0, s0, t0 = np.asarray(pose.rotation, np.float64), float(pose.scale), np.asarray(pose.translation, np.float64)
-        rd = PhotometricRound(model, face, tris, blurred, order[vis[order]][:params.samples], alpha, free_ids,
-                              *landmarks.vertex_rows(model, alpha, R0), pts, landmarks.offset_mm, w_lm, prior_mean,
-                              prior_std, n_id, params.weight, params.robust)
-        rd.fit_albedo_light(albedo_mean, albedo_basis, params.albedo_reg, R0, s0, t0)
+        rd = PhotometricRound(model, face, tris, blurred, order[vis[order]][:n_samples[rnd]], alpha, free_ids,
+                              *landmarks.vertex_rows(model, alpha, R0), pts, landmarks.offset_mm, w_lm, coefficients,
+                              n_id, params.weight, params.robust)
+        rd.fit_albedo_light(fd.albedo_mean, fd.albedo_basis, params.albedo_reg, R0, s0, t0)
         a_free, R, s, t = _solve_round(rd, alpha[free_ids], R0, s0, t0, params.iterations, params.tolerance)
         new_alpha = rd.full_alpha(a_free)
         if not (np.isfinite(new_alpha).all() and np.isfinite(R).all() and s > 0 and np.isfinite(t).all()):
@@ -499,10 +531,3 @@ def _fit(photo, alpha, pose, pts, model, landmarks, prior, params, detector, fre
         alpha, pose = new_alpha, Pose(float(s), R, t)
         alpha[n_id:] = np.clip(alpha[n_id:], 0.0, 1.0)
     return alpha.astype(np.float32), pose
-
-
-def _has_triangle(model) -> np.ndarray:
-    """(Vf,) bool: face vertices that are a corner of a face triangle (the others have no normal)."""
-    has = np.zeros(len(model.regions["face"]), bool)
-    has[model.region_triangles("face", local=True).ravel()] = True
-    return has

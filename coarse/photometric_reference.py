@@ -19,7 +19,7 @@ from render.camera import Pose, image_xy, project
 from render.shading import LUMA, sh_basis
 from render.visibility import visible_vertices
 
-from .fit import map_landmark_weights, map_prior
+from .fit import CoefficientPrior, map_landmark_weights
 from .photometric import BOX_WEIGHT, _albedo_light
 
 
@@ -47,7 +47,7 @@ def _sample(image, xy, origin):
 
 
 def round_energy(model, image: np.ndarray, origin, vertices: np.ndarray, albedo: np.ndarray, sh: np.ndarray,
-                 lm_mean, lm_basis, target, offset, lm_weights, prior_mean, prior_std, R0, s0: float, t0,
+                 lm_mean, lm_basis, target, offset, lm_weights, coefficients, R0, s0: float, t0,
                  weight: float, robust: float):
     """One round's energy as a torch function ``energy(a, omega, log_s, dt)`` of the coefficients a (K,) and the
     pose (R0, s0, t0) moved by a rotation vector omega (3,, left-multiplied), a log scale and a translation (2,).
@@ -56,7 +56,8 @@ def round_energy(model, image: np.ndarray, origin, vertices: np.ndarray, albedo:
         image: (h, w) float32, the blurred luma whose pixel (0, 0) is the photo's pixel ``origin`` (x, y).
         vertices: (N,) face-local ids of the visible vertices the shading term averages over; albedo (N,),
             sh (9,): their gray albedo and the light.
-        The rest as :class:`coarse.photometric.PhotometricRound`.
+        coefficients: the prior (:class:`coarse.fit.CoefficientPrior`); the rest as
+            :class:`coarse.photometric.PhotometricRound`.
     Returns:
         the energy function (float64 scalar tensors).
     """
@@ -68,7 +69,7 @@ def round_energy(model, image: np.ndarray, origin, vertices: np.ndarray, albedo:
     vis = T(np.asarray(vertices))
     lm_mean, lm_basis, target, offset, w_lm = (T(np.asarray(v, np.float64)) for v in
                                                (lm_mean, lm_basis, target, offset, lm_weights))
-    mean, std = T(np.asarray(prior_mean, np.float64)), T(np.asarray(prior_std, np.float64))
+    mean, whiten = T(np.asarray(coefficients.mean, np.float64)), T(np.asarray(coefficients.whiten, np.float64))
     albedo, sh = T(np.asarray(albedo, np.float64)), T(np.asarray(sh, np.float64))
     R0, t0 = T(np.asarray(R0, np.float64)), T(np.asarray(t0, np.float64))
     n_id = model.n_identity
@@ -81,7 +82,8 @@ def round_energy(model, image: np.ndarray, origin, vertices: np.ndarray, albedo:
         e_photo = weight * (r * r / (r * r + robust ** 2)).mean()
         res = (target - s * offset - torch.stack(image_xy((lm_mean + lm_basis @ a) @ R.T, s, t), 1)) / s
         ex = a[n_id:]
-        return (e_photo + (w_lm[:, None] * res * res).sum() + (((a - mean) / std) ** 2).sum()
+        z = whiten @ (a - mean)
+        return (e_photo + (w_lm[:, None] * res * res).sum() + (z * z).sum()
                 + BOX_WEIGHT * (torch.relu(-ex) ** 2 + torch.relu(ex - 1) ** 2).sum())
     return energy
 
@@ -99,7 +101,7 @@ def reference_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d: 
     albedo_mean = model.albedo_model.mean.astype(np.float64) @ LUMA
     albedo_basis = np.einsum("vck,c->vk", model.albedo_model.basis.astype(np.float64), LUMA)
     n_id, K = model.n_identity, model.n_coeffs
-    prior_mean, prior_std = map_prior(prior, n_id, K - n_id)
+    coefficients = CoefficientPrior.from_config(prior, n_id, K - n_id)
     w_lm = map_landmark_weights(landmarks, prior, detector)
     pts = np.asarray(points2d, np.float64)
     alpha, pose = np.asarray(alpha0, np.float64).copy(), pose0
@@ -116,7 +118,7 @@ def reference_fit(photo: np.ndarray, alpha0: np.ndarray, pose0: Pose, points2d: 
         albedo, sh = _albedo_light(albedo_mean[vis], albedo_basis[vis], normals, seen, params.robust,
                                    params.albedo_reg)
         energy = round_energy(model, image, (0.0, 0.0), vis, albedo, sh, *landmarks.vertex_rows(model, alpha, R0),
-                              pts, landmarks.offset_mm, w_lm, prior_mean, prior_std, R0, float(pose.scale),
+                              pts, landmarks.offset_mm, w_lm, coefficients, R0, float(pose.scale),
                               pose.translation, params.weight, params.robust)
         f64 = torch.float64
         a = torch.tensor(alpha, dtype=f64, requires_grad=True)

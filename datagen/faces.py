@@ -20,6 +20,8 @@ from render.renderer import Light
 
 #: Online evaluation faces come from this seed offset of ``datagen.seed`` (neither training nor validation).
 EVAL_SEED_OFFSET = 2_000_003
+#: How online faces are coloured (:func:`scene_albedo`).
+ALBEDO_KINDS = ("textured", "uniform")
 
 
 @dataclass(frozen=True)
@@ -49,30 +51,50 @@ class FaceRecord:
 
 
 def online_faces(cfg, n: int, seed: int, model, renderer, start: int = 0,
-                 distance_mm: tuple[float, float] | None = None) -> Iterator[FaceRecord]:
+                 distance_mm: tuple[float, float] | None = None, albedo: str = "textured") -> Iterator[FaceRecord]:
     """Faces ``start .. start + n - 1`` of the on-the-fly set ``seed``, drawn by :func:`datagen.scene.draw_scene`
     with ``cfg`` and rendered (true face only) by ``renderer``; deterministic in (seed, index).
 
     ``distance_mm``: (near, far) for a perspective camera at a distance drawn log-uniformly in that range per
     face (:func:`render.camera.perspective_warp`; phone photos ~350-600 mm, portraits 1-1.5 m), the face's
     ``pose`` then the weak-perspective camera of the same scale at the face's centre; None: weak perspective.
+    ``albedo``: one of :data:`ALBEDO_KINDS` (:func:`scene_albedo`); the scene's draws do not depend on it, so
+    ``uniform`` gives the same faces, poses, lights and backgrounds untextured (``albedo`` of the record stays
+    the drawn coefficients).
     """
     from .scene import camera_points, draw_distance, draw_scene
 
+    if albedo not in ALBEDO_KINDS:
+        raise ValueError(f"albedo must be one of {ALBEDO_KINDS}; got {albedo!r}")
     for i in range(start, start + n):
         s = draw_scene(seed, i, model, cfg)
         if distance_mm is not None:
             s = dataclasses.replace(s, distance_mm=draw_distance(seed, i, 1.0, distance_mm))
-        f = render_truth(s, model, renderer, camera_points(s, model, model.vertices(s.alpha_gt)))
+        f = render_truth(s, model, renderer, camera_points(s, model, model.vertices(s.alpha_gt)), albedo)
         yield FaceRecord(f.rgb, s.pose, f.landmarks.astype(np.float64), s.alpha_gt, s.albedo_coeffs, s.iris,
                          s.light, i, f.fragments)
 
 
-def render_truth(scene, model, renderer, verts: np.ndarray | None = None):
+def scene_albedo(scene, model, albedo: str = "textured") -> np.ndarray:
+    """(V, 3) per-vertex albedo (linear RGB in [0, 1]) of a drawn scene's head. ``textured``: the albedo model's
+    skin of the scene (:meth:`datagen.scene.SceneParams.head_albedo`); ``uniform``: every face vertex the mean of
+    that skin over the face's vertices, the eyes, teeth and mouth as the model's materials give them
+    (:func:`morphable.materials.head_albedo`): the same tone against the same background, without the skin's
+    texture (brows, lips, stubble, blotches)."""
+    full = scene.head_albedo(model)
+    if albedo == "textured":
+        return full
+    from morphable.materials import head_albedo
+
+    return head_albedo(model, full[model.regions["face"]].mean(0), scene.iris)
+
+
+def render_truth(scene, model, renderer, verts: np.ndarray | None = None, albedo: str = "textured"):
     """The true face of a drawn scene, lit, over its background (:class:`render.renderer.FaceRender`);
-    ``verts``: (V, 3) the geometry to draw instead of ``model.vertices(scene.alpha_gt)``."""
-    return renderer.render_face(scene.alpha_gt, scene.pose, scene.head_albedo(model), scene.light, scene.background,
-                                verts=verts)
+    ``verts``: (V, 3) the geometry to draw instead of ``model.vertices(scene.alpha_gt)``; ``albedo``: one of
+    :data:`ALBEDO_KINDS` (:func:`scene_albedo`)."""
+    return renderer.render_face(scene.alpha_gt, scene.pose, scene_albedo(scene, model, albedo), scene.light,
+                                scene.background, verts=verts)
 
 
 def record_face(rec: dict) -> FaceRecord:
@@ -94,9 +116,12 @@ def shard_faces(data_dir, n: int | None = None) -> Iterator[FaceRecord]:
 
 
 def face_source(cfg, n: int, seed: int, model, renderer, data_dir=None,
-                distance_mm: tuple[float, float] | None = None) -> Iterator[FaceRecord]:
-    """``n`` faces: from the shards in ``data_dir`` when given, else drawn on the fly with ``seed`` (perspective
-    camera distances ``distance_mm``, :func:`online_faces`)."""
+                distance_mm: tuple[float, float] | None = None, albedo: str = "textured") -> Iterator[FaceRecord]:
+    """``n`` faces: from the shards in ``data_dir`` when given (rendered as they were: ``albedo`` must be
+    ``textured``), else drawn on the fly with ``seed`` (perspective camera distances ``distance_mm``, colouring
+    ``albedo``, :func:`online_faces`)."""
     if data_dir is not None:
+        if albedo != "textured":
+            raise ValueError(f"albedo {albedo!r} renders faces on the fly; shards hold textured renders")
         return shard_faces(data_dir, n)
-    return online_faces(cfg, n, seed, model, renderer, distance_mm=distance_mm)
+    return online_faces(cfg, n, seed, model, renderer, distance_mm=distance_mm, albedo=albedo)

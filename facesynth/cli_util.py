@@ -3,6 +3,7 @@ one-line errors with a non-zero exit (never a traceback)."""
 from __future__ import annotations
 
 import functools
+import sys
 
 import click
 
@@ -41,10 +42,25 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, 
                                                 IsADirectoryError, PermissionError)
 
 
-def user_errors(*extra: type[BaseException]):
+def _loaded(names: tuple[str, ...]) -> tuple[type[BaseException], ...]:
+    """The error types named ``"module:Class"`` whose modules are loaded (one that was never imported cannot
+    have raised anything)."""
+    found = []
+    for name in names:
+        module, cls = name.split(":")
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], cls))
+    return tuple(found)
+
+
+def user_errors(*extra: type[BaseException] | str):
     """Decorator for a click command: :data:`USER_ERRORS` and the stage's own ``extra`` error types become
-    ``Error: <one line>`` with exit code 1; Ctrl-C exits 130 with a note that the command resumes."""
-    caught = USER_ERRORS + extra
+    ``Error: <one line>`` with exit code 1; Ctrl-C exits 130 with a note that the command resumes.
+
+    An ``extra`` type may be named ``"module:Class"``: the CLI module then need not import that stage (and
+    what it imports, e.g. scipy) to start; the name is looked up when an error is caught."""
+    types_ = USER_ERRORS + tuple(t for t in extra if not isinstance(t, str))
+    names = tuple(t for t in extra if isinstance(t, str))
 
     def deco(fn):
         @functools.wraps(fn)
@@ -54,7 +70,9 @@ def user_errors(*extra: type[BaseException]):
             except KeyboardInterrupt:
                 click.echo("interrupted: run the same command again to resume", err=True)
                 raise SystemExit(130) from None
-            except caught as e:
+            except Exception as e:
+                if not isinstance(e, types_ + _loaded(names)):
+                    raise
                 text = str(e).strip()
                 raise click.ClickException(text.splitlines()[0] if text else type(e).__name__) from None
 

@@ -252,7 +252,8 @@ class TrainConfig(RunConfig):
 class EvaluateConfig:
     """``train evaluate``: network passes, landmark source and noise, error maps, and the online test faces
     (photo-like renders: ``image_size`` pixels, yaw ~ N(0, ``yaw_std_deg``) cut at ``max_yaw_deg``; with
-    ``--perspective`` a pinhole camera at a distance drawn in ``perspective_distance_mm``)."""
+    ``--perspective`` a pinhole camera at a distance drawn in ``perspective_distance_mm``; ``albedo``: their
+    colouring, ``textured`` or ``uniform``, :func:`datagen.faces.scene_albedo`)."""
 
     iterations: int
     landmark_noise_px: float
@@ -263,6 +264,11 @@ class EvaluateConfig:
     yaw_std_deg: float
     max_yaw_deg: float
     perspective_distance_mm: tuple[float, float]
+    albedo: str
+
+    def __post_init__(self):
+        if self.albedo not in ("textured", "uniform"):
+            raise ValueError(f"albedo must be textured or uniform; got {self.albedo!r}")
 
 
 @dataclass(frozen=True)
@@ -345,24 +351,30 @@ class PhotometricConfig:
     albedo_reg: float
     rounds: int
     samples: int
+    early_samples: int
     iterations: int
     tolerance: float
 
     def __post_init__(self):
-        if self.rounds < 1 or self.samples < 50 or self.iterations < 1 or self.tolerance < 0:
-            raise ValueError("rounds and iterations must be >= 1, samples >= 50, tolerance >= 0")
+        if self.rounds < 1 or min(self.samples, self.early_samples) < 50 or self.iterations < 1 or self.tolerance < 0:
+            raise ValueError("rounds and iterations must be >= 1, samples and early_samples >= 50, tolerance >= 0")
 
 
 @dataclass(frozen=True)
 class RefineConfig:
     """``refine sfs``: weights of the iterative network (the landmark fit when the file is absent), SfS
-    working resolution, network passes, the photometric refinement of the fit, and the SfS energy."""
+    working resolution, network passes, the photometric refinement of the fit, and the SfS energy;
+    ``detect_in_background``: ``refine sfs PHOTO`` detects the face in a forked process while the models load
+    (Linux; :func:`reconstruct.cli._one_photo`); ``faces``: which faces of a photo are reconstructed, ``all``
+    (above ``detect.min_interocular_px``) or ``largest`` (:func:`reconstruct.batch.chosen_faces`)."""
 
     weights: str
     resolution: int
     iterations: int
     network_start: str
     refit_pose: bool
+    faces: str
+    detect_in_background: bool
     photometric: PhotometricConfig
     refined: RefinedMeshConfig
     sfs: SfSConfig
@@ -370,6 +382,8 @@ class RefineConfig:
     def __post_init__(self):
         if self.network_start not in ("fit", "mean"):
             raise ValueError(f"network_start must be 'fit' or 'mean'; got {self.network_start!r}")
+        if self.faces not in ("all", "largest"):
+            raise ValueError(f"faces must be 'all' or 'largest'; got {self.faces!r}")
 
 
 @dataclass(frozen=True)
@@ -391,7 +405,8 @@ class DetailConfig(RunConfig):
     (``refine.resolution``); ``crops_per_face``: crops cut from each rendered face; ``channels``: feature
     maps per U-Net level; ``highpass_sigma_px``: the high-pass input's blur; ``frame_scale``,
     ``frame_yaw_std_deg``: the synthetic faces' scale and yaw spread in the SfS frame
-    (:func:`datagen.synthetic.detail_frame_config`)."""
+    (:func:`datagen.synthetic.detail_frame_config`); ``runtime``: what runs the network in ``refine``
+    (``auto``, ``onnx`` or ``torch``: :func:`reconstruct.models.load_detail_stage`)."""
 
     weights: str
     crop: int
@@ -401,6 +416,11 @@ class DetailConfig(RunConfig):
     frame_scale: float
     frame_yaw_std_deg: float
     loss: DetailLossWeights
+    runtime: str
+
+    def __post_init__(self):
+        if self.runtime not in ("auto", "onnx", "torch"):
+            raise ConfigError(f"detail.runtime must be auto, onnx or torch; got {self.runtime!r}")
 
 
 @dataclass(frozen=True)
@@ -450,8 +470,10 @@ class DetectConfig:
     threshold; ``hog_sure_score``: weaker HOG boxes need the CNN's confirmation; ``cnn_sides``: longer sides
     (pixels) of the copies the CNN scans in turn, [] switches the CNN off; ``cnn_min_score``: the CNN's
     threshold; ``rotations_deg``: angles the photo is turned by when nothing upright is found, and the turns
-    tried to stand each face upright for its landmarks, [] for none; ``min_interocular_px``: smaller faces are
-    refused as too small."""
+    tried to stand each face upright for its landmarks, [] for none; ``roll_check_deg``: a face HOG finds upright
+    whose eye line lies within this of level (degrees) is not turned, 0 always tries the turns;
+    ``quick_search_side``: when only the largest face is wanted, HOG first scans a copy of longer side at most
+    this (pixels), 0 for no quick pass; ``min_interocular_px``: smaller faces are refused as too small."""
 
     min_face_px: float
     max_search_side: int
@@ -460,11 +482,15 @@ class DetectConfig:
     cnn_sides: tuple[int, ...]
     cnn_min_score: float
     rotations_deg: tuple[float, ...]
+    roll_check_deg: float
+    quick_search_side: int
     min_interocular_px: float
 
     def __post_init__(self):
         if not self.min_face_px > 0 or self.max_search_side < 64 or any(s < 64 for s in self.cnn_sides):
             raise ValueError("min_face_px must be > 0, max_search_side and every cnn_sides entry >= 64")
+        if self.roll_check_deg < 0 or self.quick_search_side < 0:
+            raise ValueError("roll_check_deg and quick_search_side must be >= 0")
         if not self.hog_sure_score >= self.hog_min_score:
             raise ValueError(f"hog_sure_score must be >= hog_min_score; got {self.hog_sure_score}")
 
@@ -490,8 +516,10 @@ class VideoConfig:
     ``beta`` per face size per second, ``d_cutoff_hz``), the clip's one identity (fitted jointly over the first
     ``identity_frames`` frames with a face, ``identity_rounds`` block-descent rounds, the frames counting as
     ``identity_evidence_frames`` independent ones), ``fit_iterations`` per
-    frame once it is held, when tracking is lost (``lost_residual_mm``, ``lost_jump``) and the overlay's
-    ``crf``."""
+    frame once it is held, the photometric fit per frame (``photometric_rounds`` rounds, 0: off, of at most
+    ``photometric_iterations`` steps on ``photometric_samples`` vertices, expression and pose only, the expression
+    prior also N(last frame's, ``photometric_temporal_std``^2), 0: not), when
+    tracking is lost (``lost_residual_mm``, ``lost_jump``) and the overlay's ``crf``."""
 
     min_cutoff_hz: float
     beta: float
@@ -500,6 +528,10 @@ class VideoConfig:
     identity_rounds: int
     identity_evidence_frames: float
     fit_iterations: int
+    photometric_rounds: int
+    photometric_iterations: int
+    photometric_samples: int
+    photometric_temporal_std: float
     lost_residual_mm: float
     lost_jump: float
     crf: int
@@ -514,11 +546,15 @@ class VideoConfig:
 @dataclass(frozen=True)
 class IdentityConfig:
     """Identity from the image (``train identity-data``, ``train identity``; :mod:`coarse.identity`): the
-    recognition descriptor's map to the identity coefficients, and the synthetic faces it learns from
+    recognition descriptor's map to the identity coefficients (``weights``), how the coarse stage uses it
+    (``use``: ``prior``, ``fixed`` or ``off``; ``photometric_identity``: ``free`` or ``held``,
+    :class:`coarse.stage.CoarseSettings`), and the synthetic faces it learns from
     (photo-like renders of ``image_size`` pixels, yaw ~ N(0, ``yaw_std_deg``) cut at ``max_yaw_deg``, a pinhole
     camera with ``perspective_prob``, the photo-light options of ``sampling.light`` given here)."""
 
     weights: str
+    use: str
+    photometric_identity: str
     data: str
     n: int
     seed: int
@@ -530,10 +566,21 @@ class IdentityConfig:
     occlusion_max: float
     shadow_prob: float
     srgb_prob: float
+    regressor: str
+    lambdas: tuple[float, ...]
+    mlp_hidden: int
+    mlp_weight_decay: float
+    mlp_epochs: int
+    folds: int
+    test_share: float
 
     def __post_init__(self):
+        if self.regressor not in ("auto", "ridge", "mlp") or self.folds < 2 or not 0 < self.test_share < 1:
+            raise ValueError("regressor must be auto, ridge or mlp; folds >= 2; 0 < test_share < 1")
         if self.n < 1 or self.chunk < 1 or self.image_size < 64:
             raise ValueError("n and chunk must be >= 1, image_size >= 64")
+        if self.use not in ("prior", "fixed", "off") or self.photometric_identity not in ("free", "held"):
+            raise ValueError("use must be prior, fixed or off; photometric_identity free or held")
 
 
 @dataclass(frozen=True)

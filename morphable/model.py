@@ -13,6 +13,7 @@ The numpy kernels are compiled with numba on first use (one thread: one process 
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -122,26 +123,17 @@ class FaceModel:
     """
 
     def __init__(self, path: str | Path):
-        import h5py
-
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"face model {path} not found (run `python -m morphable.convert`)")
-        with h5py.File(path, "r") as f:
-            self.mean = f["mean"][()].astype(np.float32)
-            self.basis = f["basis"][()].astype(np.float32)
-            self.triangles = f["triangles"][()].astype(np.int32)
-            self.tri_uv = f["tri_uv"][()].astype(np.int32)
-            self.uv = f["uv"][()].astype(np.float32)
-            self.landmarks68 = f["landmarks68"][()].astype(np.int32)
-            self.expression_names = [s.decode() for s in f["expression_names"][()]]
-            self.regions = {k: f["regions"][k][()].astype(np.int64) for k in f["regions"]}
-            self.regions["landmarks68"] = self.landmarks68.astype(np.int64)
-            self.albedo_model = (
-                AlbedoModel(f["albedo/mean"][()].astype(np.float32), f["albedo/basis"][()].astype(np.float32))
-                if "albedo" in f
-                else None
-            )
+        a = read_model_arrays(path)
+        self.mean, self.basis = a["mean"], a["basis"]
+        self.triangles, self.tri_uv, self.uv = a["triangles"], a["tri_uv"], a["uv"]
+        self.landmarks68 = a["landmarks68"]
+        self.expression_names = [str(s) for s in a["expression_names"]]
+        self.regions = {k[len("regions."):]: v for k, v in a.items() if k.startswith("regions.")}
+        self.regions["landmarks68"] = self.landmarks68.astype(np.int64)
+        self.albedo_model = AlbedoModel(a["albedo.mean"], a["albedo.basis"]) if "albedo.mean" in a else None
         self.path = path
         self.n_vertices = len(self.mean)
         self.n_identity = self.basis.shape[-1] - len(self.expression_names)
@@ -345,6 +337,79 @@ def _kernels() -> dict:
 
     _KERNELS.update(linear=linear_kernel, normals=normals_kernel)
     return _KERNELS
+
+
+# ------------------------------------------------------------------ reading the file
+#: ``format`` of the uncompressed copy :func:`read_model_arrays` keeps (another value: the copy is rebuilt).
+CACHE_FORMAT = "facesynth-model-cache/1"
+
+
+def _read_h5(path: Path) -> dict[str, np.ndarray]:
+    """The arrays :class:`FaceModel` holds, from the converted HDF5 file, in the dtypes it keeps them: float32
+    geometry, int32 topology, int64 region indices, str expression names; keys ``regions.NAME`` and
+    ``albedo.mean`` / ``albedo.basis`` (when the file has an albedo model)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        a = {"mean": f["mean"][()].astype(np.float32), "basis": f["basis"][()].astype(np.float32),
+             "triangles": f["triangles"][()].astype(np.int32), "tri_uv": f["tri_uv"][()].astype(np.int32),
+             "uv": f["uv"][()].astype(np.float32), "landmarks68": f["landmarks68"][()].astype(np.int32),
+             "expression_names": np.array([s.decode() for s in f["expression_names"][()]], dtype=str)}
+        a.update({f"regions.{k}": f["regions"][k][()].astype(np.int64) for k in f["regions"]})
+        if "albedo" in f:
+            a["albedo.mean"] = f["albedo/mean"][()].astype(np.float32)
+            a["albedo.basis"] = f["albedo/basis"][()].astype(np.float32)
+    return a
+
+
+def model_cache_path(path: str | Path) -> Path:
+    """Where :func:`read_model_arrays` keeps the uncompressed copy of the model file ``path``:
+    ``.cache/NAME.npz`` in its folder (the ``.cache`` folder holds a ``.gitignore`` of ``*``)."""
+    path = Path(path)
+    return path.parent / ".cache" / f"{path.name}.npz"
+
+
+def _stamp(path: Path) -> np.ndarray:
+    """(2,) int64: the file's size (bytes) and modification time (ns), what the cached copy was made from."""
+    st = path.stat()
+    return np.array([st.st_size, st.st_mtime_ns], np.int64)
+
+
+def read_model_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """The model file's arrays (:func:`_read_h5`), through an uncompressed copy beside it.
+
+    The HDF5 file (gzip, small chunks) takes about 0.4 s to read; an uncompressed ``.npz`` copy
+    (:func:`model_cache_path`, 37 MB) about 0.05 s. The copy is written on first use and used while the
+    HDF5 file's size and modification time are those it was made from (as Python's ``.pyc`` files); any other
+    file, a copy of another :data:`CACHE_FORMAT` or an unreadable one is replaced. It is written to a
+    temporary name and renamed (:func:`facesynth.io.atomic_path`), so processes loading at once each read a
+    whole file; a folder that cannot be written only costs the speed. The HDF5 file stays the source.
+    """
+    path = Path(path)
+    cache, stamp = model_cache_path(path), _stamp(path)
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            if str(z["_format"]) == CACHE_FORMAT and np.array_equal(z["_source"], stamp):
+                return {k: z[k] for k in z.files if not k.startswith("_")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # none yet, another format or a damaged file: made again below
+    arrays = _read_h5(path)
+    try:
+        _write_cache(cache, arrays, stamp)
+    except OSError:
+        pass  # a read-only folder: no copy, the next load reads the HDF5 file again
+    return arrays
+
+
+def _write_cache(cache: Path, arrays: dict[str, np.ndarray], stamp: np.ndarray) -> None:
+    from facesynth.io import atomic_path, atomic_write_text
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    ignore = cache.parent / ".gitignore"
+    if not ignore.exists():
+        atomic_write_text(ignore, "# made by morphable.model.read_model_arrays\n*\n")
+    with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+        np.savez(f, _format=np.array(CACHE_FORMAT), _source=stamp, **arrays)
 
 
 _MODEL_CACHE: dict[str, FaceModel] = {}

@@ -2,9 +2,10 @@
 
 One output folder per photo under the run's folder (named by the photo's stem; ``stem-ext`` and then
 ``stem-ext-2`` ... when names clash), holding what ``refine sfs`` writes for one photo
-(:func:`reconstruct.outputs.write_outputs`; with ``--all``, one ``face-NN`` folder per face). The run's folder
-also gets ``summary.json`` and ``summary.csv``: one entry per photo (image, status ``done`` / ``skipped`` /
-``failed``, faces, coarse method, seconds, a one-line error), rewritten atomically after each photo, so an
+(:func:`reconstruct.outputs.write_outputs`; one ``face-NN`` folder per face when several are reconstructed:
+:func:`chosen_faces`). The run's folder also gets ``summary.json`` and ``summary.csv``: one entry per photo
+(image, status ``done`` / ``skipped`` / ``failed``, faces reconstructed, coarse method, seconds, a one-line
+error, a note on the faces found but not reconstructed), rewritten atomically after each photo, so an
 interrupted run keeps what it did. A photo that cannot be used (unreadable, no face, face too small) is a
 failed entry and the run goes on. A photo whose ``params.json`` is complete is skipped on a re-run unless
 ``force``. ``jobs`` > 1 runs the photos in that many processes (the ``spawn`` context; each loads the models
@@ -36,7 +37,7 @@ from .models import Stack, StackOptions, check_weights, load_stack
 #: File suffixes taken from a folder (lower case; any file given by name is tried whatever its suffix).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 SUMMARY_FORMAT = "facesynth-refine-batch/1"
-CSV_FIELDS = ("image", "status", "faces", "coarse_method", "seconds", "error", "out")
+CSV_FIELDS = ("image", "status", "faces", "coarse_method", "seconds", "error", "out", "note")
 #: Errors that make a photo a failed entry (the photo, not the code, is at fault).
 PHOTO_ERRORS = (ReconstructionInputError, FitError, OSError)
 
@@ -127,40 +128,82 @@ def finished(base: Path) -> dict | None:
 # ---------------------------------------------------------------------------------------------- one photo
 @dataclass(frozen=True)
 class PhotoResult:
-    """What :func:`reconstruct_photo` did: output folders, coarse method, per-face console lines."""
+    """What :func:`reconstruct_photo` did: output folders, coarse method, per-face console lines, and the note
+    on the faces found but not reconstructed (:func:`faces_report`; empty when there is nothing to say)."""
 
     dirs: list
     coarse_method: str
     lines: list
+    note: str = ""
 
 
 def detect_photo(image: Path, cfg, all_faces: bool):
-    """(photo (H, W, 3) uint8, its detections: the largest face, or all with ``all_faces``); one-line
-    :class:`coarse.detect.ReconstructionInputError` for an unusable file or no face."""
-    from coarse.detect import detect_faces, load_image
+    """(photo (H, W, 3) uint8, :class:`coarse.detect.FaceSearch` of it; with ``all_faces`` False the search only
+    looks for the largest face); one-line :class:`coarse.detect.ReconstructionInputError` for an unusable file or
+    no face big enough."""
+    from coarse.detect import find_faces, load_image
 
     photo = load_image(image)
-    faces = detect_faces(photo, cfg.detect)
-    return photo, faces if all_faces else faces[:1]
+    return photo, find_faces(photo, cfg.detect, largest=not all_faces)
 
 
-def reconstruct_photo(image: Path, photo: np.ndarray, faces: list, base: Path, cfg, stack: Stack,
-                      options: StackOptions) -> PhotoResult:
-    """Reconstruct each detected face of ``photo`` and write its outputs to :func:`face_dirs` of ``base``."""
+def chosen_faces(found, all_faces: bool) -> list:
+    """The faces ``refine sfs`` reconstructs of a :class:`coarse.detect.FaceSearch`: every face above
+    ``detect.min_interocular_px`` (``all_faces``, ``refine.faces: all``, the default), or the largest."""
+    return list(found.faces) if all_faces else list(found.faces[:1])
+
+
+def faces_report(found, all_faces: bool, min_interocular_px: float) -> dict:
+    """``params.json``'s ``faces``: which faces of the photo were reconstructed and which were not.
+
+    selection: ``all`` or ``largest``; reconstructed: how many (one folder each); found: faces above the size
+    limit the search found (with ``largest`` it stops at the first pass that finds one, so smaller faces may not
+    have been searched); below_limit: faces found under ``min_interocular_px`` and skipped (box x0, y0, x1, y1
+    and inter-ocular distance in photo pixels, the detector)."""
+    return {"selection": "all" if all_faces else "largest", "reconstructed": len(chosen_faces(found, all_faces)),
+            "found": len(found.faces), "min_interocular_px": float(min_interocular_px),
+            "below_limit": [{"box": [round(float(v), 1) for v in d.box], "interocular_px": round(d.interocular, 1),
+                             "detector": d.detector} for d in found.small]}
+
+
+def faces_note(report: dict) -> str:
+    """One line on what :func:`faces_report` says was not plain (several faces, a largest kept, small faces
+    skipped); empty for one face found and reconstructed."""
+    parts = []
+    if report["found"] > 1:
+        every = report["selection"] == "all"
+        parts.append(f"{report['found']} faces found, all reconstructed (face-NN folders)" if every
+                     else f"the largest of {report['found']} faces found reconstructed (--largest)")
+    small = report["below_limit"]
+    if small:
+        sizes = ", ".join(f"{s['interocular_px']:.0f}" for s in small)
+        parts.append(f"{len(small)} face{'s' if len(small) > 1 else ''} under detect.min_interocular_px "
+                     f"{report['min_interocular_px']:.0f} px skipped (inter-ocular {sizes} px)")
+    return "; ".join(parts)
+
+
+def reconstruct_photo(image: Path, photo: np.ndarray, found, base: Path, cfg, stack: Stack, options: StackOptions,
+                      all_faces: bool = True, timings: dict | None = None) -> PhotoResult:
+    """Reconstruct the :func:`chosen_faces` of ``found`` (:class:`coarse.detect.FaceSearch` of ``photo``) and
+    write each one's outputs to :func:`face_dirs` of ``base``; ``params.json`` gets :func:`faces_report` and
+    ``timings`` (seconds of what ran for the whole photo, e.g. ``detect_s``) beside the face's own."""
     from .outputs import write_outputs
     from .pipeline import reconstruct_face
 
+    faces = chosen_faces(found, all_faces)
+    report = faces_report(found, all_faces, cfg.detect.min_interocular_px)
     resolution = options.resolution or cfg.refine.resolution
     dirs, lines, method = face_dirs(base, len(faces)), [], ""
     for i, (det, d) in enumerate(zip(faces, dirs)):
         rec = reconstruct_face(photo, det, stack.model, cfg, stack.coarse, resolution, sfs=not options.no_sfs,
                                sfs_params=cfg.refine.sfs, detail=stack.detail)
         write_outputs(rec, photo, det, stack.model, d, {**stack.notes, "image": str(image), "face_index": i,
-                                                        "faces_in_image": len(faces)})
+                                                        "faces_in_image": len(faces), "faces": report},
+                      timings)
         method = rec.coarse_method
         lines.append(f"{d}: {rec.coarse_method}, {stack.detail_note}, {int(rec.visible.sum())} visible vertices, "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in rec.timings.items()))
-    return PhotoResult(dirs, method, lines)
+                     + ", ".join(f"{k} {v:.2f}" for k, v in {**(timings or {}), **rec.timings}.items()))
+    return PhotoResult(dirs, method, lines, faces_note(report))
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -179,18 +222,20 @@ def plan(images: list[Path], out: Path) -> list[Job]:
 
 def run_one(job: Job, cfg, stack: Stack, options: StackOptions, force: bool, all_faces: bool) -> dict:
     """Run one photo of a batch; never raises for a bad photo: returns its summary entry (:data:`CSV_FIELDS`;
-    an unexpected error is a failed entry too, with its traceback under ``traceback``)."""
+    ``note``: :func:`faces_note`; an unexpected error is a failed entry too, with its traceback under
+    ``traceback``)."""
     entry = {"image": str(job.image), "status": "done", "faces": 0, "coarse_method": "", "seconds": 0.0,
-             "error": "", "out": str(job.out)}
+             "error": "", "out": str(job.out), "note": ""}
     done = None if force else finished(job.out)
     if done is not None:
         return {**entry, "status": "skipped", "faces": int(done.get("faces_in_image", 1)),
                 "coarse_method": done.get("coarse_method", "")}
     t0 = time.perf_counter()
     try:
-        photo, faces = detect_photo(job.image, cfg, all_faces)
-        res = reconstruct_photo(job.image, photo, faces, job.out, cfg, stack, options)
-        entry.update(faces=len(faces), coarse_method=res.coarse_method)
+        photo, found = detect_photo(job.image, cfg, all_faces)
+        res = reconstruct_photo(job.image, photo, found, job.out, cfg, stack, options, all_faces,
+                                {"detect_s": time.perf_counter() - t0})
+        entry.update(faces=len(res.dirs), coarse_method=res.coarse_method, note=res.note)
     except PHOTO_ERRORS as e:
         text = str(e).strip()
         entry.update(status="failed", error=text.splitlines()[0] if text else type(e).__name__)
@@ -231,14 +276,15 @@ def _work(args: tuple) -> tuple[int, dict]:
     return i, run_one(job, w["cfg"], w["stack"], w["options"], force, all_faces)
 
 
-def run_batch(jobs: list[Job], out: Path, cfg, options: StackOptions, force: bool = False, all_faces: bool = False,
+def run_batch(jobs: list[Job], out: Path, cfg, options: StackOptions, force: bool = False, all_faces: bool = True,
               processes: int = 1, stack: Stack | None = None, progress: bool = True) -> list[dict]:
     """Run every job, writing the summary to ``out`` after each; returns the entries in job order.
 
     Args:
         jobs: from :func:`plan`; out: the run's folder (created).
         cfg: the config; options: what to load and run (:class:`reconstruct.models.StackOptions`).
-        force: redo photos whose outputs are complete; all_faces: every face of a photo, not only the largest.
+        force: redo photos whose outputs are complete; all_faces: every face of a photo above the size limit
+            (``refine.faces: all``), not only the largest (:func:`chosen_faces`).
         processes: worker processes (``spawn``; each loads the models once); 1 runs here.
         stack: the loaded models for ``processes`` 1 (None: loaded here).
         progress: show a tqdm bar.

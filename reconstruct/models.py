@@ -4,12 +4,30 @@ them once (:func:`load_stack`), not once per photo; a worker process of ``refine
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
+
+
+#: Device files of a GPU that torch could use (NVIDIA, NVIDIA under WSL2, AMD ROCm): without any of them,
+#: ``auto`` is the CPU without asking torch.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+
+
+def gpu_possible() -> bool:
+    """Whether this machine may have a GPU torch can use (a device file of :data:`GPU_DEVICE_FILES`; always
+    True off Linux, where there are none to look at). Reads the file system only: no torch import."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.path.exists(p) for p in GPU_DEVICE_FILES)
 
 
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda when available, else cpu (:func:`training.loop.resolve_device`, which also refuses
-    cuda without a CUDA device)."""
+    cuda without a CUDA device). ``cpu``, and ``auto`` on a machine without a GPU (:func:`gpu_possible`), are
+    answered without importing torch (about 1.5 s)."""
+    if device == "cpu" or (device == "auto" and not gpu_possible()):
+        return "cpu"
     from training.loop import resolve_device as resolve
 
     return str(resolve(device))
@@ -19,34 +37,83 @@ def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int 
                 no_network: bool = False, no_photometric: bool = False):
     """The coarse stage's settings (:class:`coarse.stage.CoarseSettings`) and the network weights' path, or
     None when the fit is the coarse face (no weights, or ``no_network``). ``no_photometric``: the landmark fit
-    is not refined by the photo's shading (``refine.photometric``).
+    is not refined by the photo's shading (``refine.photometric``). torch is imported only when the network
+    loads.
 
     ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
     given by the user must exist.
     """
-    from coarse.network import load_iterative
     from coarse.stage import CoarseSettings
     from facesynth.config import optional_file
 
     path = None if no_network else optional_file(cfg, weights, cfg.refine.weights)
-    network = None if path is None else load_iterative(path, resolve_device(device))
+    network = None
+    if path is not None:
+        from coarse.network import load_iterative
+
+        network = load_iterative(path, resolve_device(device))
     coarse = CoarseSettings.from_config(cfg, network, iterations, photometric=not no_photometric)
     return coarse, None if path is None else str(path)
 
 
-def load_detail_predictor(weights: str | None, cfg, device: str = "auto"):
-    """The detail network as a :data:`training.detail_net.DetailPredictor` and its path, or (None, None) when
-    no weights exist. ``weights`` None means ``detail.weights`` of the config if that file exists; a path given
-    by the user must exist."""
-    from facesynth.config import optional_file
+@dataclass(frozen=True)
+class DetailStage:
+    """The loaded detail network: ``predictor`` (a :data:`training.detail_runtime.DetailPredictor`), the
+    weights file ``path`` (the ``.pt``), the ``runtime`` that runs it (``onnxruntime`` with the ONNX export
+    beside the weights, or ``torch``), the ``device`` and ``why`` torch runs it when ``detail.runtime`` is
+    ``auto`` (empty otherwise)."""
+
+    predictor: object
+    path: str
+    runtime: str
+    device: str
+    why: str = ""
+
+    def note(self) -> str:
+        """One line for the console: ``detail PATH (RUNTIME[, why])``."""
+        return f"detail {self.path} ({self.runtime}{', ' + self.why if self.why else ''})"
+
+
+def load_detail_stage(weights: str | None, cfg, device: str = "auto") -> DetailStage | None:
+    """The detail network (:class:`DetailStage`), or None when no weights exist. ``weights`` None means
+    ``detail.weights`` of the config if that file exists; a path given by the user must exist.
+
+    ``detail.runtime`` picks what runs it: ``onnx`` (ONNX Runtime on the CPU, the export beside the weights,
+    :func:`training.detail_runtime.matching_onnx`; an error without one, or with ``--device cuda``), ``torch``,
+    or ``auto``: ONNX when the device is the CPU and a matching export exists, else torch. ONNX Runtime starts
+    in about 0.2 s where torch takes about 2 s (import and load); its output is torch's to ~1e-6 mm.
+    """
+    from facesynth.config import ConfigError, optional_file
 
     path = optional_file(cfg, weights, cfg.detail.weights)
     if path is None:
-        return None, None
+        return None
+    runtime = cfg.detail.runtime
+    if runtime == "onnx" and device == "cuda":
+        raise ConfigError("detail.runtime onnx runs on the CPU only: not with --device cuda")
+    dev = "cpu" if runtime == "onnx" else resolve_device(device)
+    why = ""
+    if runtime != "torch" and dev == "cpu":
+        from training.detail_runtime import matching_onnx
+
+        threads = 0
+        if "torch" in sys.modules:  # a worker process of --jobs K has set torch's share of the cores
+            threads = sys.modules["torch"].get_num_threads()
+        net, why = matching_onnx(path, threads)
+        if net is not None:
+            return DetailStage(net.predictor(), str(path), "onnxruntime", "cpu")
+        if runtime == "onnx":
+            raise ConfigError(f"detail.runtime onnx: {why}")
     from training.detail_net import load_detail
 
-    dev = resolve_device(device)
-    return load_detail(path, dev).predictor(dev), str(path)
+    return DetailStage(load_detail(path, dev).predictor(dev), str(path), "torch", dev, why)
+
+
+def load_detail_predictor(weights: str | None, cfg, device: str = "auto"):
+    """The detail network as a :data:`training.detail_runtime.DetailPredictor` and its path, or (None, None)
+    when no weights exist (:func:`load_detail_stage`)."""
+    stage = load_detail_stage(weights, cfg, device)
+    return (None, None) if stage is None else (stage.predictor, stage.path)
 
 
 @dataclass(frozen=True)
@@ -91,11 +158,11 @@ def load_stack(cfg, options: StackOptions) -> Stack:
     model = load_model(cfg.resolve_path(cfg.model.path))
     coarse, used = load_coarse(options.weights, cfg, options.device, options.iterations, options.no_network,
                                options.no_photometric)
-    detail, detail_used = ((None, None) if options.no_detail
-                           else load_detail_predictor(options.detail_weights, cfg, options.device))
-    note = ("detail off (--no-detail)" if options.no_detail else f"detail {detail_used}" if detail else
+    detail = None if options.no_detail else load_detail_stage(options.detail_weights, cfg, options.device)
+    note = ("detail off (--no-detail)" if options.no_detail else detail.note() if detail else
             f"detail skipped (no {cfg.detail.weights})")
-    return Stack(model, coarse, detail, {"weights": used, "detail_weights": detail_used}, note)
+    notes = {"weights": used, "detail_weights": detail and detail.path, "detail_runtime": detail and detail.runtime}
+    return Stack(model, coarse, detail and detail.predictor, notes, note)
 
 
 def check_weights(cfg, options: StackOptions) -> None:

@@ -10,7 +10,9 @@
                                            detail, coarse_texture.png, and the 53 expression blendshapes as
                                            morph targets with ARKit names, the fitted weights as defaults
                                            (:mod:`reconstruct.gltf`)
-    params.json                            coefficients (named), pose, lighting, landmarks, timings
+    params.json                            coefficients (named), pose, lighting, landmarks, the detection, timings,
+                                           the photo's faces: which were reconstructed, which skipped
+                                           (``faces``, :func:`reconstruct.batch.faces_report`)
     depth.png, normals.png                 coarse | refined, side by side
     overlay.png                            photo | coarse shading | [+ detail net shading |] refined shading |
                                            coarse mesh over the photo
@@ -77,8 +79,11 @@ def _dots(img: np.ndarray, pts: np.ndarray, color=(0.1, 1.0, 0.2)) -> np.ndarray
     return out
 
 
-def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_params: dict | None = None) -> list[Path]:
-    """Write every output file of one reconstruction into ``out_dir`` (created)."""
+def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_params: dict | None = None,
+                  timings: dict | None = None) -> list[Path]:
+    """Write every output file of one reconstruction into ``out_dir`` (created); ``extra_params`` are added to
+    ``params.json``, ``timings`` (seconds, e.g. the photo's ``detect_s``) to its ``timings_s`` before the face's
+    own (``rec.timings``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     verts = model.vertices(rec.alpha)
@@ -146,7 +151,7 @@ def write_outputs(rec, photo: np.ndarray, det, model, out_dir: Path, extra_param
         "detection": {"box": det.box.tolist(), "score": det.score, "detector": det.detector,
                       "rotation_deg": det.rotation_deg},  # coarse.detect.Detection: what the score means
         "visible_vertices": int(rec.visible.sum()),
-        "timings_s": rec.timings,
+        "timings_s": {**(timings or {}), **rec.timings},
         "detail": detail,
         "refined_offset": {"min_mm": float(off.min()), "max_mm": float(off.max()),
                            "vertices_moved": int((np.abs(off) > 1e-3).sum())},

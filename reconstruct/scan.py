@@ -51,7 +51,7 @@ class Scan:
     source: Path
 
 
-def _scan_files(folder: str | Path) -> tuple[Path, Path]:
+def _scan_files(folder: str | Path, need_landmarks: bool = True) -> tuple[Path, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ScanError(f"scan folder {folder} not found (it holds one .obj, its texture and {LANDMARKS_FILE})")
@@ -59,7 +59,7 @@ def _scan_files(folder: str | Path) -> tuple[Path, Path]:
     if len(objs) != 1:
         raise ScanError(f"scan folder {folder} must hold exactly one .obj file, found {len(objs)}")
     lm = folder / LANDMARKS_FILE
-    if not lm.is_file():
+    if need_landmarks and not lm.is_file():
         raise ScanError(f"scan folder {folder} has no {LANDMARKS_FILE} (68 lines 'x y z')")
     return objs[0], lm
 
@@ -75,19 +75,21 @@ def read_landmarks(path: str | Path) -> np.ndarray:
     return lm
 
 
-def load_scan(folder: str | Path, reference_landmarks: np.ndarray) -> Scan:
+def load_scan(folder: str | Path, reference_landmarks: np.ndarray, landmarks: np.ndarray | None = None) -> Scan:
     """Load the scan in ``folder`` and move it into the model frame.
 
     Args:
         folder: holds one ``.obj`` with its ``.mtl`` and texture image, and ``landmarks68.txt``, in mm.
         reference_landmarks: (68, 3) the model's mean-face landmarks (``model.landmarks(zeros)``), mm.
+        landmarks: (68, 3) the scan's landmarks in the OBJ's frame (e.g. :func:`place_landmarks`) instead of
+            the folder's ``landmarks68.txt``.
     Raises:
         ScanError: missing or unreadable files, no texture, landmarks that are not 68 x 3.
     """
     import trimesh
 
-    obj, lm_path = _scan_files(folder)
-    landmarks = read_landmarks(lm_path)
+    obj, lm_path = _scan_files(folder, need_landmarks=landmarks is None)
+    landmarks = read_landmarks(lm_path) if landmarks is None else np.asarray(landmarks, np.float64)
     eyes = float(np.linalg.norm(landmarks[36] - landmarks[45]))
     if not 50.0 < eyes < 150.0:
         raise ScanError(f"{lm_path}: outer eye corners (36, 45) are {eyes:.4g} apart, not 50-150: is the scan in mm?")
@@ -280,5 +282,99 @@ class ScanRenderer:
             self.head.mesh.is_visible = True
         return rgba[..., :3] + (1.0 - rgba[..., 3:])
 
+    def render_depth(self, view: ScanView, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The textured scan in ``view`` over ``background`` ((H, W, 3) float in [0, 1]) as (H, W, 3) uint8, and
+        the depth (H, W) mm along the camera axis of each pixel (0: no scan). Needs ``supersample`` 1."""
+        if self.ss != 1:
+            raise ValueError("render_depth needs a renderer made with supersample=1")
+        self._place(view)
+        color, depth = self.renderer.render(self.scene, flags=self.pyrender.RenderFlags.NONE)
+        background = (np.clip(background, 0, 1) * 255 + 0.5).astype(np.uint8)
+        return np.where((depth > 0)[..., None], color[..., :3], background), depth.astype(np.float64)
+
+    def unproject(self, xy: np.ndarray, depth: np.ndarray, view: ScanView) -> np.ndarray:
+        """(N, 3) model-frame points seen at pixels ``xy`` (N, 2) at camera depths ``depth`` (N,) mm in ``view``:
+        the inverse of :meth:`project`."""
+        f, c = view.focal_px(self.size), self.size / 2
+        X = np.stack([(xy[:, 0] - c) * depth / f, -(xy[:, 1] - c) * depth / f, view.distance_mm - depth], 1)
+        return X @ view.rotation() + self.pivot
+
     def close(self) -> None:
         self.renderer.delete()
+
+
+# ---------------------------------------------------------------------------------------------- landmarks
+#: Framings of :func:`place_landmarks`: fields of view (degrees) and aim shifts (mm, x and y) in turn.
+PLACE_FOVS_DEG = (8.5, 10.0, 11.5)
+PLACE_SHIFTS_MM = ((0.0, 0.0), (12.0, -12.0), (-12.0, 12.0))
+
+
+def place_landmarks(folder: str | Path, detect_params=None, image_size: int = 1024,
+                    distance_mm: float = 2000.0) -> np.ndarray:
+    """68 landmarks for a scan folder that has none, found as a photo's are: the textured scan rendered head-on
+    (the OBJ's own frame: y up, the face looking along +z, mm) by a camera ``distance_mm`` away at ``image_size``
+    pixels, in 9 framings (:data:`PLACE_FOVS_DEG` x :data:`PLACE_SHIFTS_MM`); on each, the detector and dlib's
+    68-point predictor (:func:`coarse.detect.detect_faces`), each point carried onto the surface by the render's
+    depth; the 9 results projected into the first framing, their per-point median taken in the image and
+    carried onto the surface again.
+
+    Returns:
+        (68, 3) float64 landmarks in the OBJ's frame and units, Multi-PIE order (the format of
+        :data:`LANDMARKS_FILE`).
+    Raises:
+        ScanError: unreadable files, or no face found in any framing.
+    """
+    import trimesh
+
+    from coarse.detect import ReconstructionInputError, detect_faces
+
+    obj = _scan_files(folder, need_landmarks=False)[0]
+    try:
+        mesh = trimesh.load(obj, process=False, force="mesh")
+    except Exception as e:  # trimesh raises many types for a broken file
+        raise ScanError(f"{obj}: cannot read the mesh ({type(e).__name__})") from None
+    v = np.asarray(mesh.vertices, np.float64)
+    front = v[v[:, 2] > v[:, 2].max() - 60.0]  # the face: the 60 mm nearest the camera
+    centre = np.r_[0.5 * (front[:, :2].min(0) + front[:, :2].max(0)), v[:, 2].max() - 40.0]
+    scan = Scan(mesh, np.tile(centre, (68, 1)), v, np.arange(len(v)), Similarity(1.0, np.eye(3), np.zeros(3)),
+                obj)
+    renderer = ScanRenderer(scan, image_size, supersample=1)
+    background = np.full((image_size, image_size, 3), 0.5)
+    found, base = [], None
+    try:
+        for fov in PLACE_FOVS_DEG:
+            focal = SENSOR_WIDTH_MM / (2 * np.tan(np.radians(fov) / 2))
+            view = ScanView(0.0, 0.0, 0.0, float(focal), distance_mm, (0.0, 0.0, 1.0), 3.0, 0.4, 0)
+            for shift in PLACE_SHIFTS_MM:
+                renderer.pivot = centre + np.r_[shift, 0.0]
+                image, depth = renderer.render_depth(view, background)
+                try:
+                    points = detect_faces(image, detect_params)[0].landmarks
+                    on_scan = _depth_at(depth, points)
+                except (ReconstructionInputError, ScanError):
+                    continue  # no face, or a point off the scan: this framing says nothing
+                if base is None:
+                    base = (view, renderer.pivot.copy(), depth)
+                found.append(renderer.unproject(points, on_scan, view))
+        if base is None:
+            raise ScanError(f"{obj}: no face found in head-on renders (is +z the face's direction and y up?)")
+        view, pivot, depth = base
+        renderer.pivot = pivot
+        median = np.median(np.stack([renderer.project(p, view) for p in found]), axis=0)
+        return renderer.unproject(median, _depth_at(depth, median), view)
+    finally:
+        renderer.close()
+
+
+def _depth_at(depth: np.ndarray, xy: np.ndarray, radius: int = 5) -> np.ndarray:
+    """(N,) the render's depth at pixels ``xy`` (N, 2): the median of the scan's pixels within ``radius`` (a
+    silhouette point's pixel may be background)."""
+    H, W = depth.shape
+    out = np.empty(len(xy))
+    for k, (x, y) in enumerate(np.floor(xy).astype(int)):
+        patch = depth[max(0, y - radius):y + radius + 1, max(0, x - radius):x + radius + 1]
+        hit = patch[patch > 0]
+        out[k] = np.median(hit) if len(hit) else np.nan
+    if not np.isfinite(out).all():
+        raise ScanError("a landmark fell off the scan in a head-on render")
+    return out

@@ -173,3 +173,85 @@ def evaluate_scan(scan: Scan, model, cfg, out: str | Path, n_views: int, coarse=
     }
     write_json(out / "scan_eval.json", report, indent=1)
     return report
+
+
+# ---------------------------------------------------------------------------------------------- many scans
+def scan_folders(paths: list) -> list[Path]:
+    """The scan folders named by ``paths``: a folder holding an ``.obj`` is a scan; any other folder stands for
+    its sub-folders that hold one (a folder of scans), in name order."""
+    from .scan import ScanError
+
+    folders = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise ScanError(f"scan folder {p} not found")
+        if any(p.glob("*.obj")):
+            folders.append(p)
+            continue
+        subs = sorted(d for d in p.iterdir() if d.is_dir() and any(d.glob("*.obj")))
+        if not subs:
+            raise ScanError(f"{p} holds no scan (a folder with one .obj, its texture and optionally landmarks68.txt)")
+        folders += subs
+    names = [f.name for f in folders]
+    if len(set(names)) != len(names):
+        raise ScanError(f"two scans share a folder name ({', '.join(sorted(n for n in names if names.count(n) > 1))})")
+    return folders
+
+
+def scan_landmarks(folder: Path, out: Path, detect_params=None) -> tuple[np.ndarray | None, str]:
+    """A scan's landmarks: None (its own ``landmarks68.txt`` is used) or, for a folder without one, those
+    :func:`reconstruct.scan.place_landmarks` finds, kept in ``out/landmarks68.txt`` for the next run; and where
+    they came from."""
+    from facesynth.io import atomic_write_text
+
+    from .scan import LANDMARKS_FILE, place_landmarks, read_landmarks
+
+    if (folder / LANDMARKS_FILE).is_file():
+        return None, str(folder / LANDMARKS_FILE)
+    kept = out / LANDMARKS_FILE
+    if kept.is_file():
+        return read_landmarks(kept), f"{kept} (placed: detector on head-on renders)"
+    lm = place_landmarks(folder, detect_params)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(kept, "# 68 landmarks placed by reconstruct.scan.place_landmarks (detector on head-on renders, "
+                            "carried onto the scan by depth); x y z in the OBJ's frame and units\n"
+                      + "\n".join(f"{x:.4f} {y:.4f} {z:.4f}" for x, y, z in lm) + "\n")
+    return lm, f"{kept} (placed: detector on head-on renders)"
+
+
+def evaluate_scans(folders: list, model, cfg, out: str | Path, n_views: int, coarse=None, detail=None,
+                   sfs: bool = True, notes: dict | None = None, progress: bool = True) -> dict:
+    """:func:`evaluate_scan` on each scan folder (outputs in ``out/<folder name>/``), and the figure to judge by:
+    each stage's median over a scan divided by the mean face's on that scan, averaged over the scans.
+
+    Returns the report written to ``out/scans.json``: ``scans`` (per scan: its folder, landmarks' source,
+    views found, each stage's ``median_mm`` and ``ratio_to_mean_face``), ``mean_ratio_to_mean_face`` per stage,
+    ``max_ratio_to_mean_face`` per stage, and the settings.
+    """
+    from .scan import load_scan
+
+    out = Path(out)
+    rows = []
+    for folder in map(Path, folders):
+        sub = out / folder.name
+        lm, source = scan_landmarks(folder, sub, cfg.detect)
+        scan = load_scan(folder, model.landmarks(np.zeros(model.n_coeffs)), lm)
+        r = evaluate_scan(scan, model, cfg, sub, n_views, coarse, detail, sfs, notes, progress)
+        base = r["mean_face"]["median_mm"]
+        rows.append({"scan": folder.name, "folder": str(folder), "landmarks": source, "views": r["views"],
+                     "found": r["found"],
+                     **{k: {"median_mm": r[k]["median_mm"],
+                            "ratio_to_mean_face": r[k]["median_mm"] / base if r[k]["median_mm"] == r[k]["median_mm"]
+                            else None}
+                        for k in ("mean_face", "coarse", "refined")}})
+    stages = ("coarse", "refined")
+    ratios = {k: [row[k]["ratio_to_mean_face"] for row in rows if row[k]["ratio_to_mean_face"] is not None]
+              for k in stages}
+    report = {"scans": rows,
+              "mean_ratio_to_mean_face": {k: float(np.mean(v)) if v else None for k, v in ratios.items()},
+              "max_ratio_to_mean_face": {k: float(np.max(v)) if v else None for k, v in ratios.items()},
+              "figure": "per scan, the stage's NoW-style median over its found views / the mean face's median; "
+                        "mean over the scans",
+              "views_per_scan": n_views, "settings": notes or {}}
+    write_json(out / "scans.json", report, indent=1)
+    return report

@@ -10,7 +10,10 @@ Per frame (:func:`process_video`):
 2. smoothing: a One-Euro filter (:class:`OneEuroFilter`) on the landmarks in units of the face's size: a
    low-pass whose cutoff rises with speed, so a still head does not jitter and a turning one does not lag;
 3. the coarse face: the MAP landmark fit (:func:`coarse.fit.fit_map`) of expression and pose with the clip's
-   identity held, started from the last frame's pose (``video.fit_iterations`` alternations);
+   identity held, started from the last frame's pose (``video.fit_iterations`` alternations), then refined by
+   the frame's shading (:func:`coarse.photometric.photometric_fit` of expression and pose, the identity held;
+   ``video.photometric_rounds`` rounds of at most ``video.photometric_iterations`` steps on
+   ``video.photometric_samples`` vertices; off with ``--no-photometric`` or ``photometric_rounds: 0``);
 4. the identity: fitted jointly over the first ``video.identity_frames`` frames with a face
    (:func:`coarse.fit.fit_map_shared_identity`: one identity, an expression and pose per frame), then held.
    Until then frames are fitted with the first frame's own identity (for the lost test) and kept back; once
@@ -20,8 +23,9 @@ Frames: pixels of the video frame (x right, y down) for landmarks and poses; mes
 (millimetres, y up, face along +z; the per-frame pose maps them into the frame, :mod:`render.camera`).
 
 Outputs in the clip's folder (:data:`OUTPUT_FILES`): ``frames.jsonl`` (one JSON object per frame: index, time,
-whether a face was found and how (``detected`` / ``tracked``), pose, the 53 named expression weights, the
-smoothed landmarks, the fit's residual and timings), ``identity.json`` (the clip's identity coefficients and the
+whether a face was found and how (``detected`` / ``tracked``), the coarse method that made it
+(``coarse_method``: ``photometric_fit`` or ``landmark_fit``), pose, the 53 named expression weights, the
+smoothed landmarks, the landmark fit's residual and timings), ``identity.json`` (the clip's identity coefficients and the
 frames it was fitted on), ``neutral.obj`` (that identity with a neutral expression), ``overlay.mp4`` (the fitted
 mesh's shading over the frames) and ``summary.json`` (counts, speed); on request ``obj/frame_NNNNNN.obj`` (each
 frame's mesh, model frame), ``animation/`` (``neutral.obj`` plus ``coefficients.csv``: pose and expression per
@@ -297,24 +301,64 @@ def landmark_residual_mm(model, landmarks_model, alpha: np.ndarray, pose: Pose, 
 
 @dataclass
 class FrameFit:
-    """A frame's coarse face: ``alpha`` (K,), ``pose`` (video frame), the fit's ``residual_mm``."""
+    """A frame's coarse face: ``alpha`` (K,), ``pose`` (video frame), the landmark fit's ``residual_mm``, and
+    the ``method`` that made it (``landmark_fit`` or ``photometric_fit``)."""
 
     alpha: np.ndarray
     pose: Pose
     residual_mm: float
+    method: str = "landmark_fit"
+
+
+def frame_photometric(photometric, video_cfg):
+    """The per-frame photometric fit's settings: ``refine.photometric`` (None: off) in ``video``'s rounds,
+    steps and vertex sample; None when ``video.photometric_rounds`` is 0."""
+    if photometric is None or video_cfg.photometric_rounds < 1:
+        return None
+    return replace(photometric, rounds=video_cfg.photometric_rounds, iterations=video_cfg.photometric_iterations,
+                   samples=video_cfg.photometric_samples, early_samples=video_cfg.photometric_samples)
 
 
 class ClipFitter:
     """Expression and pose per frame with the clip's one identity held (:func:`coarse.fit.fit_map` with
-    ``identity``), from the last frame's pose. Before the identity is known (:meth:`set_identity`), the first
-    frame's own full fit gives a provisional one."""
+    ``identity``), from the last frame's pose, then refined by the frame's shading
+    (:func:`coarse.photometric.photometric_fit`, expression and pose only) when ``photometric`` settings are
+    given (:func:`frame_photometric`). Before the identity is known (:meth:`set_identity`), the first frame's own
+    full landmark fit gives a provisional one (those frames are fitted again once it is known)."""
 
-    def __init__(self, model, landmarks_model, prior, video_cfg):
+    def __init__(self, model, landmarks_model, prior, video_cfg, photometric=None):
         self.model, self.lm, self.prior, self.cfg = model, landmarks_model, prior, video_cfg
         self.fast = replace(prior, iterations=video_cfg.fit_iterations)
+        self.photometric = photometric
         self.identity: np.ndarray | None = None
         self.held = False
         self.pose: Pose | None = None
+
+    def refine(self, fit: FrameFit, photo: np.ndarray, points: np.ndarray, detector: str,
+               previous: FrameFit | None = None) -> FrameFit:
+        """``fit`` refined by the frame's shading (expression and pose; the identity held), when this fitter has
+        photometric settings and the identity is held; else ``fit``. ``photo``: (H, W, 3) uint8; ``previous``:
+        the last frame's refined fit, whose expression the prior leans on (``video.photometric_temporal_std``)."""
+        if self.photometric is None or not self.held:
+            return fit
+        from coarse.fit import CoefficientPrior
+        from coarse.photometric import photometric_fit
+
+        m = self.model
+        prior = CoefficientPrior.from_config(self.prior, m.n_identity, m.n_expression)
+        if previous is not None and previous.method == "photometric_fit" and self.cfg.photometric_temporal_std > 0:
+            # N(expression_mean, expression_std^2) x N(last expression, temporal_std^2): precisions add
+            mean, std = prior.mean[m.n_identity:], 1.0 / np.diag(prior.whiten)[m.n_identity:]
+            last = np.asarray(previous.alpha, np.float64)[m.n_identity:]
+            precision = std ** -2 + self.cfg.photometric_temporal_std ** -2
+            whiten = prior.whiten.copy()
+            whiten[m.n_identity:, m.n_identity:] = np.diag(np.sqrt(precision))
+            prior = CoefficientPrior(np.r_[prior.mean[:m.n_identity], (mean * std ** -2 + last
+                                                                        * self.cfg.photometric_temporal_std ** -2)
+                                           / precision], whiten)
+        alpha, pose = photometric_fit(photo, fit.alpha, fit.pose, points, m, self.lm, self.prior, self.photometric,
+                                      detector, free="expression", coefficients=prior)
+        return FrameFit(alpha, pose, fit.residual_mm, "photometric_fit")
 
     def set_identity(self, identity: np.ndarray) -> None:
         self.identity, self.held = np.asarray(identity, np.float64), True
@@ -416,7 +460,7 @@ def _frame_record(fr: _Frame, model) -> dict:
         pose = fr.fit.pose
         yaw, pitch, roll = np.degrees(rotation_to_euler(pose.rotation))
         _, expr = model.split(np.asarray(fr.fit.alpha, np.float64))
-        rec.update(detector=fr.obs.detector, residual_mm=round(fr.fit.residual_mm, 4),
+        rec.update(detector=fr.obs.detector, coarse_method=fr.fit.method, residual_mm=round(fr.fit.residual_mm, 4),
                    pose={**pose.to_dict(), "yaw_deg": float(yaw), "pitch_deg": float(pitch), "roll_deg": float(roll)},
                    expression={n: round(float(v), 5) for n, v in zip(model.expression_names, expr)},
                    landmarks=np.round(fr.obs.smooth, 3).tolist())
@@ -450,7 +494,8 @@ def process_video(path: str | Path, out: Path, cfg, stack, options: VideoOptions
     model, vc = stack.model, cfg.video
     info = video_info(path)
     tracker = FaceTracker(cfg.detect, vc)
-    fitter = ClipFitter(model, stack.coarse.landmarks, stack.coarse.prior, vc)
+    fitter = ClipFitter(model, stack.coarse.landmarks, stack.coarse.prior, vc,
+                        frame_photometric(stack.coarse.photometric, vc))
     drawer = OverlayDrawer(model, cfg.render)
     out.mkdir(parents=True, exist_ok=True)
     for sub, on in (("obj", options.obj), ("animation", options.animation), ("detail", options.detail)):
@@ -460,6 +505,7 @@ def process_video(path: str | Path, out: Path, cfg, stack, options: VideoOptions
     pending: list[_Frame] = []  # frames kept back until the clip's identity is fitted
     lines: list[str] = []
     identity_frames: list[int] = []
+    state = {"last": None}  # the last frame's fit, for the next frame's photometric prior
     counts: Counter = Counter()
     timings: dict[str, float] = Counter()
     t_start = time.perf_counter()
@@ -489,10 +535,14 @@ def process_video(path: str | Path, out: Path, cfg, stack, options: VideoOptions
             t0 = time.perf_counter()
             kind = Counter(f.obs.detector for f in with_face).most_common(1)[0][0]
             _, fits = fitter.joint_identity([f.obs.smooth for f in with_face], [f.fit.pose for f in with_face], kind)
-            for f, fit in zip(with_face, fits):
-                f.fit = fit
-            identity_frames.extend(f.index for f in with_face)
             timings["identity_fit_s"] += time.perf_counter() - t0
+            last = None
+            for f, fit in zip(with_face, fits):
+                t1 = time.perf_counter()
+                f.fit = last = fitter.refine(fit, f.rgb, f.obs.smooth, f.obs.detector, last)
+                f.timings["photometric_s"] = time.perf_counter() - t1
+            state["last"] = last
+            identity_frames.extend(f.index for f in with_face)
         for f in frames:
             emit(f)
 
@@ -513,6 +563,12 @@ def process_video(path: str | Path, out: Path, cfg, stack, options: VideoOptions
                 fr.obs, fr.fit = obs, fit
                 fr.timings.update(obs.timings if obs is not None else {})
             fr.timings["track_fit_s"] = time.perf_counter() - t0
+            if fr.fit is not None and fitter.held:
+                t1 = time.perf_counter()
+                fr.fit = fitter.refine(fr.fit, rgb, fr.obs.smooth, fr.obs.detector,
+                                       state["last"] if fr.obs.source == "tracked" else None)
+                fr.timings["photometric_s"] = time.perf_counter() - t1
+            state["last"] = fr.fit
             if fitter.held:
                 emit(fr)
                 continue

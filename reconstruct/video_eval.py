@@ -9,8 +9,8 @@ beside the clip (:func:`truth_path`). With ``still`` the head and face do not mo
 a reconstruction is then jitter.
 
 :func:`evaluate_clip` runs :func:`reconstruct.video.process_video` on the clip and, as the baseline, the
-detector and the full MAP fit (:func:`coarse.fit.fit_map`, free identity) on every frame alone, and compares
-both with the truth (:func:`clip_errors`).
+detector and the coarse stage of ``refine sfs`` (:func:`coarse.stage.coarse_fit`: free identity) on every frame
+alone, and compares both with the truth (:func:`clip_errors`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from coarse.detect import ReconstructionInputError, detect_faces
-from coarse.fit import fit_map
+from coarse.stage import coarse_fit
 from datagen.scene import centred_pose, draw_scene, sample_rng
 from facesynth.io import write_json
 from render.camera import Pose, euler_to_rotation, project
@@ -203,8 +203,9 @@ def clip_errors(model, alphas: list, poses: list, truth: dict) -> dict:
 
 def independent_fits(clip: str | Path, cfg, stack, max_frames: int | None = None,
                      progress: bool = True) -> tuple[list, list, float]:
-    """The baseline: every frame alone, as ``refine sfs`` would fit a photo (the detector cascade, then the full
-    MAP fit with a free identity). Returns (alphas, poses: None where no face was found; seconds)."""
+    """The baseline: every frame alone, as ``refine sfs`` would fit a photo (the detector cascade, then the coarse
+    stage of ``stack``: the full MAP fit with a free identity and, unless turned off, the photometric fit,
+    :func:`coarse.stage.coarse_fit`). Returns (alphas, poses: None where no face was found; seconds)."""
     from tqdm import tqdm
 
     from .video import read_frames
@@ -218,9 +219,10 @@ def independent_fits(clip: str | Path, cfg, stack, max_frames: int | None = None
             alphas.append(None)
             poses.append(None)
             continue
-        a, p = fit_map(stack.model, det.landmarks, stack.coarse.landmarks, stack.coarse.prior, detector=det.detector)
-        alphas.append(a)
-        poses.append(p)
+        cf = coarse_fit(rgb.astype(np.float32) / 255.0, det.landmarks, stack.model, stack.coarse, cfg.render,
+                        det.detector)
+        alphas.append(cf.alpha)
+        poses.append(cf.pose)
     return alphas, poses, time.perf_counter() - t0
 
 

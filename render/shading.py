@@ -166,13 +166,10 @@ def sh_basis(normals):
     c = SH_CONSTANTS
     terms = [c[0] * one, c[1] * y, c[2] * z, c[3] * x, c[4] * x * y, c[5] * y * z,
              c[6] * (3 * z * z - 1), c[7] * x * z, c[8] * (x * x - y * y)]
-    try:
+    if _is_torch(normals):
         import torch
 
-        if isinstance(normals, torch.Tensor):
-            return torch.stack(terms, dim=-1)
-    except ImportError:  # pragma: no cover
-        pass
+        return torch.stack(terms, dim=-1)
     return np.stack(terms, axis=-1)
 
 

@@ -26,7 +26,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 # (its other needs are in requirements.txt) and keep the current PyOpenGL.
 "${PIP[@]}" install -q --no-deps pyrender==0.1.45
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
-.venv/bin/python -c "import pyrender, OpenGL, dlib, torch, webdataset; print('setup: ok, torch', torch.__version__, 'PyOpenGL', OpenGL.__version__)"
+.venv/bin/python -c "import pyrender, OpenGL, dlib, torch, webdataset, onnxruntime; print('setup: ok, torch', torch.__version__, 'onnxruntime', onnxruntime.__version__, 'PyOpenGL', OpenGL.__version__)"
 
 # The Khronos glTF Validator (npm gltf-validator, a JavaScript library), which scripts/validate_gltf.mjs runs on
 # the glTF files refine writes (tests/reconstruct/test_gltf.py): into .node/ (git-ignored) where node and npm are

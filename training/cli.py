@@ -195,6 +195,40 @@ def identity_data(config, n, out, seed, workers, quiet):
                f"detector found {found:.1%}")
 
 
+@main.command("identity", help="Learn the map from the face-recognition descriptor to the identity coefficients on "
+                               "the faces of `train identity-data` (training/identity.py), report it on held-out "
+                               "faces, and write it where refine reads it.")
+@config_option
+@click.option("--data", type=click.Path(dir_okay=False), default=None, help="identity-faces file" + _d("identity.data"))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="the map (.npz)" + _d("identity.weights"))
+@click.option("--regressor", type=click.Choice(["auto", "ridge", "mlp"]), default=None,
+              help="the candidates to try" + _d("identity.regressor"))
+@click.option("--report", type=click.Path(file_okay=False), default=None,
+              help="folder for identity_report.json and .png [default: beside --out]")
+@click.option("--quiet", is_flag=True)
+@user_errors(TrainingError)
+def identity(config, data, out, regressor, report, quiet):
+    import datetime
+
+    from facesynth.io import write_json
+
+    from .identity import draw_identity_report, train_identity_map
+
+    cfg = load_cfg(config, {"identity.data": data, "identity.weights": out, "identity.regressor": regressor})
+    id_map, rep = train_identity_map(cfg, cfg.resolve_path(cfg.identity.data), progress=not quiet)
+    id_map.provenance.update(made=datetime.date.today().isoformat(), command="train identity",
+                             test=rep["test"] | {"r2_per_mode": None})
+    path = id_map.save(cfg.resolve_path(cfg.identity.weights))
+    folder = Path(report) if report else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "identity_report.json", rep, indent=1)
+    draw_identity_report(rep, folder / "identity_report.png")
+    t = rep["test"]
+    click.echo(f"{path}: {rep['chosen']}, {t['explained_identity_variance']:.1%} of the identity's geometric variance "
+               f"on {t['faces']} held-out faces (norm {t['prediction_norm']:.2f} vs {t['truth_norm']:.2f}); "
+               f"report {folder / 'identity_report.json'}")
+
+
 @main.command(help="Train (or resume: the same command again) the detail network; run folder --out.")
 @run_options("detail", "shards made with datagen.detail: true", "generate faces on the fly",
              "crops per step (per GPU)", "faces, crops and initialisation seed")
@@ -241,9 +275,12 @@ def detail(config, quiet, coarse_weights, **run):
               help="perspective camera (distances evaluate.perspective_distance_mm) instead of weak perspective")
 @click.option("--fit-identity-modes", type=int, default=None,
               help="out-of-span check: the fit uses only the first N identity modes (faces use all)")
+@click.option("--albedo", type=click.Choice(["textured", "uniform"]), default=None,
+              help="the faces' colouring: the albedo model's skin, or its mean over the face with eyes and teeth "
+                   "as the materials give them (no skin texture)" + _d("evaluate.albedo"))
 @user_errors(TrainingError, CheckpointError)
 def evaluate(config, weights, no_network, no_photometric, data, online, n, landmarks, landmark_noise, iterations,
-             pose_source, out, device, no_uncalibrated_fit, perspective, fit_identity_modes):
+             pose_source, out, device, no_uncalibrated_fit, perspective, fit_identity_modes, albedo):
     from coarse.network import load_iterative
     from coarse.stage import CoarseSettings
     from datagen.faces import EVAL_SEED_OFFSET, face_source
@@ -261,7 +298,8 @@ def evaluate(config, weights, no_network, no_photometric, data, online, n, landm
     if data is not None and not Path(data).is_dir():
         raise FileNotFoundError(f"dataset folder {data} not found")
     cfg = load_cfg(config, {"evaluate.n": n, "evaluate.iterations": iterations, "train.device": device,
-                            "evaluate.landmarks": landmarks, "evaluate.landmark_noise_px": landmark_noise})
+                            "evaluate.landmarks": landmarks, "evaluate.landmark_noise_px": landmark_noise,
+                            "evaluate.albedo": albedo})
     ev = cfg.evaluate
     for key in ("n", "iterations"):
         if getattr(ev, key) < 1:
@@ -279,8 +317,10 @@ def evaluate(config, weights, no_network, no_photometric, data, online, n, landm
     renderer = FaceRenderer.from_config(model, scene_cfg.render)
     if perspective and data is not None:
         raise click.UsageError("--perspective renders faces on the fly: give it without --data")
+    if ev.albedo != "textured" and data is not None:
+        raise click.UsageError(f"--albedo {ev.albedo} renders faces on the fly: give it without --data")
     faces = face_source(scene_cfg, ev.n, cfg.datagen.seed + EVAL_SEED_OFFSET, model, renderer, data,
-                        tuple(ev.perspective_distance_mm) if perspective else None)
+                        tuple(ev.perspective_distance_mm) if perspective else None, ev.albedo)
     png = Path(out) if out else (Path(path).parent if path else cfg.resolve_path(cfg.train.out)) / "eval_errors.png"
     report = run_evaluation(faces, model, coarse, cfg.render, ev.landmarks, ev.landmark_noise_px, pose_source,
                             error_maps_png=png, n_maps=ev.error_maps, progress=True,
@@ -288,6 +328,7 @@ def evaluate(config, weights, no_network, no_photometric, data, online, n, landm
                             fit_identity_modes=fit_identity_modes)
     report["weights"] = None if path is None else str(path)
     report["camera"] = f"perspective {ev.perspective_distance_mm} mm" if perspective else "weak perspective"
+    report["albedo"] = ev.albedo
     click.echo(f"error maps: {png}", err=True)
     click.echo(json.dumps(report))
 
@@ -358,6 +399,25 @@ def export(checkpoint, out, provenance_json, last):
     avg = info.get("averaged")
     span = f", the average of {avg['count']} checkpoints (steps {avg['first_step']}-{avg['last_step']})" if avg else ""
     click.echo(f"{out}: {info['format']}, step {info.get('step')}{span}, {Path(out).stat().st_size / 1e6:.1f} MB")
+
+
+@main.command("export-onnx", help="Write the detail network of WEIGHTS [default: detail.weights] as ONNX, which "
+                                  "refine runs with ONNX Runtime instead of torch (quicker to start); refine uses it "
+                                  "only for the WEIGHTS file it was made from (its SHA-256 is stored in it).")
+@click.argument("weights", type=click.Path(dir_okay=False), required=False)
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="the ONNX file [default: WEIGHTS with the suffix .onnx]")
+@config_option
+@user_errors(CheckpointError)
+def export_onnx(weights, out, config):
+    from .detail_net import export_onnx as export
+
+    cfg = load_cfg(config, {})
+    weights = weights or str(cfg.resolve_path(cfg.detail.weights))
+    meta = export(weights, out)
+    click.echo(f"{meta['path']}: {meta['format']} of {weights} (step {meta['step']}, sha256 "
+               f"{meta['source_sha256'][:12]}...), {Path(meta['path']).stat().st_size / 1e6:.1f} MB")
+
 
 if __name__ == "__main__":
     main()

@@ -18,54 +18,24 @@ as depth maps), 0 outside the mask. The network predicts it in pixel units (the 
 slope times the pixel size is a depth), and the output is that times ``pixel_mm``, so the same weights hold
 at another resolution.
 
-Loss (:class:`DetailLoss`) and the loader ``refine`` uses (:func:`load_detail`, :meth:`DetailWeights.predictor`) live here too;
-training is :mod:`training.detail`, its data :mod:`training.detail_data`.
+Loss (:class:`DetailLoss`), the torch loader (:func:`load_detail`, :meth:`DetailWeights.predictor`) and the
+export to ONNX (:func:`export_onnx`, what ``refine`` runs without torch: :mod:`training.detail_runtime`, which
+also holds :func:`detail_features`) live here too; training is :mod:`training.detail`, its data
+:mod:`training.detail_data`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from render.filters import masked_blur
-from render.shading import displaced_normals, phong_shade, to_gray
+from render.shading import displaced_normals, phong_shade
 
-#: detail(image (H, W, 3) or (H, W) float in [0, 1], coarse normals (H, W, 3), mask (H, W) bool,
-#: pixel_mm) -> (H, W) float32 mm depth offset, 0 outside the mask.
-DetailPredictor = Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]
-IN_CHANNELS = 6
-#: The input channel holding the mask (module docstring): :class:`DetailNet`'s output is 0 where it is 0.
-MASK_CHANNEL = 5
-
-
-def detail_features(image: np.ndarray, coarse_normals: np.ndarray, mask: np.ndarray,
-                    highpass_sigma_px: float) -> np.ndarray:
-    """The network's input channels (module docstring).
-
-    Args:
-        image: (H, W, 3) RGB or (H, W) gray in [0, 1], the SfS frame.
-        coarse_normals: (H, W, 3) camera-frame unit normals of the coarse face.
-        mask: (H, W) bool face pixels.
-        highpass_sigma_px: blur of the high-pass channel, pixels (``detail.highpass_sigma_px``).
-    Returns:
-        (6, H, W) float32.
-    """
-    mask = np.asarray(mask, bool)
-    if image.shape[:2] != mask.shape or coarse_normals.shape != mask.shape + (3,):
-        raise ValueError(f"expected image (H, W[, 3]), normals (H, W, 3) and mask (H, W); got {image.shape}, "
-                         f"{coarse_normals.shape}, {mask.shape}")
-    gray = to_gray(image) if image.ndim == 3 else np.asarray(image, np.float32)
-    if not mask.any():
-        return np.zeros((IN_CHANNELS,) + mask.shape, np.float32)
-    g = np.where(mask, gray / max(float(np.median(gray[mask])), 1e-3) - 1.0, 0.0)
-    high = np.where(mask, g - masked_blur(g, mask, highpass_sigma_px), 0.0)
-    n = np.where(mask[..., None], coarse_normals, 0.0)
-    return np.concatenate([g[None], high[None], np.moveaxis(n, -1, 0), mask[None]]).astype(np.float32)
+# the input features and the torch-free runtime live in training.detail_runtime (refine imports no torch)
+from .detail_runtime import IN_CHANNELS, MASK_CHANNEL, DetailPredictor, detail_features  # noqa: F401
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -110,18 +80,28 @@ class DetailNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != IN_CHANNELS:
             raise ValueError(f"expected x (B, {IN_CHANNELS}, H, W); got {tuple(x.shape)}")
         H, W = x.shape[-2:]
-        k = 2 ** (len(self.channels) - 1)
+        k = self.pad_multiple
         ph, pw = -H % k, -W % k
         h = F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+        out = self.unet(h)[..., :H, :W].float()
+        px = torch.as_tensor(pixel_mm, dtype=out.dtype, device=out.device).reshape(-1, 1, 1, 1)
+        return out * px * x[:, MASK_CHANNEL:MASK_CHANNEL + 1].float()
+
+    @property
+    def pad_multiple(self) -> int:
+        """:meth:`unet` takes H and W multiples of this (2 ^ (levels - 1)); :meth:`forward` pads to them."""
+        return 2 ** (len(self.channels) - 1)
+
+    def unet(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, 6, H, W) features, H and W multiples of :attr:`pad_multiple` -> (B, 1, H, W) offset in pixel
+        units (before the pixel size and the mask)."""
         skips = []
         for i, block in enumerate(self.down):
             h = block(h if i == 0 else F.max_pool2d(h, 2))
             skips.append(h)
         for i in reversed(range(len(self.up))):
             h = self.merge[i](torch.cat([self.up[i](h), skips[i]], 1))
-        out = self.head(h)[..., :H, :W].float()
-        px = torch.as_tensor(pixel_mm, dtype=out.dtype, device=out.device).reshape(-1, 1, 1, 1)
-        return out * px * x[:, MASK_CHANNEL:MASK_CHANNEL + 1].float()
+        return self.head(h)
 
 
 # ----------------------------------------------------------------------------------------- loss
@@ -267,3 +247,68 @@ def load_detail(path: str | Path, device: str = "cpu") -> DetailWeights:
     net.load_state_dict(ckpt["model"])
     return DetailWeights(net.to(device).eval(), float(cfg.detail.highpass_sigma_px), cfg, int(ckpt.get("step", 0)),
                          str(path), dict(ckpt.get("provenance", {})))
+
+
+# ----------------------------------------------------------------------------------------- ONNX export
+class _OnnxGraph(nn.Module):
+    """What the ONNX file holds: :meth:`DetailNet.unet` times the pixel size and the mask channel, on inputs
+    already padded to :attr:`DetailNet.pad_multiple` (the padding and crop stay outside the graph, so its H
+    and W are free)."""
+
+    def __init__(self, net: DetailNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, pixel_mm: torch.Tensor) -> torch.Tensor:
+        out = self.net.unet(x).float()
+        return out * pixel_mm.reshape(-1, 1, 1, 1) * x[:, MASK_CHANNEL:MASK_CHANNEL + 1]
+
+
+def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int = 17) -> dict:
+    """Write the detail network of the weights file ``weights`` as ONNX (what ``refine`` runs with ONNX
+    Runtime: :class:`training.detail_runtime.OnnxDetail`), atomically.
+
+    torch's TorchScript-based exporter (``dynamo=False``: the ``torch.export`` one needs ``onnxscript``), in
+    eval mode (BatchNorm folded into the convolutions), batch, height and width dynamic; it needs the ``onnx``
+    package. The metadata record the format, the SHA-256 of ``weights`` (``source_sha256``: refine uses the
+    export only for that file), the high-pass blur, the padding multiple, the training step, the channels and
+    the torch version.
+
+    Args:
+        weights: a ``train detail`` checkpoint or exported weights file (:func:`load_detail`).
+        out: the ONNX file (None: beside ``weights``, :func:`training.detail_runtime.onnx_path`).
+        opset: the ONNX operator set.
+    Returns:
+        the metadata written, with ``path``.
+    """
+    import warnings
+
+    import onnx
+
+    from facesynth.io import atomic_path, file_digest
+
+    from .detail_runtime import ONNX_FORMAT, ONNX_INPUTS, ONNX_OUTPUT, onnx_path
+
+    loaded = load_detail(weights, "cpu")
+    out = Path(out) if out is not None else onnx_path(weights)
+    graph = _OnnxGraph(loaded.net).eval()
+    k = loaded.net.pad_multiple
+    example = (torch.zeros(1, IN_CHANNELS, 4 * k, 4 * k), torch.ones(1))
+    meta = {"format": ONNX_FORMAT, "source": Path(weights).name, "source_sha256": file_digest(weights),
+            "highpass_sigma_px": repr(loaded.highpass_sigma_px), "pad_multiple": str(k),
+            "step": str(loaded.step), "channels": ",".join(map(str, loaded.net.channels)),
+            "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=False), opset {opset}"}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(graph, example, str(tmp), dynamo=False, input_names=list(ONNX_INPUTS),
+                              output_names=[ONNX_OUTPUT], opset_version=opset, do_constant_folding=True,
+                              dynamic_axes={ONNX_INPUTS[0]: {0: "batch", 2: "height", 3: "width"},
+                                            ONNX_INPUTS[1]: {0: "batch"},
+                                            ONNX_OUTPUT: {0: "batch", 2: "height", 3: "width"}})
+        model = onnx.load(str(tmp))
+        onnx.helper.set_model_props(model, meta)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+    return {**meta, "path": str(out)}

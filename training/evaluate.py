@@ -1,8 +1,9 @@
 """``train evaluate``: the coarse stage on synthetic faces with known geometry, as a photo goes through it.
 
-Per face (:class:`datagen.faces.FaceRecord`, the unmasked colour render): the 68 landmarks come from the real
-detector and predictor run on the render (``landmarks="detector"``, the code ``refine`` runs; faces it misses
-are counted in ``detector_found`` and left out), or are the projected true landmark vertices plus Gaussian noise
+Per face (:class:`datagen.faces.FaceRecord`, the unmasked colour render, textured or of uniform albedo:
+:func:`datagen.faces.scene_albedo`): the 68 landmarks come from the real detector and predictor run on the
+render (``landmarks="detector"``, the code ``refine`` runs; faces it misses are counted in ``detector_found``
+and left out), or are the projected true landmark vertices plus Gaussian noise
 of ``noise_px`` pixels (``"true"``). Then the coarse stage of :func:`coarse.stage.coarse_fit`: the MAP landmark
 fit, its photometric refinement when the settings have one, and, with a network, its iterations from that fit in
 the network frame (pose fitted to the landmarks, or the true pose with ``pose_source="true"``).
@@ -15,6 +16,7 @@ fit, each network iteration, and the older uncalibrated landmark fit (:func:`coa
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -49,7 +51,9 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         fit_identity_modes: the out-of-span check: the landmark fit uses only the first this many identity
             modes while the faces are drawn from all of them (default: all).
     Returns:
-        ``{"faces", "landmarks", "pose_source", "detector_found" (detector only), "mean_face", "landmark_fit",
+        ``{"faces", "landmarks", "pose_source", "detector_found", "detector_stages" (the share of the faces each
+        detector of the cascade found, :class:`coarse.detect.Detection`), "detector_missed" (the missed faces'
+        indices; these three with the detector only), "mean_face", "landmark_fit",
         ["photometric_fit"] (with ``coarse.photometric``: the network then starts from it),
         ["landmark_fit_uncalibrated"], ["iterations": [...]], "fit_to_mean_face"}``; each stage
         ``{"mean_mm", "median_mm"}`` over the faces with landmarks.
@@ -69,6 +73,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         faces = tqdm(faces, desc="evaluate", unit="face")
     done, gt, stages, total = [], [], {"landmark_fit": [], "landmark_fit_uncalibrated": [], "photometric_fit": [],
                                        "iterations": []}, 0
+    detectors, missed = Counter(), []
     for face in faces:
         total += 1
         photo = np.asarray(face.rgb, np.float32)
@@ -77,8 +82,10 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
             try:
                 dets = detect_faces(np.clip(photo * 255 + 0.5, 0, 255).astype(np.uint8), detect_params)
             except ReconstructionInputError:
+                missed.append(int(face.index))
                 continue
             points, detector = dets[0].landmarks, dets[0].detector
+            detectors[detector] += 1
         else:
             detector = None
             rng = np.random.default_rng([seed, face.index])
@@ -111,6 +118,8 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         report["fit_identity_modes"] = int(fit_identity_modes)
     if landmarks == "detector":
         report["detector_found"] = len(done) / total
+        report["detector_stages"] = {k: v / total for k, v in sorted(detectors.items())}
+        report["detector_missed"] = missed
     else:
         report["landmark_noise_px"] = noise_px
     report.update({k: summarize(e.mean(1)) for k, e in errors.items()})

@@ -1,5 +1,6 @@
 """Photo input: robust image loading (formats, EXIF, broken files) and dlib face + landmark detection (the
-cascade: HOG, the CNN, turned copies; gray, rolled and small faces)."""
+cascade: HOG, the CNN, turned copies; gray, rolled and small faces; several faces; the quick pass; the shipped
+HOG detector file)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,8 @@ import pytest
 from PIL import Image
 
 from facesynth.config import REPO_ROOT, load_config
-from coarse.detect import (FaceTooSmallError, NoFaceError, ReconstructionInputError, detect_faces,
-                           load_image)
+from coarse.detect import (HOG_DETECTOR_PATH, FaceTooSmallError, NoFaceError, ReconstructionInputError,
+                           detect_faces, eye_roll_deg, find_faces, load_image, quick_scale)
 
 ASTRONAUT = REPO_ROOT / "data" / "astronaut.png"
 
@@ -185,3 +186,74 @@ def test_small_face_in_a_big_photo(astronaut, upright, params):
     assert len(det) == 1 and det[0].detector == "hog"  # the mission patch is refused here as well
     expected = upright[0].landmarks * (side / 512) + [1200, 900]
     assert _landmark_error(det[0], expected, upright[0].interocular * side / 512) < 0.1
+
+
+def _tiny(astronaut, upright, params) -> np.ndarray:
+    """The whole photo shrunk until the face's inter-ocular distance is ~18 px (< min_interocular_px 20): faces
+    from min_face_px 40 are searched, so HOG finds it (sure score), and it is too small."""
+    side = round(512 * 0.9 * params.min_interocular_px / upright[0].interocular)
+    return np.asarray(Image.fromarray(astronaut).resize((side, side), Image.Resampling.LANCZOS))
+
+
+def test_a_stage_that_finds_only_a_small_face_does_not_end_the_search(astronaut, upright, params):
+    # a big face on its side (HOG upright misses it; the CNN finds it) beside a tiny upright one (HOG finds it)
+    sideways = np.ascontiguousarray(np.rot90(astronaut[40:296, 100:356]))
+    tiny = _tiny(astronaut, upright, params)
+    photo = np.full((256, 272 + len(tiny), 3), 120, np.uint8)
+    photo[:, :256], photo[:len(tiny), 272:] = sideways, tiny
+    found = find_faces(photo, params)
+    assert found.stages[:2] == ["hog", "cnn"]  # HOG found only the tiny face: the search went on
+    assert len(found.faces) == 1 and found.faces[0].rotation_deg == -90 and found.faces[0].box[2] < 256
+    assert found.faces[0].interocular > 35
+    assert len(found.small) == 1 and found.small[0].box[0] > 272 and found.small[0].interocular < 20
+    with pytest.raises(FaceTooSmallError, match="inter-ocular"):  # the tiny face alone is still refused
+        detect_faces(np.ascontiguousarray(photo[:, 256:]), params)
+
+
+def test_several_faces_largest_first_and_small_ones_skipped(astronaut, upright, params):
+    near = np.asarray(Image.fromarray(astronaut).resize((358, 358), Image.Resampling.LANCZOS))  # 0.7 x
+    tiny = _tiny(astronaut, upright, params)
+    photo = np.full((512, 512 + 358, 3), 120, np.uint8)
+    photo[:, :512], photo[:358, 512:], photo[512 - len(tiny):, 512:512 + len(tiny)] = astronaut, near, tiny
+    found = find_faces(photo, params)
+    assert len(found.faces) == 2 and [d.detector for d in found.faces] == ["hog", "hog"]
+    big, second = found.faces
+    assert big.box[2] < 512 < second.box[0] and big.area > second.area
+    np.testing.assert_allclose(big.landmarks, upright[0].landmarks, atol=1e-9)  # the same box as alone
+    assert second.interocular == pytest.approx(0.7 * big.interocular, rel=0.1)
+    assert len(found.small) == 1 and found.small[0].box[1] > 512 - len(tiny) - 10
+    largest = detect_faces(photo, params, largest=True)
+    np.testing.assert_allclose(largest[0].landmarks, big.landmarks, atol=1e-9)
+
+
+def test_the_quick_pass_keeps_the_full_search_box(astronaut, upright, params):
+    assert quick_scale((512, 512), params) == pytest.approx(2 * (5 / 6) ** 3)  # one of the full search's levels
+    assert quick_scale((100, 100), params) is None  # no bigger than the full search: no quick pass
+    found = find_faces(astronaut, params, largest=True)
+    assert found.stages == ["hog-quick"] and found.faces[0].detector == "hog"
+    np.testing.assert_allclose(found.faces[0].box, upright[0].box, atol=1.0)  # pixel edges
+    assert _landmark_error(found.faces[0], upright[0].landmarks, upright[0].interocular) < 0.02
+    big = np.asarray(Image.fromarray(astronaut).resize((2048, 2048), Image.Resampling.BICUBIC))
+    found = find_faces(big, params, largest=True)  # a quick pass at <= 640 px instead of the full one at 3072
+    assert found.stages == ["hog-quick"]
+    assert _landmark_error(found.faces[0], upright[0].landmarks * 4, upright[0].interocular * 4) < 0.05
+
+
+def test_an_upright_face_keeps_its_box_and_the_eye_line_measures_roll(astronaut, upright, params):
+    det = upright[0]
+    assert abs(eye_roll_deg(det.landmarks)) < 10  # level: no turned copy was searched
+    always = detect_faces(astronaut, dataclasses.replace(params, roll_check_deg=0.0))  # the turns tried, as before
+    np.testing.assert_allclose(always[0].landmarks, det.landmarks, atol=1e-9)
+    np.testing.assert_allclose(always[0].box, det.box)
+    turned = _rotated(det.landmarks, 25, np.array([256.0, 256.0]))  # counter-clockwise on screen
+    assert eye_roll_deg(turned) == pytest.approx(eye_roll_deg(det.landmarks) - 25, abs=1e-6)
+
+
+def test_the_shipped_hog_detector_is_dlibs_own():
+    import pickle
+
+    import dlib
+
+    assert HOG_DETECTOR_PATH.is_file()
+    assert pickle.dumps(dlib.fhog_object_detector(str(HOG_DETECTOR_PATH))) == pickle.dumps(
+        dlib.get_frontal_face_detector())

@@ -150,3 +150,22 @@ def test_fit_map_identity_modes_and_errors(model, cfg):
         fit_map(model, np.full((68, 2), np.nan), lm, cfg.fit)
     with pytest.raises(FitError, match="n_identity"):
         fit_map(model, pts2, lm, cfg.fit, n_identity=model.n_identity + 1)
+
+
+def test_box_least_squares_is_scipys_bounded_least_squares():
+    from scipy.optimize import lsq_linear
+
+    from coarse.fit import box_least_squares
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        M, K, nb = 120, 60, 25
+        A = rng.standard_normal((M, K)) * rng.uniform(0.1, 3, K)
+        y = rng.standard_normal(M) * 3
+        lo = np.r_[np.full(K - nb, -np.inf), np.zeros(nb)]
+        hi = np.r_[np.full(K - nb, np.inf), np.ones(nb)]
+        ref = lsq_linear(A, y, bounds=(lo, hi), method="bvls").x
+        got = box_least_squares(A, y, lo, hi, x0=None if trial % 2 else rng.uniform(0, 1, K))
+        assert np.all(got >= lo) and np.all(got <= hi)
+        np.testing.assert_allclose(got, ref, atol=1e-9)
+        assert 0 < np.sum((got[K - nb:] == 0) | (got[K - nb:] == 1)) < nb  # some bounds active, some not

@@ -103,12 +103,12 @@ def test_the_coarse_stage_refines_the_fit_and_starts_the_network_there(model, cf
 
 
 # ---------------------------------------------------------------------------------------------- the energy
-def _round(model, cfg, scenes, face=0, n_samples=400, n_identity=60):
+def _round(model, cfg, scenes, face=0, n_samples=400, n_identity=60, full_prior=False):
     """One round's energy of a rendered face (coarse.photometric.PhotometricRound) with a random light and albedo,
     expression weights pushed past [0, 1] on some entries (the box term) and identity modes past ``n_identity``
     frozen; and its start (free coefficients, R, s, t)."""
-    from coarse.fit import map_landmark_weights, map_prior
-    from coarse.photometric import BlurredPhoto, PhotometricRound, face_sample_order
+    from coarse.fit import CoefficientPrior, map_landmark_weights
+    from coarse.photometric import BlurredPhoto, PhotometricRound, _face_data, face_sample_order
     from render.visibility import visible_vertices
 
     faces, lms = scenes
@@ -120,15 +120,17 @@ def _round(model, cfg, scenes, face=0, n_samples=400, n_identity=60):
     tris = model.region_triangles("face", local=True)
     verts = model.vertices(alpha.astype(np.float32))
     photo = BlurredPhoto.of(img, 2.0, project(verts[face_ids], pose)[:, :2])
-    vis = visible_vertices(model, verts, pose, img.shape[:2])[face_ids]
-    vis[tris.ravel()] &= True
+    vis = visible_vertices(model, verts, pose, img.shape[:2])[face_ids] & _face_data(model).usable
     order = face_sample_order(len(face_ids))
     sample = order[vis[order]][:n_samples]
     free = np.r_[np.arange(n_identity), np.arange(model.n_identity, model.n_coeffs)]
-    mean, std = map_prior(cfg.fit, model.n_identity, model.n_coeffs - model.n_identity)
+    coefficients = CoefficientPrior.from_config(cfg.fit, model.n_identity, model.n_coeffs - model.n_identity)
+    if full_prior:  # an identity prior with a full covariance and a mean (as coarse.identity gives)
+        C = rng.standard_normal((model.n_identity, model.n_identity)) / model.n_identity ** 0.5
+        coefficients = coefficients.with_identity(rng.standard_normal(model.n_identity), C @ C.T + 0.3 * np.eye(100))
     R = np.asarray(pose.rotation, np.float64)
     rd = PhotometricRound(model, face_ids, tris, photo, sample, alpha, free, *lms.vertex_rows(model, alpha, R), pts,
-                          lms.offset_mm, map_landmark_weights(lms, cfg.fit), mean, std, model.n_identity,
+                          lms.offset_mm, map_landmark_weights(lms, cfg.fit), coefficients, model.n_identity,
                           cfg.refine.photometric.weight, cfg.refine.photometric.robust)
     rd.albedo = rng.uniform(0.3, 0.8, len(sample))
     rd.sh = np.r_[2.0, 0.5 * rng.standard_normal(8)]
@@ -143,8 +145,8 @@ def _autograd_energy(rd, model, start):
     from coarse.photometric_reference import round_energy
 
     a0, R0, s0, t0 = start
-    energy = round_energy(model, rd.photo.image, rd.photo.origin, rd.sample, rd.albedo, rd.sh, *rd.lm, rd.prior_mean,
-                          rd.prior_std, R0, s0, t0, rd.weight, rd.robust)
+    energy = round_energy(model, rd.photo.image, rd.photo.origin, rd.sample, rd.albedo, rd.sh, *rd.lm,
+                          rd.coefficients, R0, s0, t0, rd.weight, rd.robust)
     free, kf = torch.as_tensor(rd.free), len(rd.free)
 
     def of_step(x):
@@ -154,11 +156,11 @@ def _autograd_energy(rd, model, start):
     return of_step
 
 
-@pytest.mark.parametrize("face", [0, 1])
-def test_the_analytic_gradient_is_the_autograd_gradient(model, cfg, scenes, face):
+@pytest.mark.parametrize("face, full_prior", [(0, False), (1, True)])
+def test_the_analytic_gradient_is_the_autograd_gradient(model, cfg, scenes, face, full_prior):
     import torch
 
-    rd, start = _round(model, cfg, scenes, face)
+    rd, start = _round(model, cfg, scenes, face, full_prior=full_prior)
     point = rd.evaluate(*start)
     energy, (grad, hess) = point.energy, rd.derivatives(point)
     x = torch.zeros(len(start[0]) + 6, dtype=torch.float64, requires_grad=True)

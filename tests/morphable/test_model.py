@@ -189,3 +189,90 @@ def test_linear_basis_16_and_32_bits():
         b16(c[:, :3])
     with pytest.raises(ValueError, match="basis"):
         LinearBasis(mean[:3], basis)
+
+
+# ------------------------------------------------------------------ the uncompressed copy (read_model_arrays)
+def _same_model(a, b):
+    for k in ("mean", "basis", "triangles", "tri_uv", "uv", "landmarks68"):
+        x, y = getattr(a, k), getattr(b, k)
+        assert x.dtype == y.dtype and np.array_equal(x, y), k
+    assert a.expression_names == b.expression_names and list(a.regions) == list(b.regions)
+    for k in a.regions:
+        assert a.regions[k].dtype == b.regions[k].dtype and np.array_equal(a.regions[k], b.regions[k]), k
+    np.testing.assert_array_equal(a.albedo_model.basis, b.albedo_model.basis)
+
+
+@pytest.fixture
+def model_copy(model_path, tmp_path):
+    import shutil
+
+    path = tmp_path / "m.h5"
+    shutil.copy2(model_path, path)
+    return path
+
+
+def test_the_copy_is_made_once_and_holds_the_same_model(model_copy, monkeypatch):
+    import morphable.model as mm
+
+    first = FaceModel(model_copy)  # reads the HDF5 file, writes the copy
+    cache = mm.model_cache_path(model_copy)
+    assert cache == model_copy.parent / ".cache" / "m.h5.npz" and cache.exists()
+    assert (cache.parent / ".gitignore").read_text().splitlines()[-1] == "*"
+    monkeypatch.setattr(mm, "_read_h5", lambda path: pytest.fail("the HDF5 file was read again"))
+    second = FaceModel(model_copy)
+    _same_model(first, second)
+    assert second.basis.flags.c_contiguous and second.n_coeffs == first.n_coeffs
+
+
+def test_a_changed_model_file_or_a_damaged_copy_is_read_again(model_copy, monkeypatch):
+    import os
+
+    import morphable.model as mm
+
+    FaceModel(model_copy)
+    cache = mm.model_cache_path(model_copy)
+    reads = []
+    real = mm._read_h5
+    monkeypatch.setattr(mm, "_read_h5", lambda path: reads.append(path) or real(path))
+    st = model_copy.stat()
+    os.utime(model_copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed (a new conversion)
+    FaceModel(model_copy)
+    FaceModel(model_copy)
+    assert len(reads) == 1  # read once, then the new copy serves
+    cache.write_bytes(cache.read_bytes()[:1000])  # a truncated copy
+    again = FaceModel(model_copy)
+    assert len(reads) == 2
+    _same_model(again, FaceModel(model_copy))
+    assert len(reads) == 2
+
+
+def test_a_folder_that_cannot_be_written_only_costs_speed(model_copy, monkeypatch):
+    import morphable.model as mm
+
+    def refuse(*args):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(mm, "_write_cache", refuse)
+    model = FaceModel(model_copy)
+    assert model.n_vertices > 0 and not mm.model_cache_path(model_copy).exists()
+
+
+def test_processes_loading_at_once_each_read_a_whole_copy(model_copy):
+    """Four processes load a model without a copy at the same time: each writes its own temporary file and
+    renames it, so every one (and a later load) sees the whole model."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from morphable.model import FaceModel; m = FaceModel(sys.argv[1]); "
+            "print(float(np.abs(m.basis).sum()), len(m.regions))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(model_copy)], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs) and len(set(outs)) == 1
+    import morphable.model as mm
+
+    leftovers = [p.name for p in mm.model_cache_path(model_copy).parent.iterdir()
+                 if p.name not in ("m.h5.npz", ".gitignore")]
+    assert not leftovers
+    ref = FaceModel(model_copy)
+    assert outs[0] == f"{float(np.abs(ref.basis).sum())} {len(ref.regions)}"

@@ -86,6 +86,29 @@ def test_a_rerun_skips_finished_photos_and_force_redoes_them(cli_run, folder, cf
     assert run_batch(jobs[2:], out, cfg, options, stack=loaded, progress=False)[0]["status"] == "done"
 
 
+def test_a_photo_of_several_faces_is_one_entry_that_names_what_was_done(cfg, stack, tmp_path):
+    from reconstruct.batch import plan, run_batch
+
+    options, loaded = stack
+    astro = Image.open(PHOTO).convert("RGB")
+    photo = Image.new("RGB", (512 + 358, 512), (120, 120, 120))
+    photo.paste(astro)
+    photo.paste(astro.resize((358, 358)), (512, 0))  # a second face, 0.7 x
+    photo.paste(astro.resize((200, 200)), (512, 312))  # a third under detect.min_interocular_px
+    photo.save(tmp_path / "group.png")
+    jobs = plan([tmp_path / "group.png"], tmp_path / "all")
+    entry = run_batch(jobs, tmp_path / "all", cfg, options, stack=loaded, progress=False)[0]
+    assert entry["status"] == "done" and entry["faces"] == 2
+    assert "2 faces found, all reconstructed" in entry["note"] and "1 face under" in entry["note"]
+    assert all((tmp_path / "all" / "group" / f"face-{i:02d}" / "params.json").exists() for i in (0, 1))
+    assert next(csv.DictReader((tmp_path / "all" / "summary.csv").open()))["note"] == entry["note"]
+    jobs = plan([tmp_path / "group.png"], tmp_path / "one")
+    entry = run_batch(jobs, tmp_path / "one", cfg, options, all_faces=False, stack=loaded, progress=False)[0]
+    assert entry["faces"] == 1 and "the largest of 2 faces" in entry["note"]
+    params = json.loads((tmp_path / "one" / "group" / "params.json").read_text())
+    assert params["faces"]["selection"] == "largest" and params["timings_s"]["detect_s"] > 0
+
+
 def test_inputs_expand_folders_and_quoted_globs_and_clashing_names_get_their_suffix(tmp_path):
     from reconstruct.batch import expand_inputs, is_batch, output_names
 

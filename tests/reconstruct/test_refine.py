@@ -18,9 +18,13 @@ REPO = Path(__file__).resolve().parents[2]
 PHOTO = REPO / "data" / "astronaut.png"
 
 
-def _refine(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "reconstruct.cli", "sfs", *map(str, args)],
+def _refine(*args, cwd=None, python=()):
+    return subprocess.run([sys.executable, *python, "-m", "reconstruct.cli", "sfs", *map(str, args)],
                           capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+#: Modules ``refine sfs`` with the shipped data does not use, so must not import (torch alone takes ~1.5 s).
+UNUSED = ("torch", "h5py", "matplotlib", "pyrender", "onnx")
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +32,11 @@ def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("astro")
     res = _refine(PHOTO, "--out", out, "--resolution", "128", "--weights", REPO / "data" / "missing.pt")
     assert res.returncode != 0 and "not found" in res.stderr  # a weights path the user gives must exist
-    res = _refine(PHOTO, "--out", out, "--resolution", "128")
+    res = _refine(PHOTO, "--out", out, "--resolution", "128", python=("-X", "importtime"))
     assert res.returncode == 0, res.stderr[-800:]
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "onnxruntime" in imported and not imported & set(UNUSED), imported & set(UNUSED)
+    assert "start-up" in res.stdout.splitlines()[-1]
     return out
 
 
@@ -61,7 +68,67 @@ def test_writes_every_output_and_obj_parses(result):
     assert off["vertices_moved"] > 100 and off["max_mm"] - off["min_mm"] == pytest.approx(
         float(np.ptp(np.einsum("vk,vk->v", rv - verts, model.vertex_normals(verts.astype(np.float32))))), abs=1e-3)
     assert len(params["alpha"]) == 153 and len(params["landmarks_detected"]) == 68
-    assert "texture_s" in params["timings_s"]
+    assert "texture_s" in params["timings_s"] and "detail_s" in params["timings_s"]
+    assert params["detail_runtime"] == "onnxruntime" and params["detail_weights"].endswith("detail_weights.pt")
+    start = params["startup_s"]
+    assert {"imports", "detection", "models", "waited", "total"} <= set(start) and start["total"] > 0
+
+
+def test_detection_in_a_forked_process_is_the_same(cfg):
+    """refine.detect_in_background: the photo and its detections come back from the child as they are here."""
+    from facesynth.background import Background, fork_available
+    from reconstruct.cli import _detect
+
+    if not fork_available():
+        pytest.skip("no fork here")
+    with Background(_detect, PHOTO, cfg.detect, False) as job:
+        photo, found, seconds = job.result()
+    assert job.forked and seconds > 0
+    here, found_here, _ = _detect(PHOTO, cfg.detect, False)
+    np.testing.assert_array_equal(photo, here)
+    faces, faces_here = found.faces, found_here.faces
+    assert len(faces) == len(faces_here) == 1 and found.stages == found_here.stages
+    np.testing.assert_array_equal(faces[0].landmarks, faces_here[0].landmarks)
+    assert faces[0].detector == faces_here[0].detector
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory) -> Path:
+    """A photo of two faces of different sizes (the astronaut and a copy at 0.7 x) and a third one too small
+    (inter-ocular ~16 px < detect.min_interocular_px 20)."""
+    astro = Image.open(PHOTO).convert("RGB")
+    photo = Image.new("RGB", (512 + 358, 512), (120, 120, 120))
+    photo.paste(astro)
+    photo.paste(astro.resize((358, 358), Image.Resampling.LANCZOS), (512, 0))
+    photo.paste(astro.resize((200, 200), Image.Resampling.LANCZOS), (512, 312))
+    path = tmp_path_factory.mktemp("two") / "two.png"
+    photo.save(path)
+    return path
+
+
+FAST = ("--no-sfs", "--no-detail", "--no-photometric", "--resolution", "64")
+
+
+def test_every_face_above_the_limit_is_reconstructed_and_the_rest_named(two_faces, tmp_path):
+    res = _refine(two_faces, "--out", tmp_path / "all", *FAST)
+    assert res.returncode == 0, res.stderr[-800:]
+    assert "2 faces found, all reconstructed" in res.stdout and "1 face under detect.min_interocular_px 20 px" \
+        in res.stdout
+    params = [json.loads((tmp_path / "all" / f"face-{i:02d}" / "params.json").read_text()) for i in (0, 1)]
+    assert [p["face_index"] for p in params] == [0, 1] and params[0]["faces_in_image"] == 2
+    assert params[0]["detection"]["box"][2] < 512 < params[1]["detection"]["box"][0]  # the largest first
+    faces = params[0]["faces"]
+    assert faces["selection"] == "all" and faces["reconstructed"] == faces["found"] == 2
+    assert len(faces["below_limit"]) == 1 and faces["below_limit"][0]["interocular_px"] < 20
+    assert not (tmp_path / "all" / "params.json").exists()
+
+    res = _refine(two_faces, "--out", tmp_path / "largest", "--largest", *FAST)
+    assert res.returncode == 0, res.stderr[-800:]
+    assert "the largest of 2 faces found reconstructed (--largest)" in res.stdout
+    params = json.loads((tmp_path / "largest" / "params.json").read_text())
+    assert params["faces"]["selection"] == "largest" and params["faces"]["reconstructed"] == 1
+    assert params["faces_in_image"] == 1 and params["detection"]["box"][2] < 512
+    assert not (tmp_path / "largest" / "face-00").exists()
 
 
 def test_refuses_to_overwrite_without_force(result):

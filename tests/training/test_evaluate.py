@@ -143,7 +143,8 @@ def test_detector_landmarks_report_the_found_fraction(model, tmp_path):
     blank = dataclasses.replace(faces[0], rgb=np.full_like(faces[0].rgb, 0.5), index=99)  # no face to find
     report = evaluate(faces + [blank], model, _settings(model, cfg), cfg.render, "detector", uncalibrated_fit=False)
     assert report["faces"] == 3 and report["landmarks"] == "detector"
-    assert report["detector_found"] == pytest.approx(2 / 3)
+    assert report["detector_found"] == pytest.approx(2 / 3) and report["detector_missed"] == [99]
+    assert sum(report["detector_stages"].values()) == pytest.approx(2 / 3)
     assert report["mean_face"]["mean_mm"] > 0.5 and report["landmark_fit"]["mean_mm"] > 0
 
 
@@ -167,6 +168,36 @@ def test_cli_evaluate_prints_one_json_object(small_cfg, tmp_path):
     assert "iterations" not in report and report["weights"] is None and report["landmark_fit"]["mean_mm"] > 0
     bad = CliRunner().invoke(cli, args + ["--landmark-noise", "-1"])
     assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_uniform_albedo_faces_are_the_same_scenes_without_skin_texture(model, tmp_path):
+    """--albedo uniform: the same face, pose, light and background; the skin one colour (its mean), so the
+    face's pixels vary less; the eyes keep their materials."""
+    from datagen.faces import scene_albedo
+    from datagen.scene import draw_scene
+    from training.cli import main as cli
+
+    cfg = load_config(overrides={"render.image_size": 128, "render.backend": "numba"})
+    renderer = FaceRenderer.from_config(model, cfg.render)
+    textured, uniform = (next(online_faces(cfg, 1, 4, model, renderer, albedo=a)) for a in ("textured", "uniform"))
+    assert np.array_equal(textured.alpha_gt, uniform.alpha_gt) and textured.pose.to_dict() == uniform.pose.to_dict()
+    np.testing.assert_array_equal(textured.landmarks, uniform.landmarks)
+    face = textured.fragments.mask
+    np.testing.assert_array_equal(textured.rgb[~face], uniform.rgb[~face])  # the background
+    assert np.abs(textured.rgb[face] - uniform.rgb[face]).max() > 0.05
+    alb = scene_albedo(draw_scene(4, 0, model, cfg), model, "uniform")
+    skin = alb[model.regions["face"]]
+    assert np.ptp(skin, axis=0).max() == 0 and not np.allclose(alb[model.regions["teeth"]], skin[0])
+    with pytest.raises(ValueError, match="albedo"):
+        next(online_faces(cfg, 1, 4, model, renderer, albedo="gray"))
+    args = ["evaluate", "--online", "--n", "1", "--landmarks", "true", "--no-network", "--no-uncalibrated-fit",
+            "--out", str(tmp_path / "e.png")]
+    result = CliRunner().invoke(cli, args + ["--albedo", "uniform"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["albedo"] == "uniform"
+    bad = CliRunner().invoke(cli, [a for a in args if a != "--online"] + ["--albedo", "uniform", "--data",
+                                                                           str(tmp_path)])
+    assert bad.exit_code != 0 and "--albedo uniform renders faces on the fly" in bad.output
 
 
 def test_perspective_faces_magnify_what_is_near(model):
