@@ -92,10 +92,11 @@ def load_identity_map(path: str | Path) -> IdentityMap:
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path} is not an identity map (format {meta.get('format')!r})")
             layers = [(f[f"W{k}"], f[f"b{k}"]) for k in range(int(meta["layers"]))]
-            return IdentityMap(f["x_mean"], f["x_scale"], layers, f["y_scale"], f["cov"], meta["kind"],
-                               meta.get("provenance", {}))
-    except (OSError, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable identity map ({e})") from None
+            out = IdentityMap(f["x_mean"], f["x_scale"], layers, f["y_scale"], f["cov"], meta["kind"],
+                              meta.get("provenance", {}))
+    except (OSError, KeyError, ValueError, AttributeError) as e:  # not an .npz, or not ours
+        raise ValueError(f"{path} is not a readable identity map ({str(e).splitlines()[0][:80]})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an identity map (format {meta.get('format')!r})")
+    return out

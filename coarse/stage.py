@@ -71,7 +71,7 @@ class CoarseSettings:
         from facesynth.config import optional_file
 
         idc = cfg.identity
-        path = optional_file(cfg, None, idc.weights) if identity and idc.use != "off" else None
+        path = optional_file(cfg, None, idc.weights) if identity and idc.use != "none" else None
         id_map = None
         if path is not None:
             from .identity import load_identity_map
@@ -83,7 +83,7 @@ class CoarseSettings:
                               cfg.refine.iterations if iterations is None else iterations, cfg.refine.refit_pose,
                               cfg.refine.network_start,
                               cfg.refine.photometric if photometric and cfg.refine.photometric.weight > 0 else None,
-                              id_map, "prior" if idc.use == "off" else idc.use, idc.photometric_identity)
+                              id_map, "prior" if idc.use == "none" else idc.use, idc.photometric_identity)
 
 
 @dataclass(frozen=True)

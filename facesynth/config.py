@@ -224,8 +224,8 @@ class TrainConfig(RunConfig):
     augment: AugmentConfig
 
     def __post_init__(self):
-        if self.start not in ("fit", "mean") or self.start_pose not in ("fit", "true"):
-            raise ValueError(f"start must be 'fit' or 'mean', start_pose 'fit' or 'true'; got {self.start!r}, "
+        if self.start not in ("fit", "photometric", "mean") or self.start_pose not in ("fit", "true"):
+            raise ValueError(f"start must be 'fit', 'photometric' or 'mean', start_pose 'fit' or 'true'; got {self.start!r}, "
                              f"{self.start_pose!r}")
         if self.loss_align not in ("similarity", "none"):
             raise ValueError(f"loss_align must be 'similarity' or 'none'; got {self.loss_align!r}")
@@ -515,7 +515,8 @@ class VideoConfig:
     """``refine video`` (:mod:`reconstruct.video`): the One-Euro filter of the landmarks (``min_cutoff_hz``,
     ``beta`` per face size per second, ``d_cutoff_hz``), the clip's one identity (fitted jointly over the first
     ``identity_frames`` frames with a face, ``identity_rounds`` block-descent rounds, the frames counting as
-    ``identity_evidence_frames`` independent ones), ``fit_iterations`` per
+    ``identity_evidence_frames`` independent ones; with an identity map, its prior from the recognition
+    descriptors of ``identity_descriptor_frames`` of those frames, 0: none), ``fit_iterations`` per
     frame once it is held, the photometric fit per frame (``photometric_rounds`` rounds, 0: off, of at most
     ``photometric_iterations`` steps on ``photometric_samples`` vertices, expression and pose only, the expression
     prior also N(last frame's, ``photometric_temporal_std``^2), 0: not), when
@@ -527,6 +528,7 @@ class VideoConfig:
     identity_frames: int
     identity_rounds: int
     identity_evidence_frames: float
+    identity_descriptor_frames: int
     fit_iterations: int
     photometric_rounds: int
     photometric_iterations: int
@@ -547,7 +549,7 @@ class VideoConfig:
 class IdentityConfig:
     """Identity from the image (``train identity-data``, ``train identity``; :mod:`coarse.identity`): the
     recognition descriptor's map to the identity coefficients (``weights``), how the coarse stage uses it
-    (``use``: ``prior``, ``fixed`` or ``off``; ``photometric_identity``: ``free`` or ``held``,
+    (``use``: ``prior``, ``fixed`` or ``none``; ``photometric_identity``: ``free`` or ``held``,
     :class:`coarse.stage.CoarseSettings`), and the synthetic faces it learns from
     (photo-like renders of ``image_size`` pixels, yaw ~ N(0, ``yaw_std_deg``) cut at ``max_yaw_deg``, a pinhole
     camera with ``perspective_prob``, the photo-light options of ``sampling.light`` given here)."""
@@ -579,8 +581,8 @@ class IdentityConfig:
             raise ValueError("regressor must be auto, ridge or mlp; folds >= 2; 0 < test_share < 1")
         if self.n < 1 or self.chunk < 1 or self.image_size < 64:
             raise ValueError("n and chunk must be >= 1, image_size >= 64")
-        if self.use not in ("prior", "fixed", "off") or self.photometric_identity not in ("free", "held"):
-            raise ValueError("use must be prior, fixed or off; photometric_identity free or held")
+        if self.use not in ("prior", "fixed", "none") or self.photometric_identity not in ("free", "held"):
+            raise ValueError("use must be prior, fixed or none; photometric_identity free or held")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def main():
 @click.option("--no-network", is_flag=True, help="the landmark fit is the coarse face, even with network weights")
 @click.option("--no-photometric", is_flag=True, help="skip the landmark fit's refinement by the photo's shading "
                                                      "(refine.photometric)")
+@click.option("--no-identity", is_flag=True, help="no identity from the recognition descriptor (identity.use)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--all/--largest", "all_faces", default=None,
               help="every face above detect.min_interocular_px (one face-NN folder each when there are several; "
@@ -60,8 +61,8 @@ def main():
 @click.option("--force", is_flag=True, help="overwrite earlier outputs in --out (several photos: redo finished ones)")
 @click.option("--jobs", type=int, default=1, show_default=True, help="processes for several photos")
 @user_errors(INPUT_ERROR, FIT_ERROR, CheckpointError, TrainingError)
-def sfs(images, config, out, weights, resolution, iterations, no_network, no_photometric, device, detail_weights,
-        no_detail, detail_runtime, all_faces, no_sfs, force, jobs):
+def sfs(images, config, out, weights, resolution, iterations, no_network, no_photometric, no_identity, device,
+        detail_weights, no_detail, detail_runtime, all_faces, no_sfs, force, jobs):
     from .models import StackOptions
 
     cfg = load_cfg(config, {"refine.resolution": resolution, "refine.iterations": iterations,
@@ -76,7 +77,7 @@ def sfs(images, config, out, weights, resolution, iterations, no_network, no_pho
     if jobs < 1:
         raise _input_error(f"--jobs must be at least 1, got {jobs}")
     options = StackOptions(weights, detail_weights, no_detail, no_sfs, device, iterations, resolution, no_network,
-                           no_photometric)
+                           no_photometric, no_identity)
     if len(images) == 1 and Path(images[0]).is_file():  # one photo (never a batch): nothing else to import yet
         return _one_photo(Path(images[0]), cfg, options, out, all_faces, force)
     from .batch import default_out, expand_inputs, is_batch, plan, run_batch
@@ -213,14 +214,17 @@ def evaluate(data, n, coarse, detail_weights, device, config):
 
 
 
-@main.command("evaluate-scan", help="Render the textured scan in SCAN_DIR (one .obj with its texture, and "
-                                    "landmarks68.txt, in mm) in many poses and lights, run refine on each render "
-                                    "and score every stage NoW-style against the scan (one JSON object on stdout; "
-                                    "renders and pictures in --out).")
-@click.argument("scan_dir", type=click.Path(file_okay=False))
-@click.option("--views", type=int, default=None, help="renders" + _d("scan_eval.views"))
+@main.command("evaluate-scan", help="Render each textured scan (a SCAN_DIR holds one .obj with its texture, and "
+                                    "landmarks68.txt in mm, or gets landmarks from head-on renders; a folder of "
+                                    "such folders stands for all of them) in many poses and lights, run refine on "
+                                    "each render and score every stage NoW-style against the scan; the figure is each "
+                                    "stage's median over a scan / the mean face's, averaged over the scans (one "
+                                    "JSON object on stdout; renders and pictures in --out/<scan>).")
+@click.argument("scan_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--views", type=int, default=None, help="renders per scan" + _d("scan_eval.views"))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="folder for the renders, views.png, error_map.png and scan_eval.json" + _d("scan_eval.out"))
+              help="folder for scans.json and one folder per scan (renders, views.png, error_map.png, "
+                   "scan_eval.json)" + _d("scan_eval.out"))
 @click.option("--image-size", type=int, default=None, help="render side, pixels" + _d("scan_eval.image_size"))
 @click.option("--seed", type=int, default=None, help="poses, lights, backgrounds" + _d("scan_eval.seed"))
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
@@ -232,28 +236,30 @@ def evaluate(data, n, coarse, detail_weights, device, config):
 @click.option("--no-network", is_flag=True, help="the landmark fit is the coarse face, even with network weights")
 @click.option("--no-photometric", is_flag=True, help="skip the landmark fit's refinement by the photo's shading "
                                                      "(refine.photometric)")
+@click.option("--no-identity", is_flag=True, help="no identity from the recognition descriptor (identity.use)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @config_option
 @user_errors(INPUT_ERROR, FIT_ERROR, CheckpointError, TrainingError, SCAN_ERROR)
-def evaluate_scan(scan_dir, views, out, image_size, seed, weights, detail_weights, no_detail, no_sfs, no_network,
-                  no_photometric, device, config):
-    import numpy as np
-
+def evaluate_scan(scan_dirs, views, out, image_size, seed, weights, detail_weights, no_detail, no_sfs, no_network,
+                  no_photometric, no_identity, device, config):
     from morphable.model import load_model
 
     from .models import load_coarse, load_detail_predictor
-    from .scan import ScanError, load_scan
-    from .scan_eval import evaluate_scan as run
+    from .scan import ScanError
+    from .scan_eval import evaluate_scans, scan_folders
 
     if views is not None and views < 1 or image_size is not None and image_size < 64:
         raise ScanError(f"--views must be >= 1 and --image-size >= 64, got {views} and {image_size}")
     cfg = load_cfg(config, {"scan_eval.views": views, "scan_eval.image_size": image_size, "scan_eval.seed": seed})
+    folders = scan_folders(list(scan_dirs))  # a bad folder fails before anything loads
     model = load_model(cfg.resolve_path(cfg.model.path))
-    scan = load_scan(scan_dir, model.landmarks(np.zeros(model.n_coeffs)))  # a bad folder fails before the networks load
-    coarse, used = load_coarse(weights, cfg, device, no_network=no_network, no_photometric=no_photometric)
+    coarse, used = load_coarse(weights, cfg, device, no_network=no_network, no_photometric=no_photometric,
+                               no_identity=no_identity)
     detail, detail_used = (None, None) if no_detail else load_detail_predictor(detail_weights, cfg, device)
-    report = run(scan, model, cfg, Path(out) if out else cfg.resolve_path(cfg.scan_eval.out), cfg.scan_eval.views,
-                 coarse, detail, sfs=not no_sfs, notes={"weights": used, "detail_weights": detail_used})
+    notes = {"weights": used, "detail_weights": detail_used,
+             "identity": None if coarse.identity is None else f"{cfg.identity.weights} ({coarse.identity_use})"}
+    report = evaluate_scans(folders, model, cfg, Path(out) if out else cfg.resolve_path(cfg.scan_eval.out),
+                            cfg.scan_eval.views, coarse, detail, sfs=not no_sfs, notes=notes)
     click.echo(json.dumps(report, indent=1))
 
 

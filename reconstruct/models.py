@@ -34,11 +34,11 @@ def resolve_device(device: str) -> str:
 
 
 def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int | None = None,
-                no_network: bool = False, no_photometric: bool = False):
+                no_network: bool = False, no_photometric: bool = False, no_identity: bool = False):
     """The coarse stage's settings (:class:`coarse.stage.CoarseSettings`) and the network weights' path, or
     None when the fit is the coarse face (no weights, or ``no_network``). ``no_photometric``: the landmark fit
-    is not refined by the photo's shading (``refine.photometric``). torch is imported only when the network
-    loads.
+    is not refined by the photo's shading (``refine.photometric``); ``no_identity``: no identity prior from the
+    recognition descriptor (``identity``). torch is imported only when the network loads.
 
     ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
     given by the user must exist.
@@ -52,7 +52,8 @@ def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int 
         from coarse.network import load_iterative
 
         network = load_iterative(path, resolve_device(device))
-    coarse = CoarseSettings.from_config(cfg, network, iterations, photometric=not no_photometric)
+    coarse = CoarseSettings.from_config(cfg, network, iterations, photometric=not no_photometric,
+                                        identity=not no_identity)
     return coarse, None if path is None else str(path)
 
 
@@ -124,7 +125,7 @@ class StackOptions:
     no_sfs: skip those stages; device: ``auto``, ``cpu`` or ``cuda``; iterations: network passes (None:
     ``refine.iterations``); resolution: SfS pixels over the face (None: ``refine.resolution``); no_network: the
     landmark fit is the coarse face even when network weights exist; no_photometric: the landmark fit is not
-    refined by the photo's shading.
+    refined by the photo's shading; no_identity: no identity prior from the recognition descriptor.
     """
 
     weights: str | None = None
@@ -136,6 +137,7 @@ class StackOptions:
     resolution: int | None = None
     no_network: bool = False
     no_photometric: bool = False
+    no_identity: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,11 +159,12 @@ def load_stack(cfg, options: StackOptions) -> Stack:
 
     model = load_model(cfg.resolve_path(cfg.model.path))
     coarse, used = load_coarse(options.weights, cfg, options.device, options.iterations, options.no_network,
-                               options.no_photometric)
+                               options.no_photometric, options.no_identity)
     detail = None if options.no_detail else load_detail_stage(options.detail_weights, cfg, options.device)
     note = ("detail off (--no-detail)" if options.no_detail else detail.note() if detail else
             f"detail skipped (no {cfg.detail.weights})")
-    notes = {"weights": used, "detail_weights": detail and detail.path, "detail_runtime": detail and detail.runtime}
+    notes = {"weights": used, "detail_weights": detail and detail.path, "detail_runtime": detail and detail.runtime,
+             "identity": None if coarse.identity is None else cfg.identity.weights}
     return Stack(model, coarse, detail and detail.predictor, notes, note)
 
 

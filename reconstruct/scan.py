@@ -343,6 +343,8 @@ def place_landmarks(folder: str | Path, detect_params=None, image_size: int = 10
     found, base = [], None
     try:
         for fov in PLACE_FOVS_DEG:
+            if found == [] and fov != PLACE_FOVS_DEG[0]:
+                break
             focal = SENSOR_WIDTH_MM / (2 * np.tan(np.radians(fov) / 2))
             view = ScanView(0.0, 0.0, 0.0, float(focal), distance_mm, (0.0, 0.0, 1.0), 3.0, 0.4, 0)
             for shift in PLACE_SHIFTS_MM:
@@ -352,7 +354,9 @@ def place_landmarks(folder: str | Path, detect_params=None, image_size: int = 10
                     points = detect_faces(image, detect_params)[0].landmarks
                     on_scan = _depth_at(depth, points)
                 except (ReconstructionInputError, ScanError):
-                    continue  # no face, or a point off the scan: this framing says nothing
+                    if base is None:
+                        break  # the first framing shows no face: the others (a little wider or shifted) will not
+                    continue  # a point off the scan: this framing says nothing
                 if base is None:
                     base = (view, renderer.pivot.copy(), depth)
                 found.append(renderer.unproject(points, on_scan, view))

@@ -375,17 +375,37 @@ class ClipFitter:
         self.pose = pose
         return FrameFit(alpha, pose, landmark_residual_mm(m, self.lm, alpha, pose, points))
 
-    def joint_identity(self, points: list, poses: list, detector: str) -> tuple[np.ndarray, list]:
-        """The clip's identity from N frames' landmarks (joint MAP fit), held from now on; returns it and the N
-        frames' :class:`FrameFit` with it."""
+    def joint_identity(self, points: list, poses: list, detector: str,
+                       coefficients=None) -> tuple[np.ndarray, list]:
+        """The clip's identity from N frames' landmarks (joint MAP fit, under ``coefficients``: a
+        :class:`coarse.fit.CoefficientPrior`, e.g. the frames' recognition descriptors' identity; default the
+        ``fit`` section's), held from now on; returns it and the N frames' :class:`FrameFit` with it."""
+        start = self.identity if coefficients is None else coefficients.mean[:self.model.n_identity]
         ident, alphas, poses = fit_map_shared_identity(self.model, np.stack(points), self.lm, self.fast, poses,
-                                                       detector, self.cfg.identity_rounds, self.identity,
-                                                       self.cfg.identity_evidence_frames)
+                                                       detector, self.cfg.identity_rounds, start,
+                                                       self.cfg.identity_evidence_frames, coefficients)
         self.set_identity(ident)
         fits = [FrameFit(a, p, landmark_residual_mm(self.model, self.lm, a, p, x))
                 for a, p, x in zip(alphas, poses, points)]
         self.pose = poses[-1]
         return ident, fits
+
+
+def clip_identity_prior(coarse, model, frames: list, n: int):
+    """The fits' prior (:class:`coarse.fit.CoefficientPrior`) with the identity the recognition descriptors of
+    ``n`` of ``frames`` (evenly spread; each with ``rgb`` and ``obs.smooth`` landmarks) predict on average
+    (:class:`coarse.identity.IdentityMap`), or None when ``coarse`` has no identity map or ``n`` is 0. The
+    covariance stays one photo's: the frames show one face in much the same light, so their errors do not
+    average out as independent ones would."""
+    if coarse.identity is None or n < 1 or not frames:
+        return None
+    from coarse.fit import CoefficientPrior
+    from coarse.recognition import face_descriptor
+
+    pick = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int))
+    mean = np.mean([coarse.identity.predict(face_descriptor(frames[i].rgb, frames[i].obs.smooth)) for i in pick], 0)
+    base = CoefficientPrior.from_config(coarse.prior, model.n_identity, model.n_expression)
+    return base.with_identity(mean, coarse.identity.cov)
 
 
 # ---------------------------------------------------------------------------------------------- drawing
@@ -534,7 +554,9 @@ def process_video(path: str | Path, out: Path, cfg, stack, options: VideoOptions
         if with_face:
             t0 = time.perf_counter()
             kind = Counter(f.obs.detector for f in with_face).most_common(1)[0][0]
-            _, fits = fitter.joint_identity([f.obs.smooth for f in with_face], [f.fit.pose for f in with_face], kind)
+            prior = clip_identity_prior(stack.coarse, model, with_face, vc.identity_descriptor_frames)
+            _, fits = fitter.joint_identity([f.obs.smooth for f in with_face], [f.fit.pose for f in with_face], kind,
+                                            prior)
             timings["identity_fit_s"] += time.perf_counter() - t0
             last = None
             for f, fit in zip(with_face, fits):

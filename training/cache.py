@@ -82,7 +82,9 @@ def cache_config(cfg) -> dict:
         out["start"]["start_error_scale"] = list(tc.start_error_scale)
     if tc.start_landmarks != START_ADDED["start_landmarks"]:
         out["start"].update(start_landmarks=tc.start_landmarks, start_true_noise_mm=tc.start_true_noise_mm)
-    if tc.start == "fit":
+    if tc.start == "photometric":
+        out["photometric"] = {**cfg.to_dict()["refine"]["photometric"], "photo_size": cfg.evaluate.image_size}
+    if tc.start in ("fit", "photometric"):
         out["fit"] = cfg.to_dict()["fit"]
         out["fit"]["landmarks_bytes"] = cfg.resolve_path(cfg.fit.landmarks).stat().st_size
     return out

@@ -68,7 +68,8 @@ def run_config(section: str, config, values: dict):
     return load_cfg(config, {f"{section}.{k}": values[k] for k in RUN_KEYS})
 
 
-START_HELP = "a_t of the samples: fit (landmark fit of simulated detector landmarks) or mean"
+START_HELP = ("a_t of the samples: fit (landmark fit of simulated detector landmarks), photometric (that fit refined "
+              "by the photometric fit on a photo-sized render, ~0.3 s a sample) or mean")
 
 
 def render_options(fn):
@@ -89,7 +90,7 @@ def render_options(fn):
 @click.option("--cache", type=click.Path(dir_okay=False), multiple=True,
               help="train on the pairs of a `train cache` file, augmented on the fly; repeat it to train on "
                    "several as one set" + _d("train.cache"))
-@click.option("--start", type=click.Choice(["fit", "mean"]), default=None, help=START_HELP + _d("train.start"))
+@click.option("--start", type=click.Choice(["fit", "photometric", "mean"]), default=None, help=START_HELP + _d("train.start"))
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="start a new run from these weights (a checkpoint or exported file of the same network)"
                    + _d("train.init"))
@@ -116,7 +117,7 @@ def iterative(config, quiet, cache, start, init, **run):
 @click.option("--n", type=int, required=True, help="samples (0 .. n - 1 of the dataset)")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="cache file (HDF5)")
 @click.option("--seed", type=int, default=None, help="dataset seed" + _d("datagen.seed"))
-@click.option("--start", type=click.Choice(["fit", "mean"]), default=None, help=START_HELP + _d("train.start"))
+@click.option("--start", type=click.Choice(["fit", "photometric", "mean"]), default=None, help=START_HELP + _d("train.start"))
 @click.option("--error-scale", type=float, nargs=2, default=None, metavar="LOW HIGH",
               help="start fit: the simulated detector's error x s ~ U[LOW, HIGH] per pair (1: dlib, 0: exact points)"
                    + _d("train.start_error_scale"))
@@ -257,6 +258,7 @@ def detail(config, quiet, coarse_weights, **run):
 @click.option("--no-network", is_flag=True, help="report the mean face and the landmark fit only")
 @click.option("--no-photometric", is_flag=True, help="skip the landmark fit's refinement by the photo's shading "
                                                      "(refine.photometric)")
+@click.option("--no-identity", is_flag=True, help="no identity from the recognition descriptor (identity.use)")
 @click.option("--data", type=click.Path(file_okay=False), default=None, help="shard folder (default: on the fly)")
 @click.option("--online", is_flag=True, help="generate the faces (seed datagen.seed + 2000003; the default)")
 @click.option("--n", type=int, default=None, help="faces" + _d("evaluate.n"))
@@ -279,7 +281,7 @@ def detail(config, quiet, coarse_weights, **run):
               help="the faces' colouring: the albedo model's skin, or its mean over the face with eyes and teeth "
                    "as the materials give them (no skin texture)" + _d("evaluate.albedo"))
 @user_errors(TrainingError, CheckpointError)
-def evaluate(config, weights, no_network, no_photometric, data, online, n, landmarks, landmark_noise, iterations,
+def evaluate(config, weights, no_network, no_photometric, no_identity, data, online, n, landmarks, landmark_noise, iterations,
              pose_source, out, device, no_uncalibrated_fit, perspective, fit_identity_modes, albedo):
     from coarse.network import load_iterative
     from coarse.stage import CoarseSettings
@@ -311,7 +313,8 @@ def evaluate(config, weights, no_network, no_photometric, data, online, n, landm
     path = None if no_network else optional_file(cfg, weights, cfg.refine.weights)
     network = None if path is None else load_iterative(path, str(resolve_device(cfg.train.device)))
     model = load_model(cfg.resolve_path(cfg.model.path))
-    coarse = CoarseSettings.from_config(cfg, network, ev.iterations, photometric=not no_photometric)
+    coarse = CoarseSettings.from_config(cfg, network, ev.iterations, photometric=not no_photometric,
+                                        identity=not no_identity)
     # the online test faces: photo-like renders (the scene sampler's settings with the evaluate section's)
     scene_cfg = photo_scene_config(cfg)
     renderer = FaceRenderer.from_config(model, scene_cfg.render)

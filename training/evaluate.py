@@ -53,10 +53,12 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
     Returns:
         ``{"faces", "landmarks", "pose_source", "detector_found", "detector_stages" (the share of the faces each
         detector of the cascade found, :class:`coarse.detect.Detection`), "detector_missed" (the missed faces'
-        indices; these three with the detector only), "mean_face", "landmark_fit",
-        ["photometric_fit"] (with ``coarse.photometric``: the network then starts from it),
-        ["landmark_fit_uncalibrated"], ["iterations": [...]], "fit_to_mean_face"}``; each stage
-        ``{"mean_mm", "median_mm"}`` over the faces with landmarks.
+        indices; these three with the detector only), "coarse_method", "identity" (how the descriptor's identity
+        was used, or None), "mean_face", "landmark_fit", "coarse" (the coarse stage's answer: what ``refine``
+        uses), ["descriptor_identity"] (the recognition descriptor's identity with the landmark fit's
+        expression), ["photometric_fit"] (with ``coarse.photometric``: the network then starts from it),
+        ["landmark_fit_uncalibrated"], ["iterations": [...]], "fit_to_mean_face", "coarse_to_mean_face"}``; each
+        stage ``{"mean_mm", "median_mm"}`` over the faces with landmarks.
     """
     from coarse.detect import ReconstructionInputError, detect_faces
     from coarse.fit import fit_landmarks
@@ -72,7 +74,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
 
         faces = tqdm(faces, desc="evaluate", unit="face")
     done, gt, stages, total = [], [], {"landmark_fit": [], "landmark_fit_uncalibrated": [], "photometric_fit": [],
-                                       "iterations": []}, 0
+                                       "iterations": [], "coarse": [], "descriptor_identity": []}, 0
     detectors, missed = Counter(), []
     for face in faces:
         total += 1
@@ -95,6 +97,9 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         cf = coarse_fit(photo, points, model, settings, render_cfg, detector, fit_identity_modes,
                         face.pose if pose_source == "true" else None)
         stages["landmark_fit"].append(cf.fit)
+        stages["coarse"].append(cf.alpha)
+        if cf.identity_prior is not None:  # the descriptor's identity with the landmark fit's expression
+            stages["descriptor_identity"].append(np.r_[cf.identity_prior, cf.fit[model.n_identity:]])
         if settings.photometric is not None:
             stages["photometric_fit"].append(cf.start)
         if uncalibrated_fit:
@@ -113,7 +118,13 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         errors["landmark_fit_uncalibrated"] = coefficient_errors(model, np.stack(stages["landmark_fit_uncalibrated"]), gt)
     if stages["photometric_fit"]:
         errors["photometric_fit"] = coefficient_errors(model, np.stack(stages["photometric_fit"]), gt)
-    report = {"faces": total, "landmarks": landmarks, "pose_source": pose_source}
+    if stages["descriptor_identity"]:
+        errors["descriptor_identity"] = coefficient_errors(model, np.stack(stages["descriptor_identity"]), gt)
+    errors["coarse"] = coefficient_errors(model, np.stack(stages["coarse"]), gt)
+    report = {"faces": total, "landmarks": landmarks, "pose_source": pose_source,
+              "coarse_method": "iterative_network" if coarse.predict is not None else "photometric_fit"
+              if coarse.photometric is not None else "landmark_fit",
+              "identity": None if coarse.identity is None else coarse.identity_use}
     if fit_identity_modes is not None:
         report["fit_identity_modes"] = int(fit_identity_modes)
     if landmarks == "detector":
@@ -130,6 +141,7 @@ def evaluate(faces: Iterable, model, coarse, render_cfg, landmarks: str = "detec
         report["iterations"] = [summarize(e.mean(1)) for e in its]
         columns[f"iteration {len(its)}"] = its[-1]
     report["fit_to_mean_face"] = report["landmark_fit"]["mean_mm"] / report["mean_face"]["mean_mm"]
+    report["coarse_to_mean_face"] = report["coarse"]["mean_mm"] / report["mean_face"]["mean_mm"]
     if error_maps_png is not None and n_maps > 0:
         k = min(n_maps, len(done))
         draw_error_maps(Path(error_maps_png), model, render_cfg, done[:k], gt[:k],

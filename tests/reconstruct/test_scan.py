@@ -167,27 +167,36 @@ def test_evaluate_scan_reports_every_stage(scan_dir, tmp_path, model):
     out = tmp_path / "eval"
     res = _cli(scan_dir, "--views", 2, "--out", out, "--config", cfg, "--no-detail")
     assert res.exit_code == 0, res.output[-800:]
-    report = json.loads(res.stdout)
+    overall = json.loads(res.stdout)
+    assert [s["scan"] for s in overall["scans"]] == [scan_dir.name]
+    row = overall["scans"][0]
+    out = out / scan_dir.name
+    report = json.loads((out / "scan_eval.json").read_text())
+    assert row["coarse"]["ratio_to_mean_face"] == pytest.approx(report["coarse"]["median_mm"]
+                                                                 / report["mean_face"]["median_mm"])
+    assert overall["mean_ratio_to_mean_face"]["coarse"] == pytest.approx(row["coarse"]["ratio_to_mean_face"])
     assert report["views"] == 2 and 0 <= report["found"] <= 2
     for stage in ("mean_face", "coarse", "refined"):
         assert set(report[stage]) >= {"median_mm", "mean_mm", "std_mm"}
     assert len(report["per_view"]) == 2
     assert report["found"] >= 1, report["per_view"]  # a frontal render of a model face is found
     assert report["coarse"]["median_mm"] < 5 and report["mean_face"]["median_mm"] > 0
-    assert json.loads((out / "scan_eval.json").read_text())["found"] == report["found"]
     for f in ("view_00.png", "view_01.png", "views.png", "error_map.png"):
         assert (out / f).stat().st_size > 0
 
 
-@pytest.mark.parametrize("breakage", ["missing", "no_landmarks", "bad_landmarks", "metres", "no_texture"])
+@pytest.mark.parametrize("breakage", ["missing", "no_landmarks", "bad_landmarks", "metres", "no_texture", "empty"])
 def test_bad_scan_folder_is_a_one_line_error(scan_dir, tmp_path, breakage):
     d = tmp_path / "scan"
     if breakage != "missing":
         d.mkdir()
         for f in scan_dir.iterdir():
             (d / f.name).write_bytes(f.read_bytes())
-    if breakage == "no_landmarks":
+    if breakage == "no_landmarks":  # placed from head-on renders; this scan's file frame is turned: no face there
         (d / "landmarks68.txt").unlink()
+    elif breakage == "empty":  # no .obj anywhere below
+        for f in d.iterdir():
+            f.unlink()
     elif breakage == "bad_landmarks":
         (d / "landmarks68.txt").write_text("1 2 3\n4 5 6\n")
     elif breakage == "metres":
@@ -217,3 +226,27 @@ def test_views_follow_the_seed(cfg):
     assert {v.focal_mm for v in a} == {c[0] for c in cfg.scan_eval.cameras}
     with pytest.raises(ScanError):
         sample_views(0, cfg.scan_eval)
+
+
+
+def test_a_folder_of_scans_and_landmarks_placed_from_head_on_renders(scan_dir, tmp_path, model):
+    """A folder of scan folders stands for each of them; a scan without landmarks68.txt, in the usual frame (y up,
+    the face along +z), gets dlib's points from head-on renders, carried onto the surface."""
+    from reconstruct.scan import place_landmarks
+    from reconstruct.scan_eval import scan_folders
+
+    parent = tmp_path / "scans"
+    for name in ("b_plain", "a_plain"):
+        (parent / name).mkdir(parents=True)
+        alpha = _identity(model, 3)
+        for f in scan_dir.iterdir():
+            if f.suffix != ".txt":
+                (parent / name / f.name).write_bytes(f.read_bytes())
+        write_obj(parent / name / "face.obj", model.vertices(alpha), model.triangles, atlas_uv(model), model.tri_uv,
+                  "face_texture.png")
+    assert [f.name for f in scan_folders([parent])] == ["a_plain", "b_plain"]
+    assert scan_folders([parent / "a_plain"]) == [parent / "a_plain"]
+    placed = place_landmarks(parent / "a_plain", image_size=512)
+    truth = model.landmarks(_identity(model, 3))
+    inner = np.linalg.norm(placed - truth, axis=1)[27:60]  # nose, eyes, mouth: where dlib and the model agree
+    assert placed.shape == (68, 3) and np.median(inner) < 4.0, inner

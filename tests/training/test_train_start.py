@@ -383,3 +383,26 @@ def test_perspective_pairs_see_the_face_as_a_pinhole_camera_does(small_cfg, mode
     assert data_config(near, "numba")["sampling"]["pose"]["distance_mm"] == [350.0, 400.0]
     with pytest.raises(ConfigError, match="perspective_prob"):
         override(small_cfg, "sampling.pose.perspective_prob", 1.5)
+
+
+def test_photometric_starts_refine_the_fit_on_a_photo_sized_render(small_cfg, model):
+    """train.start photometric: the same simulated detections and landmark fit as train.start fit, then the
+    photometric fit on the true render at evaluate.image_size (deterministic; whether it helps is measured by
+    train evaluate, not on three faces)."""
+    from facesynth.config import override
+    from training.metrics import coefficient_errors
+    from training.starts import FitStart
+
+    cfg = override(override(small_cfg, "train.start_fit_prob", 1.0), "evaluate.image_size", 256)
+    fit = FitStart.from_config(cfg)
+    photo = FitStart.from_config(override(cfg, "train.start", "photometric"))
+    assert fit.photometric is None and photo.photometric is not None and photo.photo_size == 256
+    errors = []
+    for i in range(3):
+        scene = draw_scene(0, i, model, cfg)
+        a, b = fit.draw(scene, model, 0), photo.draw(scene, model, 0)
+        np.testing.assert_array_equal(a.points, b.points)
+        assert not np.allclose(a.alpha_fit, b.alpha_fit)
+        np.testing.assert_array_equal(b.alpha_fit, photo.draw(scene, model, 0).alpha_fit)
+        errors.append([coefficient_errors(model, d.alpha_fit[None], scene.alpha_gt[None]).mean() for d in (a, b)])
+    assert np.mean(errors, 0)[1] < 1.5 * np.mean(errors, 0)[0], errors  # a refinement, not a different face
