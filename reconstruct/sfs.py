@@ -141,9 +141,9 @@ def _operators(h: int, w: int) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_mat
 
 # ---------------------------------------------------------------------------------------------- pieces
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Inner product without BLAS: OpenBLAS threads its ddot for long vectors, and on a busy 2-core machine
-    those threads stall each CG iteration (5x slower runs were seen); einsum's loop is single-threaded."""
-    return float(np.einsum("i,i->", a, b))
+    """Inner product; :func:`sfs_refine` runs with BLAS on one thread (OpenBLAS threads its ddot for long vectors,
+    and on a busy 2-core machine those threads stall each CG iteration: 5x slower runs were seen)."""
+    return float(a @ b)
 
 
 def pcg(A: sp.csr_matrix, b: np.ndarray, rtol: float, maxiter: int,
@@ -206,13 +206,14 @@ def _neighbour_pairs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def estimate_albedo(image: np.ndarray, shading: np.ndarray, data_mask: np.ndarray, mask: np.ndarray,
-                    zeta0: np.ndarray, params: SfSConfig) -> np.ndarray:
+                    zeta0: np.ndarray, params: SfSConfig, start: np.ndarray | None = None) -> np.ndarray:
     """Edge-aware albedo by weighted least squares (module docstring, step 2).
 
     Args:
         image: (h, w) gray in [0, 1]; shading: (h, w) Y(n) . sh with unit albedo;
         data_mask: (h, w) bool pixels with a data term; mask: (h, w) bool pixels to solve for (the face);
-        zeta0: (h, w) coarse depth in pixel units; params: smoothing weights.
+        zeta0: (h, w) coarse depth in pixel units; params: smoothing weights; start: (h, w) the conjugate
+            gradients' start (e.g. the last estimate; default the median albedo everywhere).
     Returns:
         (h, w) albedo, 0 outside ``mask``.
     """
@@ -236,7 +237,8 @@ def estimate_albedo(image: np.ndarray, shading: np.ndarray, data_mask: np.ndarra
     eps = 1e-4  # keeps pixels without data (and islands) at the median albedo
     A = sp.diags(d * sc * sc + eps) + G.T @ sp.diags(wpq) @ G
     b = d * sc * I[cells] + eps * rho_bar
-    rho, _ = pcg(A.tocsr(), b, rtol=1e-4, maxiter=300, x0=np.full(n, rho_bar))
+    x0 = np.full(n, rho_bar) if start is None else start.reshape(-1)[cells].astype(np.float64)
+    rho, _ = pcg(A.tocsr(), b, rtol=1e-4, maxiter=300, x0=x0)
     out = np.zeros(h * w)
     out[cells] = rho
     return out.reshape(h, w)
@@ -342,7 +344,14 @@ def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm
     Raises:
         ValueError: wrong shapes, NaN/inf, bad pixel size or solver name, or fewer than 9 usable face pixels.
     """
+    from threadpoolctl import threadpool_limits
+
     t0 = time.perf_counter()
+    with threadpool_limits(1, user_api="blas"):
+        return _sfs_refine(image, depth0, mask, pixel_mm, params, t0)
+
+
+def _sfs_refine(image, depth0, mask, pixel_mm, params, t0) -> SfSResult:
     image_in = np.asarray(image, np.float64)
     image, depth0, mask = _check_inputs(image, depth0, mask, pixel_mm)
     albedo_edges = _chroma_edges(image_in, mask, params.chroma_edge)
@@ -377,10 +386,11 @@ def sfs_refine(image: np.ndarray, depth0: np.ndarray, mask: np.ndarray, pixel_mm
         zc = zeta.reshape(msk.shape)
         n_cur = normals_from_slopes(np.gradient(zc, axis=1), -np.gradient(zc, axis=0))[0]
         Y = sh_basis(n_cur)
-        albedo = np.ones_like(img)
+        albedo, start = np.ones_like(img), None
         for _ in range(params.light_iterations):
             sh = sh_least_squares(n_cur[shade_mask], img[shade_mask], albedo[shade_mask])
-            albedo = estimate_albedo(img, np.einsum("...k,k->...", Y, sh), shade_mask, msk, zeta0, params)
+            albedo = start = estimate_albedo(img, np.einsum("...k,k->...", Y, sh), shade_mask, msk, zeta0, params,
+                                             start)
         sh = sh_least_squares(n_cur[shade_mask], img[shade_mask], albedo[shade_mask])
         target = img
         if params.residual_lowpass_mm > 0:
