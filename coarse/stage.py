@@ -34,7 +34,8 @@ class CoarseSettings:
     identity_use: how the fits use its prediction, ``prior`` (identity ~ N(prediction, its error covariance):
     the fits may move it) or ``fixed`` (the prediction is the identity; the fits find expression and pose);
     photometric_identity: ``free`` (the photometric fit moves the identity too, under the prior) or ``held``
-    (it moves expression and pose; the landmark fit's identity stays).
+    (it moves expression and pose; the landmark fit's identity stays); identity_mirror: the descriptor is the
+    mean of the photo's and its mirror image's (:func:`coarse.recognition.face_descriptor`).
     """
 
     landmarks: LandmarkModel
@@ -48,6 +49,7 @@ class CoarseSettings:
     identity: object = None
     identity_use: str = "prior"
     photometric_identity: str = "free"
+    identity_mirror: bool = False
 
     def __post_init__(self):
         if self.network_start not in ("fit", "mean"):
@@ -83,7 +85,8 @@ class CoarseSettings:
                               cfg.refine.iterations if iterations is None else iterations, cfg.refine.refit_pose,
                               cfg.refine.network_start,
                               cfg.refine.photometric if photometric and cfg.refine.photometric.weight > 0 else None,
-                              id_map, "prior" if idc.use == "none" else idc.use, idc.photometric_identity)
+                              id_map, "prior" if idc.use == "none" else idc.use, idc.photometric_identity,
+                              idc.mirror)
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: Coarse
         image = photo if photo.dtype == np.uint8 else np.clip(np.asarray(photo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=-1)
-        descriptor = face_descriptor(image, landmarks)
+        descriptor = face_descriptor(image, landmarks, mirror=settings.identity_mirror)
         n_id = model.n_identity
         predicted = settings.identity.predict(descriptor).astype(np.float32)
         coefficients = settings.identity.prior(descriptor, CoefficientPrior.from_config(

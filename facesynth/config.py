@@ -549,14 +549,16 @@ class VideoConfig:
 class IdentityConfig:
     """Identity from the image (``train identity-data``, ``train identity``; :mod:`coarse.identity`): the
     recognition descriptor's map to the identity coefficients (``weights``), how the coarse stage uses it
-    (``use``: ``prior``, ``fixed`` or ``none``; ``photometric_identity``: ``free`` or ``held``,
-    :class:`coarse.stage.CoarseSettings`), and the synthetic faces it learns from
+    (``use``: ``prior``, ``fixed`` or ``none``; ``photometric_identity``: ``free`` or ``held``; ``mirror``: the
+    descriptor averaged with the mirror image's; :class:`coarse.stage.CoarseSettings`), and the synthetic faces it
+    learns from
     (photo-like renders of ``image_size`` pixels, yaw ~ N(0, ``yaw_std_deg``) cut at ``max_yaw_deg``, a pinhole
     camera with ``perspective_prob``, the photo-light options of ``sampling.light`` given here)."""
 
     weights: str
     use: str
     photometric_identity: str
+    mirror: bool
     data: str
     n: int
     seed: int

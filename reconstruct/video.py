@@ -403,7 +403,8 @@ def clip_identity_prior(coarse, model, frames: list, n: int):
     from coarse.recognition import face_descriptor
 
     pick = np.unique(np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int))
-    mean = np.mean([coarse.identity.predict(face_descriptor(frames[i].rgb, frames[i].obs.smooth)) for i in pick], 0)
+    mean = np.mean([coarse.identity.predict(face_descriptor(frames[i].rgb, frames[i].obs.smooth,
+                                                            mirror=coarse.identity_mirror)) for i in pick], 0)
     base = CoefficientPrior.from_config(coarse.prior, model.n_identity, model.n_expression)
     return base.with_identity(mean, coarse.identity.cov)
 

@@ -116,3 +116,30 @@ def test_the_coarse_stage_reads_the_identity_from_the_descriptor(cfg, model):
             np.testing.assert_allclose(cf.alpha[:n], cf.fit[:n], atol=1e-6)  # the photometric fit held it
     assert err["fixed", "free"] < 1e-5 and err["prior", "held"] < 0.5
     assert np.abs(coarse_fit(photo, pts, model, plain, cfg.render).alpha[:n] - truth).max() > 1.0
+
+
+def test_the_mirrored_descriptor_is_the_same_for_the_photo_and_its_mirror_image(cfg, model):
+    """mirror=True averages the photo's descriptor with its mirror image's, the landmarks relabelled
+    (MIRROR_68): the mirror image of the photo gives the same average, and MIRROR_68 is its own inverse."""
+    from coarse.recognition import MIRROR_68, face_descriptor
+    from datagen.scene import centred_pose
+    from render.camera import euler_to_rotation, project
+    from render.renderer import FaceRenderer
+
+    np.testing.assert_array_equal(MIRROR_68[MIRROR_68], np.arange(68))
+    r = FaceRenderer.from_config(model, cfg.render, backend="numba", image_size=256)
+    alpha = np.zeros(model.n_coeffs, np.float32)
+    alpha[:model.n_identity] = np.random.default_rng(5).normal(size=model.n_identity)
+    pose = centred_pose(model, euler_to_rotation(0.3, 0.1, 0.05), 1.3, 256)
+    skin = model.albedo_model.albedo(np.zeros((1, model.albedo_model.n_components)))[0]
+    from morphable.materials import head_albedo
+
+    img = (np.clip(r.render_face(alpha, pose, head_albedo(model, skin), r.shading_light).rgb, 0, 1) * 255).astype(
+        np.uint8)
+    pts = project(model.landmarks(alpha).astype(np.float64), pose)[:, :2]
+    flipped = np.ascontiguousarray(img[:, ::-1])
+    pts_f = pts[MIRROR_68] * (-1.0, 1.0) + (256, 0.0)
+    a, b = face_descriptor(img, pts, mirror=True), face_descriptor(flipped, pts_f, mirror=True)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    plain = face_descriptor(img, pts)
+    assert 0 < np.linalg.norm(a - plain) < 0.5 * np.linalg.norm(plain)
