@@ -6,6 +6,9 @@ real front end (``coarse.detect.detect_faces``; not timed). Per face, in alterna
 
 - ``new``: :func:`coarse.fit.fit_map` (its box least squares) then :func:`coarse.photometric.photometric_fit`
   (Levenberg-Marquardt, analytic Jacobians, a vertex sample);
+- ``stage``: the shipped coarse stage as ``refine`` loads it (:func:`reconstruct.models.load_coarse`) and runs it
+  (:func:`coarse.stage.coarse_fit`): the recognition descriptor (the photo's and its mirror image's) and its
+  identity prior, the same two fits (the photometric fit holding that identity), then the network's pass;
 - ``baseline``: the same landmark fit solved by ``scipy.optimize.lsq_linear(method="bvls")``, as it was, then
   :func:`coarse.photometric_reference.reference_fit` (autograd and L-BFGS, 4 rounds x 30 steps, every visible
   vertex), as it was.
@@ -51,12 +54,13 @@ def main() -> None:
     from coarse.detect import ReconstructionInputError, detect_faces
     from coarse.photometric import photometric_fit
     from coarse.photometric_reference import reference_fit
-    from coarse.stage import CoarseSettings
+    from coarse.stage import CoarseSettings, coarse_fit
     from datagen.faces import online_faces
     from facesynth.config import load_config
     from morphable.model import load_model
     from render.renderer import FaceRenderer
     from training.cli import photo_scene_config
+    from reconstruct.models import load_coarse
     from training.metrics import coefficient_errors
 
     torch.set_num_threads(1)
@@ -98,29 +102,42 @@ def main() -> None:
                                  coarse.photometric, det.detector)
         return a, t_fit, t_photo
 
-    runs = {"new": new, "baseline": baseline}
+    shipped, network = load_coarse(None, cfg, "cpu")
+
+    def stage(photo, det):
+        c, w = time.process_time(), time.perf_counter()
+        out = coarse_fit(photo, det.landmarks, model, shipped, cfg.render, detector=det.detector)
+        t = (time.process_time() - c, time.perf_counter() - w)
+        return out.alpha, (0.0, 0.0), t
+
+    runs = {"new": new, "baseline": baseline, "stage": stage}
     alpha, times = {k: [] for k in runs}, {k: [] for k in runs}  # times: (fit cpu, fit wall, photo cpu, photo wall)
     with threadpool_limits(1):
-        new(*faces[0][:2])
-        baseline(*faces[0][:2])  # numba kernels and torch warmed up, not timed
+        for run in runs.values():  # numba kernels, torch and the recognition network warmed up, not timed
+            run(*faces[0][:2])
         for i, (photo, det, _) in enumerate(tqdm(faces, desc="fit")):
-            for name in (("new", "baseline") if i % 2 == 0 else ("baseline", "new")):
+            for name in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
                 a, t_fit, t_photo = runs[name](photo, det)
                 alpha[name].append(a)
                 times[name].append((*t_fit, *t_photo))
     gt = np.stack([f[2] for f in faces])
-    record = {"benchmark": "coarse", "what": "landmark fit + photometric fit per face, one core", "faces": len(faces)}
+    record = {"benchmark": "coarse", "what": "landmark fit + photometric fit per face, one core (stage: the shipped "
+              "coarse_fit, identity descriptor and network included)", "faces": len(faces),
+              "stage_network": None if network is None else f"{network.path} ({network.runtime})", "stage_identity": coarse.identity is not None}
     for name in runs:
         t = np.asarray(times[name])
         err = coefficient_errors(model, np.stack(alpha[name]), gt).mean(1)
         record[name] = {"cpu_s_median": float(np.median(t[:, 0] + t[:, 2])), "cpu_s_mean": float(np.mean(t[:, 0] + t[:, 2])),
                         "wall_s_median": float(np.median(t[:, 1] + t[:, 3])),
-                        "landmark_fit_cpu_s_median": float(np.median(t[:, 0])),
-                        "photometric_fit_cpu_s_median": float(np.median(t[:, 2])),
-                        "photometric_fit_cpu_s_mean": float(np.mean(t[:, 2])),
                         "error_mm": {"mean": float(err.mean()), "median": float(np.median(err))}}
+        if name != "stage":
+            record[name].update({"landmark_fit_cpu_s_median": float(np.median(t[:, 0])),
+                                 "photometric_fit_cpu_s_median": float(np.median(t[:, 2])),
+                                 "photometric_fit_cpu_s_mean": float(np.mean(t[:, 2]))})
     record["speedup_cpu_median"] = record["baseline"]["cpu_s_median"] / record["new"]["cpu_s_median"]
     record["speedup_cpu_total"] = record["baseline"]["cpu_s_mean"] / record["new"]["cpu_s_mean"]
+    if "stage" in record:
+        record["stage_speedup_cpu_median"] = record["baseline"]["cpu_s_median"] / record["stage"]["cpu_s_median"]
     emit(record)
 
 

@@ -23,6 +23,9 @@ over space forgets. It needs the input size at construction. :func:`dense_from_m
 average head's weights, giving exactly the same outputs, so a trained network can continue with it.
 Coefficients are used as they are: identity weights ~ N(0, 1) and expression weights in [0, 1] are on
 similar scales. With K = 153 the network has about 3.2 M parameters.
+
+The weights (:func:`load_iterative`) and the export to ONNX (:func:`export_onnx`, what ``refine`` runs without
+torch: :mod:`coarse.network_runtime`) live here too.
 """
 from __future__ import annotations
 
@@ -204,11 +207,12 @@ class IterativeWeights:
     path: str
     provenance: dict
 
-    def predictor(self, device: str = "cpu"):
-        """The network as a numpy :data:`coarse.iterative.Predictor` on ``device``."""
+    def predictor(self, device: str | None = None):
+        """The network as a numpy :data:`coarse.iterative.Predictor` on ``device`` (None: the device it was
+        loaded to)."""
         from .iterative import torch_predictor
 
-        return torch_predictor(self.net, device)
+        return torch_predictor(self.net, str(next(self.net.parameters()).device) if device is None else device)
 
 
 def load_iterative(path: str | Path, device: str = "cpu") -> IterativeWeights:
@@ -223,3 +227,44 @@ def load_iterative(path: str | Path, device: str = "cpu") -> IterativeWeights:
     net.load_state_dict(ckpt["model"])
     return IterativeWeights(net.to(device).eval(), NetworkFrame.from_config(cfg), bool(cfg.datagen.color_input),
                             cfg, int(ckpt.get("step", 0)), str(path), dict(ckpt.get("provenance", {})))
+
+
+# ----------------------------------------------------------------------------------------- ONNX export
+def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int = 17) -> dict:
+    """Write the iterative network of the weights file ``weights`` as ONNX (what ``refine`` runs with ONNX
+    Runtime: :class:`coarse.network_runtime.OnnxIterative`), atomically.
+
+    The graph is :meth:`IterativeNet.forward` in eval mode (BatchNorm folded into the convolutions) on inputs
+    of the network frame's size, the batch dynamic (:func:`facesynth.onnx_model.write_onnx`; it needs the
+    ``onnx`` package). The metadata record the format, the SHA-256 of ``weights`` (``source_sha256``: refine
+    uses the export only for that file), the training config as JSON (the network frame and the input's
+    colour are rebuilt from it), the training step, the provenance record as JSON, the network's shape and
+    the torch version.
+
+    Args:
+        weights: a ``train iterative`` checkpoint or exported weights file (:func:`load_iterative`).
+        out: the ONNX file (None: beside ``weights``, :func:`facesynth.onnx_model.onnx_path`).
+        opset: the ONNX operator set.
+    Returns:
+        the metadata written, with ``path``.
+    """
+    import json
+
+    from facesynth.io import file_digest
+    from facesynth.onnx_model import exporter_note, onnx_path, write_onnx
+
+    from .network_runtime import ONNX_FORMAT, ONNX_INPUTS, ONNX_OUTPUT
+
+    loaded = load_iterative(weights, "cpu")
+    net = loaded.net
+    out = Path(out) if out is not None else onnx_path(weights)
+    size = loaded.frame.size
+    example = (torch.zeros(1, net.in_channels, size, size), torch.zeros(1, net.n_coeffs))
+    meta = {"format": ONNX_FORMAT, "source": Path(weights).name, "source_sha256": file_digest(weights),
+            "config": json.dumps(loaded.config.to_dict()), "step": str(loaded.step),
+            "provenance": json.dumps(loaded.provenance), "n_coeffs": str(net.n_coeffs),
+            "in_channels": str(net.in_channels), "image_size": str(size), "head": net.head,
+            "widths": ",".join(map(str, net.widths)), "exporter": exporter_note(opset)}
+    write_onnx(net, example, out, list(ONNX_INPUTS), [ONNX_OUTPUT],
+               {ONNX_INPUTS[0]: {0: "batch"}, ONNX_INPUTS[1]: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}, meta, opset)
+    return {**meta, "path": str(out)}

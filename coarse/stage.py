@@ -33,9 +33,12 @@ class CoarseSettings:
     identity: the recognition descriptor's map to the identity (:class:`coarse.identity.IdentityMap`) or None;
     identity_use: how the fits use its prediction, ``prior`` (identity ~ N(prediction, its error covariance):
     the fits may move it) or ``fixed`` (the prediction is the identity; the fits find expression and pose);
-    photometric_identity: ``free`` (the photometric fit moves the identity too, under the prior) or ``held``
-    (it moves expression and pose; the landmark fit's identity stays); identity_mirror: the descriptor is the
-    mean of the photo's and its mirror image's (:func:`coarse.recognition.face_descriptor`).
+    photometric_identity: with the descriptor's identity, ``free`` (the photometric fit moves the identity too,
+    under the prior) or ``held`` (it moves expression and pose; the landmark fit's identity stays; without an
+    identity map the photometric fit always moves the identity); identity_mirror: the descriptor is the
+    mean of the photo's and its mirror image's (:func:`coarse.recognition.face_descriptor`); network_identity:
+    with the network, the coarse identity is the network's (``network``) or its start's (``start``: the network
+    gives expression and pose).
     """
 
     landmarks: LandmarkModel
@@ -50,6 +53,7 @@ class CoarseSettings:
     identity_use: str = "prior"
     photometric_identity: str = "free"
     identity_mirror: bool = False
+    network_identity: str = "network"
 
     def __post_init__(self):
         if self.network_start not in ("fit", "mean"):
@@ -66,8 +70,9 @@ class CoarseSettings:
     @staticmethod
     def from_config(cfg, network=None, iterations: int | None = None, photometric: bool = True,
                     identity: bool = True) -> "CoarseSettings":
-        """Settings of a config's ``fit``, ``refine`` and ``identity`` sections; ``network``: loaded
-        :class:`coarse.network.IterativeWeights` or None; ``photometric`` False: no photometric refinement
+        """Settings of a config's ``fit``, ``refine`` and ``identity`` sections; ``network``: the loaded network,
+        :class:`coarse.network.IterativeWeights` (torch, on the device it was loaded to) or its ONNX export
+        :class:`coarse.network_runtime.OnnxIterative`, or None; ``photometric`` False: no photometric refinement
         whatever ``refine.photometric.weight`` says; ``identity`` False: no identity from the descriptor whatever
         ``identity.use`` says (otherwise its map is loaded from ``identity.weights`` when that file exists)."""
         from facesynth.config import optional_file
@@ -80,13 +85,13 @@ class CoarseSettings:
 
             id_map = load_identity_map(path)
         return CoarseSettings(load_landmark_model(cfg.resolve_path(cfg.fit.landmarks)), cfg.fit,
-                              None if network is None else network.predictor(str(next(network.net.parameters()).device)),
+                              None if network is None else network.predictor(),
                               None if network is None else network.frame,
                               cfg.refine.iterations if iterations is None else iterations, cfg.refine.refit_pose,
                               cfg.refine.network_start,
                               cfg.refine.photometric if photometric and cfg.refine.photometric.weight > 0 else None,
                               id_map, "prior" if idc.use == "none" else idc.use, idc.photometric_identity,
-                              idc.mirror)
+                              idc.mirror, cfg.refine.network_identity)
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,7 @@ def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: Coarse
     if settings.photometric is not None:
         from .photometric import photometric_fit
 
-        held = fixed is not None or settings.photometric_identity == "held"
+        held = fixed is not None or (coefficients is not None and settings.photometric_identity == "held")
         alpha, fit_pose = photometric_fit(photo, alpha, fit_pose, landmarks, model, settings.landmarks,
                                           settings.prior, settings.photometric, detector, n_identity,
                                           free="expression" if held else "all", coefficients=coefficients)
@@ -155,7 +160,10 @@ def coarse_fit(photo: np.ndarray, landmarks: np.ndarray, model, settings: Coarse
         return CoarseFit(alpha, fit_pose, method, fit, alpha, identity_prior=predicted)
     steps, net_pose = network_fit(settings.predict, settings.frame, photo, landmarks, model, render_cfg,
                                   settings.iterations, settings.refit_pose, pose=pose, alpha0=settings.start(alpha))
-    return CoarseFit(steps[-1][0], net_pose, "iterative_network", fit, alpha, [a for a, _ in steps], predicted)
+    final = np.asarray(steps[-1][0], np.float32).copy()
+    if settings.network_identity == "start":
+        final[:model.n_identity] = alpha[:model.n_identity]
+    return CoarseFit(final, net_pose, "iterative_network", fit, alpha, [a for a, _ in steps], predicted)
 
 
 def synthetic_start(kind: str, model, noise_px: float, render_cfg=None, network=None, iterations: int = 3,

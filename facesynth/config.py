@@ -366,12 +366,15 @@ class RefineConfig:
     working resolution, network passes, the photometric refinement of the fit, and the SfS energy;
     ``detect_in_background``: ``refine sfs PHOTO`` detects the face in a forked process while the models load
     (Linux; :func:`reconstruct.cli._one_photo`); ``faces``: which faces of a photo are reconstructed, ``all``
-    (above ``detect.min_interocular_px``) or ``largest`` (:func:`reconstruct.batch.chosen_faces`)."""
+    (above ``detect.min_interocular_px``) or ``largest`` (:func:`reconstruct.batch.chosen_faces`); ``runtime``:
+    what runs the network (``auto``, ``onnx`` or ``torch``: :func:`reconstruct.models.load_network_stage`)."""
 
     weights: str
+    runtime: str
     resolution: int
     iterations: int
     network_start: str
+    network_identity: str
     refit_pose: bool
     faces: str
     detect_in_background: bool
@@ -380,8 +383,12 @@ class RefineConfig:
     sfs: SfSConfig
 
     def __post_init__(self):
+        if self.runtime not in ("auto", "onnx", "torch"):
+            raise ConfigError(f"refine.runtime must be auto, onnx or torch; got {self.runtime!r}")
         if self.network_start not in ("fit", "mean"):
             raise ValueError(f"network_start must be 'fit' or 'mean'; got {self.network_start!r}")
+        if self.network_identity not in ("network", "start"):
+            raise ValueError(f"network_identity must be 'network' or 'start'; got {self.network_identity!r}")
         if self.faces not in ("all", "largest"):
             raise ValueError(f"faces must be 'all' or 'largest'; got {self.faces!r}")
 

@@ -32,7 +32,7 @@ from coarse.detect import ReconstructionInputError
 from coarse.fit import FitError
 from facesynth.io import atomic_write_text, write_json
 
-from .models import Stack, StackOptions, check_weights, load_stack
+from .models import Stack, StackOptions, check_weights, load_stack, set_worker_threads
 
 #: File suffixes taken from a folder (lower case; any file given by name is tried whatever its suffix).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
@@ -201,7 +201,8 @@ def reconstruct_photo(image: Path, photo: np.ndarray, found, base: Path, cfg, st
                                                         "faces_in_image": len(faces), "faces": report},
                       timings)
         method = rec.coarse_method
-        lines.append(f"{d}: {rec.coarse_method}, {stack.detail_note}, {int(rec.visible.sum())} visible vertices, "
+        how = f" ({stack.network_note})" if method == "iterative_network" and stack.network_note else ""
+        lines.append(f"{d}: {method}{how}, {stack.detail_note}, {int(rec.visible.sum())} visible vertices, "
                      + ", ".join(f"{k} {v:.2f}" for k, v in {**(timings or {}), **rec.timings}.items()))
     return PhotoResult(dirs, method, lines, faces_note(report))
 
@@ -263,10 +264,9 @@ _WORKER: dict = {}
 
 
 def _init_worker(cfg, options: StackOptions, threads: int) -> None:
-    """A worker process: its share of the cores for torch, and the models, loaded once."""
-    import torch
-
-    torch.set_num_threads(threads)
+    """A worker process: its share of the cores for the networks (:func:`reconstruct.models.set_worker_threads`:
+    no torch import when ONNX Runtime runs them), and the models, loaded once."""
+    set_worker_threads(threads)
     _WORKER.update(cfg=cfg, options=options, stack=load_stack(cfg, options))
 
 

@@ -44,6 +44,9 @@ def main():
 @click.option("--resolution", type=int, default=None, help="SfS pixels over the face" + _d("refine.resolution"))
 @click.option("--iterations", type=int, default=None, help="iterative network passes" + _d("refine.iterations"))
 @click.option("--no-network", is_flag=True, help="the landmark fit is the coarse face, even with network weights")
+@click.option("--network-runtime", type=click.Choice(["auto", "onnx", "torch"]), default=None,
+              help="what runs the iterative network: ONNX Runtime (the export beside its weights, made by train "
+                   "export-onnx), torch, or auto (onnx on the CPU when that export exists)" + _d("refine.runtime"))
 @click.option("--no-photometric", is_flag=True, help="skip the landmark fit's refinement by the photo's shading "
                                                      "(refine.photometric)")
 @click.option("--no-identity", is_flag=True, help="no identity from the recognition descriptor (identity.use)")
@@ -61,12 +64,12 @@ def main():
 @click.option("--force", is_flag=True, help="overwrite earlier outputs in --out (several photos: redo finished ones)")
 @click.option("--jobs", type=int, default=1, show_default=True, help="processes for several photos")
 @user_errors(INPUT_ERROR, FIT_ERROR, CheckpointError, TrainingError)
-def sfs(images, config, out, weights, resolution, iterations, no_network, no_photometric, no_identity, device,
-        detail_weights, no_detail, detail_runtime, all_faces, no_sfs, force, jobs):
+def sfs(images, config, out, weights, resolution, iterations, no_network, network_runtime, no_photometric,
+        no_identity, device, detail_weights, no_detail, detail_runtime, all_faces, no_sfs, force, jobs):
     from .models import StackOptions
 
     cfg = load_cfg(config, {"refine.resolution": resolution, "refine.iterations": iterations,
-                            "detail.runtime": detail_runtime,
+                            "refine.runtime": network_runtime, "detail.runtime": detail_runtime,
                             "refine.faces": None if all_faces is None else "all" if all_faces else "largest"})
     all_faces = cfg.refine.faces == "all"
     resolution, iterations = cfg.refine.resolution, cfg.refine.iterations
@@ -253,10 +256,11 @@ def evaluate_scan(scan_dirs, views, out, image_size, seed, weights, detail_weigh
     cfg = load_cfg(config, {"scan_eval.views": views, "scan_eval.image_size": image_size, "scan_eval.seed": seed})
     folders = scan_folders(list(scan_dirs))  # a bad folder fails before anything loads
     model = load_model(cfg.resolve_path(cfg.model.path))
-    coarse, used = load_coarse(weights, cfg, device, no_network=no_network, no_photometric=no_photometric,
-                               no_identity=no_identity)
+    coarse, network = load_coarse(weights, cfg, device, no_network=no_network, no_photometric=no_photometric,
+                                  no_identity=no_identity)
     detail, detail_used = (None, None) if no_detail else load_detail_predictor(detail_weights, cfg, device)
-    notes = {"weights": used, "detail_weights": detail_used,
+    notes = {"weights": network and network.path, "network_runtime": network and network.runtime,
+             "detail_weights": detail_used,
              "identity": None if coarse.identity is None else f"{cfg.identity.weights} ({coarse.identity_use})"}
     report = evaluate_scans(folders, model, cfg, Path(out) if out else cfg.resolve_path(cfg.scan_eval.out),
                             cfg.scan_eval.views, coarse, detail, sfs=not no_sfs, notes=notes)

@@ -33,28 +33,105 @@ def resolve_device(device: str) -> str:
     return str(resolve(device))
 
 
+#: A worker process's share of the cores for a network's pass (:func:`set_worker_threads`); 0: the runtimes'
+#: defaults (one thread per core).
+_WORKER_THREADS = 0
+
+
+def set_worker_threads(threads: int) -> None:
+    """A worker process of ``refine sfs --jobs K``: each network runs on ``threads`` threads (ONNX Runtime's
+    threads for the networks it loads from now on; torch's when torch is or gets imported to run one), without
+    importing torch for it."""
+    global _WORKER_THREADS
+    _WORKER_THREADS = int(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(_WORKER_THREADS)
+
+
+def _pick_runtime(key: str, runtime: str, path, device: str, matching) -> tuple[object | None, str, str]:
+    """What runs a network whose runtime setting ``key`` (``refine.runtime``, ``detail.runtime``) is
+    ``runtime``: ``onnx`` (ONNX Runtime on the CPU, the export beside the weights ``path`` made from that very
+    file; a :class:`facesynth.config.ConfigError` without one, or with ``--device cuda``), ``torch``, or
+    ``auto`` (ONNX when the device is the CPU and a matching export exists, else torch).
+
+    ``matching(path, threads)``: the network's ``matching_onnx`` (:meth:`facesynth.onnx_model.OnnxModel.matching`).
+    Returns (the loaded ONNX export, or None: torch runs it; the device; why torch runs it under ``auto``, ""
+    otherwise)."""
+    from facesynth.config import ConfigError
+
+    if runtime == "onnx" and device == "cuda":
+        raise ConfigError(f"{key} onnx runs on the CPU only: not with --device cuda")
+    dev = "cpu" if runtime == "onnx" else resolve_device(device)
+    net, why = None, ""
+    if runtime != "torch" and dev == "cpu":
+        net, why = matching(path, _WORKER_THREADS)
+        if net is None and runtime == "onnx":
+            raise ConfigError(f"{key} onnx: {why}")
+    if net is None and _WORKER_THREADS:  # torch runs it: a worker's share of the cores
+        import torch
+
+        torch.set_num_threads(_WORKER_THREADS)
+    return net, dev, why
+
+
+@dataclass(frozen=True)
+class NetworkStage:
+    """The loaded iterative network: ``network`` (:class:`coarse.network.IterativeWeights` in torch, or its ONNX
+    export :class:`coarse.network_runtime.OnnxIterative`), the weights file ``path`` (the ``.pt``), the
+    ``runtime`` that runs it (``onnxruntime`` or ``torch``), the ``device`` and ``why`` torch runs it when
+    ``refine.runtime`` is ``auto`` (empty otherwise)."""
+
+    network: object
+    path: str
+    runtime: str
+    device: str
+    why: str = ""
+
+    def note(self) -> str:
+        """What runs it, for the console after the coarse method: ``RUNTIME[, why]``."""
+        return self.runtime + (f", {self.why}" if self.why else "")
+
+
+def load_network_stage(weights: str | None, cfg, device: str = "auto") -> NetworkStage | None:
+    """The iterative network (:class:`NetworkStage`), or None when no weights exist. ``weights`` None means
+    ``refine.weights`` of the config if that file exists; a path given by the user must exist.
+
+    ``refine.runtime`` picks what runs it, as ``detail.runtime`` does for the detail network
+    (:func:`_pick_runtime`; the export: :func:`coarse.network_runtime.matching_onnx`). ONNX Runtime loads it
+    without importing torch (about 1 s of start-up less); its coefficients are torch's to ~1e-6.
+    """
+    from facesynth.config import optional_file
+
+    path = optional_file(cfg, weights, cfg.refine.weights)
+    if path is None:
+        return None
+    from coarse.network_runtime import matching_onnx
+
+    net, dev, why = _pick_runtime("refine.runtime", cfg.refine.runtime, path, device, matching_onnx)
+    if net is not None:
+        return NetworkStage(net, str(path), "onnxruntime", "cpu")
+    from coarse.network import load_iterative
+
+    return NetworkStage(load_iterative(path, dev), str(path), "torch", dev, why)
+
+
 def load_coarse(weights: str | None, cfg, device: str = "auto", iterations: int | None = None,
                 no_network: bool = False, no_photometric: bool = False, no_identity: bool = False):
-    """The coarse stage's settings (:class:`coarse.stage.CoarseSettings`) and the network weights' path, or
-    None when the fit is the coarse face (no weights, or ``no_network``). ``no_photometric``: the landmark fit
-    is not refined by the photo's shading (``refine.photometric``); ``no_identity``: no identity prior from the
-    recognition descriptor (``identity``). torch is imported only when the network loads.
+    """The coarse stage's settings (:class:`coarse.stage.CoarseSettings`) and the loaded network
+    (:class:`NetworkStage`: its path, runtime, ...), or None when the fit is the coarse face (no weights, or
+    ``no_network``). ``no_photometric``: the landmark fit is not refined by the photo's shading
+    (``refine.photometric``); ``no_identity``: no identity prior from the recognition descriptor
+    (``identity``). torch is imported only when it runs the network (:func:`load_network_stage`).
 
     ``weights`` None means ``refine.weights`` of the config (the shipped weights) if that file exists; a path
     given by the user must exist.
     """
     from coarse.stage import CoarseSettings
-    from facesynth.config import optional_file
 
-    path = None if no_network else optional_file(cfg, weights, cfg.refine.weights)
-    network = None
-    if path is not None:
-        from coarse.network import load_iterative
-
-        network = load_iterative(path, resolve_device(device))
-    coarse = CoarseSettings.from_config(cfg, network, iterations, photometric=not no_photometric,
-                                        identity=not no_identity)
-    return coarse, None if path is None else str(path)
+    network = None if no_network else load_network_stage(weights, cfg, device)
+    coarse = CoarseSettings.from_config(cfg, network and network.network, iterations,
+                                        photometric=not no_photometric, identity=not no_identity)
+    return coarse, network
 
 
 @dataclass(frozen=True)
@@ -79,32 +156,22 @@ def load_detail_stage(weights: str | None, cfg, device: str = "auto") -> DetailS
     """The detail network (:class:`DetailStage`), or None when no weights exist. ``weights`` None means
     ``detail.weights`` of the config if that file exists; a path given by the user must exist.
 
-    ``detail.runtime`` picks what runs it: ``onnx`` (ONNX Runtime on the CPU, the export beside the weights,
-    :func:`training.detail_runtime.matching_onnx`; an error without one, or with ``--device cuda``), ``torch``,
-    or ``auto``: ONNX when the device is the CPU and a matching export exists, else torch. ONNX Runtime starts
-    in about 0.2 s where torch takes about 2 s (import and load); its output is torch's to ~1e-6 mm.
+    ``detail.runtime`` picks what runs it (:func:`_pick_runtime`): ``onnx`` (ONNX Runtime on the CPU, the
+    export beside the weights, :func:`training.detail_runtime.matching_onnx`; an error without one, or with
+    ``--device cuda``), ``torch``, or ``auto``: ONNX when the device is the CPU and a matching export exists,
+    else torch. ONNX Runtime starts in about 0.2 s where torch takes about 2 s (import and load); its output is
+    torch's to ~1e-6 mm.
     """
-    from facesynth.config import ConfigError, optional_file
+    from facesynth.config import optional_file
 
     path = optional_file(cfg, weights, cfg.detail.weights)
     if path is None:
         return None
-    runtime = cfg.detail.runtime
-    if runtime == "onnx" and device == "cuda":
-        raise ConfigError("detail.runtime onnx runs on the CPU only: not with --device cuda")
-    dev = "cpu" if runtime == "onnx" else resolve_device(device)
-    why = ""
-    if runtime != "torch" and dev == "cpu":
-        from training.detail_runtime import matching_onnx
+    from training.detail_runtime import matching_onnx
 
-        threads = 0
-        if "torch" in sys.modules:  # a worker process of --jobs K has set torch's share of the cores
-            threads = sys.modules["torch"].get_num_threads()
-        net, why = matching_onnx(path, threads)
-        if net is not None:
-            return DetailStage(net.predictor(), str(path), "onnxruntime", "cpu")
-        if runtime == "onnx":
-            raise ConfigError(f"detail.runtime onnx: {why}")
+    net, dev, why = _pick_runtime("detail.runtime", cfg.detail.runtime, path, device, matching_onnx)
+    if net is not None:
+        return DetailStage(net.predictor(), str(path), "onnxruntime", "cpu")
     from training.detail_net import load_detail
 
     return DetailStage(load_detail(path, dev).predictor(dev), str(path), "torch", dev, why)
@@ -144,13 +211,16 @@ class StackOptions:
 class Stack:
     """The loaded stages: ``model`` (:class:`morphable.model.FaceModel`), ``coarse``
     (:class:`coarse.stage.CoarseSettings`), ``detail`` (a detail predictor or None), ``notes`` (the weights
-    used, for ``params.json``) and ``detail_note`` (one line on the detail stage, for the console)."""
+    used and the runtimes that run them, for ``params.json``), ``detail_note`` (one line on the detail stage,
+    for the console) and ``network_note`` (what runs the iterative network, :meth:`NetworkStage.note`; ""
+    without it)."""
 
     model: object
     coarse: object
     detail: object
     notes: dict
     detail_note: str
+    network_note: str = ""
 
 
 def load_stack(cfg, options: StackOptions) -> Stack:
@@ -158,14 +228,15 @@ def load_stack(cfg, options: StackOptions) -> Stack:
     from morphable.model import load_model
 
     model = load_model(cfg.resolve_path(cfg.model.path))
-    coarse, used = load_coarse(options.weights, cfg, options.device, options.iterations, options.no_network,
-                               options.no_photometric, options.no_identity)
+    coarse, network = load_coarse(options.weights, cfg, options.device, options.iterations, options.no_network,
+                                  options.no_photometric, options.no_identity)
     detail = None if options.no_detail else load_detail_stage(options.detail_weights, cfg, options.device)
     note = ("detail off (--no-detail)" if options.no_detail else detail.note() if detail else
             f"detail skipped (no {cfg.detail.weights})")
-    notes = {"weights": used, "detail_weights": detail and detail.path, "detail_runtime": detail and detail.runtime,
+    notes = {"weights": network and network.path, "network_runtime": network and network.runtime,
+             "detail_weights": detail and detail.path, "detail_runtime": detail and detail.runtime,
              "identity": None if coarse.identity is None else cfg.identity.weights}
-    return Stack(model, coarse, detail and detail.predictor, notes, note)
+    return Stack(model, coarse, detail and detail.predictor, notes, note, "" if network is None else network.note())
 
 
 def check_weights(cfg, options: StackOptions) -> None:

@@ -255,7 +255,7 @@ def detail(config, quiet, coarse_weights, **run):
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="network weights or checkpoint [default: refine.weights when it exists; without weights the "
                    "mean face and the landmark fit are reported]")
-@click.option("--no-network", is_flag=True, help="report the mean face and the landmark fit only")
+@click.option("--no-network", is_flag=True, help="no network passes: the fits are the coarse face, even with network weights")
 @click.option("--no-photometric", is_flag=True, help="skip the landmark fit's refinement by the photo's shading "
                                                      "(refine.photometric)")
 @click.option("--no-identity", is_flag=True, help="no identity from the recognition descriptor (identity.use)")
@@ -404,22 +404,48 @@ def export(checkpoint, out, provenance_json, last):
     click.echo(f"{out}: {info['format']}, step {info.get('step')}{span}, {Path(out).stat().st_size / 1e6:.1f} MB")
 
 
-@main.command("export-onnx", help="Write the detail network of WEIGHTS [default: detail.weights] as ONNX, which "
-                                  "refine runs with ONNX Runtime instead of torch (quicker to start); refine uses it "
-                                  "only for the WEIGHTS file it was made from (its SHA-256 is stored in it).")
-@click.argument("weights", type=click.Path(dir_okay=False), required=False)
+@main.command("export-onnx", help="Write the network of each WEIGHTS file as ONNX (the iterative or the detail "
+                                  "network, recognised by the file's format), which refine runs with ONNX Runtime "
+                                  "instead of torch (quicker to start); refine uses an export only for the WEIGHTS "
+                                  "file it was made from (its SHA-256 is stored in it). Default: the weights refine "
+                                  "uses, refine.weights and detail.weights, those that exist.")
+@click.argument("weights", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="the ONNX file [default: WEIGHTS with the suffix .onnx]")
+              help="the ONNX file, with one WEIGHTS [default: WEIGHTS with the suffix .onnx]")
 @config_option
 @user_errors(CheckpointError)
 def export_onnx(weights, out, config):
-    from .detail_net import export_onnx as export
-
     cfg = load_cfg(config, {})
-    weights = weights or str(cfg.resolve_path(cfg.detail.weights))
-    meta = export(weights, out)
-    click.echo(f"{meta['path']}: {meta['format']} of {weights} (step {meta['step']}, sha256 "
-               f"{meta['source_sha256'][:12]}...), {Path(meta['path']).stat().st_size / 1e6:.1f} MB")
+    if not weights:
+        weights = [str(p) for p in (cfg.resolve_path(cfg.refine.weights), cfg.resolve_path(cfg.detail.weights))
+                   if p.exists()]
+        if not weights:
+            raise click.ClickException(f"neither {cfg.refine.weights} nor {cfg.detail.weights} exists: give WEIGHTS")
+    if out is not None and len(weights) > 1:
+        raise click.UsageError("--out needs exactly one WEIGHTS")
+    for path in weights:
+        meta = _onnx_exporter(path)(path, out)
+        click.echo(f"{meta['path']}: {meta['format']} of {path} (step {meta['step']}, sha256 "
+                   f"{meta['source_sha256'][:12]}...), {Path(meta['path']).stat().st_size / 1e6:.1f} MB")
+
+
+def _onnx_exporter(path: str):
+    """The ONNX export function for the weights file ``path``, by its format tag: the iterative network's
+    (:func:`coarse.network.export_onnx`) or the detail network's (:func:`training.detail_net.export_onnx`);
+    :class:`CheckpointError` for a file of neither."""
+    from coarse.network import FORMAT as ITERATIVE
+    from coarse.network import export_onnx as export_iterative
+    from facesynth.checkpoint import load_file
+
+    from .detail_net import FORMAT as DETAIL
+    from .detail_net import export_onnx as export_detail
+
+    ckpt = load_file(path)
+    exporters = {ITERATIVE: export_iterative, DETAIL: export_detail}
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt not in exporters:
+        raise CheckpointError(f"{path} is neither an iterative nor a detail network checkpoint")
+    return exporters[fmt]
 
 
 if __name__ == "__main__":

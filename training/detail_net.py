@@ -268,47 +268,32 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int =
     """Write the detail network of the weights file ``weights`` as ONNX (what ``refine`` runs with ONNX
     Runtime: :class:`training.detail_runtime.OnnxDetail`), atomically.
 
-    torch's TorchScript-based exporter (``dynamo=False``: the ``torch.export`` one needs ``onnxscript``), in
-    eval mode (BatchNorm folded into the convolutions), batch, height and width dynamic; it needs the ``onnx``
-    package. The metadata record the format, the SHA-256 of ``weights`` (``source_sha256``: refine uses the
-    export only for that file), the high-pass blur, the padding multiple, the training step, the channels and
-    the torch version.
+    :func:`facesynth.onnx_model.write_onnx` (torch's TorchScript-based exporter, BatchNorm folded into the
+    convolutions; it needs the ``onnx`` package), batch, height and width dynamic. The metadata record the
+    format, the SHA-256 of ``weights`` (``source_sha256``: refine uses the export only for that file), the
+    high-pass blur, the padding multiple, the training step, the channels and the torch version.
 
     Args:
         weights: a ``train detail`` checkpoint or exported weights file (:func:`load_detail`).
-        out: the ONNX file (None: beside ``weights``, :func:`training.detail_runtime.onnx_path`).
+        out: the ONNX file (None: beside ``weights``, :func:`facesynth.onnx_model.onnx_path`).
         opset: the ONNX operator set.
     Returns:
         the metadata written, with ``path``.
     """
-    import warnings
+    from facesynth.io import file_digest
+    from facesynth.onnx_model import exporter_note, onnx_path, write_onnx
 
-    import onnx
-
-    from facesynth.io import atomic_path, file_digest
-
-    from .detail_runtime import ONNX_FORMAT, ONNX_INPUTS, ONNX_OUTPUT, onnx_path
+    from .detail_runtime import ONNX_FORMAT, ONNX_INPUTS, ONNX_OUTPUT
 
     loaded = load_detail(weights, "cpu")
     out = Path(out) if out is not None else onnx_path(weights)
-    graph = _OnnxGraph(loaded.net).eval()
     k = loaded.net.pad_multiple
     example = (torch.zeros(1, IN_CHANNELS, 4 * k, 4 * k), torch.ones(1))
     meta = {"format": ONNX_FORMAT, "source": Path(weights).name, "source_sha256": file_digest(weights),
             "highpass_sigma_px": repr(loaded.highpass_sigma_px), "pad_multiple": str(k),
             "step": str(loaded.step), "channels": ",".join(map(str, loaded.net.channels)),
-            "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=False), opset {opset}"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(graph, example, str(tmp), dynamo=False, input_names=list(ONNX_INPUTS),
-                              output_names=[ONNX_OUTPUT], opset_version=opset, do_constant_folding=True,
-                              dynamic_axes={ONNX_INPUTS[0]: {0: "batch", 2: "height", 3: "width"},
-                                            ONNX_INPUTS[1]: {0: "batch"},
-                                            ONNX_OUTPUT: {0: "batch", 2: "height", 3: "width"}})
-        model = onnx.load(str(tmp))
-        onnx.helper.set_model_props(model, meta)
-        onnx.checker.check_model(model)
-        onnx.save(model, str(tmp))
+            "exporter": exporter_note(opset)}
+    write_onnx(_OnnxGraph(loaded.net), example, out, list(ONNX_INPUTS), [ONNX_OUTPUT],
+               {ONNX_INPUTS[0]: {0: "batch", 2: "height", 3: "width"}, ONNX_INPUTS[1]: {0: "batch"},
+                ONNX_OUTPUT: {0: "batch", 2: "height", 3: "width"}}, meta, opset)
     return {**meta, "path": str(out)}

@@ -5,7 +5,8 @@
 (``data/detail_weights.onnx``, made from ``data/detail_weights.pt`` by ``train export-onnx``:
 :func:`training.detail_net.export_onnx`), which ONNX Runtime loads and runs in about 0.2 s in all. The ``.pt``
 file stays the source: training, resuming and ``train export`` use it, and an ``.onnx`` file is used only
-for the ``.pt`` file it was made from (:func:`matching_onnx`: the SHA-256 of that file is stored in it).
+for the ``.pt`` file it was made from (:func:`matching_onnx`: the SHA-256 of that file is stored in it;
+:mod:`facesynth.onnx_model` holds what the ONNX runtimes of the project share).
 
 This module imports neither torch nor the ONNX package (only ``onnxruntime``, when a network is loaded), so
 ``refine`` starts without them. :mod:`training.detail_net` holds the network itself (torch), its loss,
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from facesynth.onnx_model import OnnxModel, onnx_path  # noqa: F401  (onnx_path: importable from here too)
 from render.filters import masked_blur
 from render.shading import to_gray
 
@@ -60,17 +62,9 @@ def detail_features(image: np.ndarray, coarse_normals: np.ndarray, mask: np.ndar
     return np.concatenate([g[None], high[None], np.moveaxis(n, -1, 0), mask[None]]).astype(np.float32)
 
 
-def onnx_path(weights: str | Path) -> Path:
-    """Where the ONNX export of the weights file ``weights`` lives: beside it, ``.onnx`` for its suffix."""
-    return Path(weights).with_suffix(".onnx")
-
-
-class OnnxDetailError(ValueError):
-    """An ONNX file that is not a readable export of the detail network."""
-
-
-class OnnxDetail:
-    """The detail network exported to ONNX (:func:`training.detail_net.export_onnx`), on ONNX Runtime's CPU.
+class OnnxDetail(OnnxModel):
+    """The detail network exported to ONNX (:func:`training.detail_net.export_onnx`), on ONNX Runtime's CPU
+    (:class:`facesynth.onnx_model.OnnxModel`: opening, metadata, :meth:`~facesynth.onnx_model.OnnxModel.matching`).
 
     Args:
         path: the ``.onnx`` file.
@@ -83,25 +77,11 @@ class OnnxDetail:
             right and crops back, as :class:`training.detail_net.DetailNet` does inside its forward pass.
     """
 
-    def __init__(self, path: str | Path, threads: int = 0):
-        import onnxruntime as ort
+    FORMAT = ONNX_FORMAT
+    WHAT = "detail network"
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX file {self.path} not found")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        options.intra_op_num_threads = int(threads)
-        # idle worker threads sleep instead of spinning: the stages after the network need the cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self._runner = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own types for a foreign or truncated file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise OnnxDetailError(f"{self.path} is not a readable ONNX file ({first})") from None
-        self.metadata = dict(self._runner.get_modelmeta().custom_metadata_map)
-        if self.metadata.get("format") != ONNX_FORMAT:
-            raise OnnxDetailError(f"{self.path} is not a facesynth detail network export")
+    def __init__(self, path: str | Path, threads: int = 0):
+        super().__init__(path, threads)
         self.highpass_sigma_px = float(self.metadata["highpass_sigma_px"])
         self.pad_multiple = int(self.metadata["pad_multiple"])
 
@@ -111,7 +91,7 @@ class OnnxDetail:
         k = self.pad_multiple
         x = np.zeros((1, IN_CHANNELS, H + (-H % k), W + (-W % k)), np.float32)
         x[0, :, :H, :W] = features
-        out = self._runner.run([ONNX_OUTPUT], {ONNX_INPUTS[0]: x, ONNX_INPUTS[1]: np.array([pixel_mm], np.float32)})[0]
+        out = self.run(ONNX_OUTPUT, {ONNX_INPUTS[0]: x, ONNX_INPUTS[1]: np.array([pixel_mm], np.float32)})
         return np.ascontiguousarray(out[0, 0, :H, :W], np.float32)
 
     def predictor(self) -> DetailPredictor:
@@ -125,22 +105,7 @@ class OnnxDetail:
 
 
 def matching_onnx(weights: str | Path, threads: int = 0) -> tuple[OnnxDetail | None, str]:
-    """The ONNX export beside ``weights`` (:func:`onnx_path`), loaded, when it exists, ONNX Runtime is
-    installed and the export was made from this very file (the SHA-256 stored in it is the file's); else None
-    and why not (a retrained ``.pt`` without a new export runs in torch rather than with stale weights)."""
-    from facesynth.io import file_digest
-
-    path = onnx_path(weights)
-    if not path.is_file():
-        return None, f"no {path.name}"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return None, "onnxruntime is not installed"
-    try:
-        net = OnnxDetail(path, threads)
-    except OnnxDetailError as e:
-        return None, str(e)
-    if net.metadata.get("source_sha256") != file_digest(weights):
-        return None, f"{path.name} was made from other weights (train export-onnx)"
-    return net, ""
+    """The ONNX export beside ``weights`` (:func:`facesynth.onnx_model.onnx_path`), loaded, when it exists,
+    ONNX Runtime is installed and the export was made from this very file; else None and why not
+    (:meth:`facesynth.onnx_model.OnnxModel.matching`)."""
+    return OnnxDetail.matching(weights, threads)

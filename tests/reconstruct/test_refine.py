@@ -23,7 +23,8 @@ def _refine(*args, cwd=None, python=()):
                           capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
-#: Modules ``refine sfs`` with the shipped data does not use, so must not import (torch alone takes ~1.5 s).
+#: Modules ``refine sfs`` with the shipped data does not use, so must not import (torch alone takes ~1.5 s): the
+#: iterative and detail networks run on ONNX Runtime.
 UNUSED = ("torch", "h5py", "matplotlib", "pyrender", "onnx")
 
 
@@ -70,6 +71,8 @@ def test_writes_every_output_and_obj_parses(result):
     assert len(params["alpha"]) == 153 and len(params["landmarks_detected"]) == 68
     assert "texture_s" in params["timings_s"] and "detail_s" in params["timings_s"]
     assert params["detail_runtime"] == "onnxruntime" and params["detail_weights"].endswith("detail_weights.pt")
+    assert params["coarse_method"] == "iterative_network" and params["weights"].endswith("iterative_weights.pt")
+    assert params["network_runtime"] == "onnxruntime"
     start = params["startup_s"]
     assert {"imports", "detection", "models", "waited", "total"} <= set(start) and start["total"] > 0
 
@@ -280,8 +283,9 @@ def test_the_offset_fades_smoothly(seen_face, model):
 
 
 def test_the_network_runs_when_weights_exist_and_no_network_keeps_the_fit(tmp_path):
-    """With network weights refine's coarse face is the network's (params.json says so); --no-network keeps
-    the fit (refined by the photo's shading); --no-photometric too keeps the landmark fit as it is."""
+    """With network weights refine's coarse face is the network's (params.json says so, and that torch ran it
+    without an ONNX export beside the weights); --no-network keeps the fit (refined by the photo's shading);
+    --no-photometric too keeps the landmark fit as it is."""
     import torch
 
     from coarse.network import FORMAT, IterativeNet
@@ -299,7 +303,9 @@ def test_the_network_runs_when_weights_exist_and_no_network_keeps_the_fit(tmp_pa
                       "--weights", weights, "--iterations", "2", *extra)
         assert res.returncode == 0, res.stderr[-800:]
         methods[name] = json.loads((tmp_path / name / "params.json").read_text())
-    assert methods["net"]["coarse_method"] == "iterative_network"
+        if name == "net":  # no export beside these weights: torch runs them, and the face's line says why
+            assert "iterative_network (torch, no w.onnx)" in res.stdout
+    assert methods["net"]["coarse_method"] == "iterative_network" and methods["net"]["network_runtime"] == "torch"
     assert methods["fit"]["coarse_method"] == "photometric_fit"  # refine.photometric is on by default
     assert methods["landmarks"]["coarse_method"] == "landmark_fit"
     assert not np.allclose(methods["net"]["alpha"], methods["fit"]["alpha"])
