@@ -122,6 +122,8 @@ def test_video_tracks_after_one_detection_with_one_identity(tracked, clip, model
     assert [r["source"] for r in lines] == ["detected"] + ["tracked"] * (FRAMES - 1)
     assert summary["detector_runs"] == 1 and summary["identity_frames"] == FRAMES
     assert len(lines[5]["expression"]) == 53 and np.array(lines[5]["landmarks"]).shape == (68, 2)
+    # every line names the fit that made it: the photometric fit of expression and pose once the identity is held
+    assert {r["coarse_method"] for r in lines} == {"photometric_fit"}
     ident = json.loads((out / "identity.json").read_text())
     assert len(ident["identity"]) == model.n_identity and ident["frames"] == list(range(FRAMES))
     # the pose follows the truth: yaw within a few degrees
