@@ -171,7 +171,26 @@ def cnn_detector_path() -> Path:
 HOG_DETECTOR_PATH = REPO_ROOT / "data" / "dlib_frontal_face_detector.svm"
 
 
-@lru_cache(maxsize=1)
+#: The loaders of dlib's models, each cached (:func:`dlib_model`).
+_DLIB_MODELS: list = []
+
+
+def dlib_model(load):
+    """Decorator: ``load`` (the loader of one of dlib's models) cached, and counted by :func:`dlib_has_run`."""
+    cached = lru_cache(maxsize=1)(load)
+    _DLIB_MODELS.append(cached)
+    return cached
+
+
+def dlib_has_run() -> bool:
+    """Whether this process has loaded one of dlib's models (a detector, the 68-point predictor, the recognition
+    network), and so may have started dlib's thread pool. The pool does not survive a fork: a child forked after
+    it started can wait on it forever. Forking to run dlib (``refine.detect_in_background``) is therefore for a
+    process where this is False (a fresh ``refine sfs PHOTO``)."""
+    return any(f.cache_info().currsize for f in _DLIB_MODELS)
+
+
+@dlib_model
 def _hog_model():
     import dlib
 
@@ -180,7 +199,7 @@ def _hog_model():
     return dlib.get_frontal_face_detector()
 
 
-@lru_cache(maxsize=1)
+@dlib_model
 def _predictor():
     import dlib
 
@@ -192,7 +211,7 @@ def _dlib_models():
     return _hog_model(), _predictor()
 
 
-@lru_cache(maxsize=1)
+@dlib_model
 def _cnn_model():
     import dlib
 

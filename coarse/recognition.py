@@ -9,11 +9,9 @@ Frames: the photo frame of :mod:`coarse.detect` (pixels, x right, y down, pixel 
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
-from .detect import _model_path
+from .detect import _model_path, dlib_model
 
 #: Length of a descriptor.
 DESCRIPTOR_SIZE = 128
@@ -23,7 +21,7 @@ MIRROR_68 = np.r_[16:-1:-1, 26:16:-1, 27:31, 35:30:-1, 45:41:-1, 47:45:-1, 39:35
                   64:59:-1, 67:64:-1]
 
 
-@lru_cache(maxsize=1)
+@dlib_model
 def _recognition_model():
     import dlib
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import sys
 import traceback
 from typing import Any, Callable
@@ -48,9 +49,14 @@ class Background:
         os.close(write)
         self._pid, self._read, self.forked = pid, read, True
 
-    def result(self) -> Any:
-        """The call's return value; its exception is raised here."""
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's return value; its exception is raised here. A child that has not answered within
+        ``timeout`` seconds (None: no limit) is ended and the call runs here instead (a library's lock or thread
+        pool that did not survive the fork can make a child wait forever)."""
         if self._read is None:
+            return self._fn(*self._args)
+        if timeout is not None and not select.select([self._read], [], [], timeout)[0]:
+            self.close()
             return self._fn(*self._args)
         with os.fdopen(self._read, "rb") as f:
             self._read = None

@@ -131,27 +131,34 @@ def _refuse_existing(base: Path, n_faces: int) -> None:
             raise _input_error(f"{d / clash[0]} exists: use --force to overwrite or another --out")
 
 
+#: Seconds ``refine sfs PHOTO`` waits for the forked detection beyond loading the models before it ends the
+#: child and detects here (a photo takes about 1 s; only a child stuck on a lock comes near this).
+DETECT_CHILD_TIMEOUT_S = 60.0
+
+
 def _one_photo(image: Path, cfg, options, out, all_faces: bool, force: bool) -> None:
     """``refine sfs PHOTO``: the models (:func:`reconstruct.models.load_stack`), then the detection, then the
     faces. With ``refine.detect_in_background`` (Linux) the face is detected in a forked process
     (:class:`facesynth.background.Background`: reading the photo and loading dlib's models hold Python's lock,
     so a thread would not overlap) while this one imports the stages, loads the models and loads the first
-    numba kernel (numba's own start-up, about 0.3 s): on two idle cores they overlap; on busy ones the fork
-    measured slower, so it is off by default (docs/refine.md).
+    numba kernel (numba's own start-up, about 0.3 s): on two idle cores they overlap (docs/refine.md). Only in a
+    process that has not run dlib yet (:func:`coarse.detect.dlib_has_run`: dlib's thread pool does not survive a
+    fork); else the detection runs here, first.
 
     Prints each face's line and a start-up line; ``params.json`` gets ``timings_s.detect_s`` (photo, dlib's
     models, detectors, landmarks) and ``startup_s``: ``imports`` (process start to this command), ``models``
     (stage imports, face model, coarse settings, detail network), ``detection``, ``waited`` (for the forked
     detection once the models were loaded; 0 without) and ``total`` (process start to the first stage), all
     seconds of wall-clock time."""
-    import coarse.detect  # noqa: F401  both processes need it (numpy, Pillow, dlib): imported once, before the fork
+    from coarse.detect import dlib_has_run  # both processes need the module (numpy, Pillow, dlib): imported once
 
     from facesynth.background import Background
 
     t0 = time.perf_counter()
     imports = _process_seconds()
     base = Path(out) if out else image.with_suffix("")
-    with Background(_detect, image, cfg.detect, all_faces, fork=cfg.refine.detect_in_background) as detection:
+    fork = cfg.refine.detect_in_background and not dlib_has_run()
+    with Background(_detect, image, cfg.detect, all_faces, fork=fork) as detection:
         from .batch import chosen_faces, reconstruct_photo
         from .models import load_stack
 
@@ -161,7 +168,7 @@ def _one_photo(image: Path, cfg, options, out, all_faces: bool, force: bool) -> 
         if detection.forked:  # numba starts (LLVM, its caches) while the child still detects
             stack.model.vertex_normals(stack.model.mean)
         t1 = time.perf_counter()
-        photo, found, detect_s = detection.result()
+        photo, found, detect_s = detection.result(timeout=DETECT_CHILD_TIMEOUT_S)
         t2 = time.perf_counter()
     if not force and all_faces:
         _refuse_existing(base, len(chosen_faces(found, all_faces)))

@@ -1,5 +1,6 @@
 """facesynth.background: a call in a forked child gives its value or raises its error in the parent; a child
-that dies without an answer is run again in the parent; a child of a failed parent is ended. And the CLIs'
+that dies without an answer, or does not answer in time, is run again in the parent; a child of a failed parent
+is ended. And the CLIs'
 error types named "module:Class" (facesynth.cli_util.user_errors)."""
 from __future__ import annotations
 
@@ -50,6 +51,22 @@ def test_the_childs_error_is_raised_with_its_traceback():
 def test_a_child_that_dies_is_run_again_here():
     with Background(_dies_in_child, os.getpid()) as job:
         assert job.result() == "here"
+
+
+def _hangs_in_child(parent_pid):
+    if os.getpid() != parent_pid:
+        time.sleep(60)  # a child stuck on a lock that did not survive the fork
+        return "child"
+    return "here"
+
+
+@needs_fork
+def test_a_child_that_does_not_answer_in_time_is_ended_and_the_call_runs_here():
+    with Background(_hangs_in_child, os.getpid()) as job:
+        pid = job._pid
+        assert job.result(timeout=0.5) == "here"  # not the child's answer: the call ran here
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # ended and reaped
 
 
 def test_without_fork_the_call_runs_at_result():

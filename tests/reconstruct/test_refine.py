@@ -78,21 +78,57 @@ def test_writes_every_output_and_obj_parses(result):
 
 
 def test_detection_in_a_forked_process_is_the_same(cfg):
-    """refine.detect_in_background: the photo and its detections come back from the child as they are here."""
-    from facesynth.background import Background, fork_available
+    """refine.detect_in_background: the photo and its detections come back from the child as they are here. The
+    fork runs in a fresh process, as `refine sfs PHOTO` forks (this one has run dlib: no fork after that)."""
+    from facesynth.background import fork_available
     from reconstruct.cli import _detect
 
     if not fork_available():
         pytest.skip("no fork here")
-    with Background(_detect, PHOTO, cfg.detect, False) as job:
-        photo, found, seconds = job.result()
-    assert job.forked and seconds > 0
+    script = (
+        "import json, sys\n"
+        "from facesynth.background import Background\n"
+        "from facesynth.config import load_config\n"
+        "from reconstruct.cli import _detect\n"
+        "with Background(_detect, sys.argv[1], load_config().detect, False) as job:\n"
+        "    photo, found, seconds = job.result()\n"
+        "f = found.faces\n"
+        "print(json.dumps({'forked': job.forked, 'seconds': seconds, 'shape': list(photo.shape),\n"
+        "                  'sum': int(photo.astype('int64').sum()), 'stages': found.stages,\n"
+        "                  'landmarks': [x.landmarks.tolist() for x in f], 'detectors': [x.detector for x in f]}))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(PHOTO)], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    child = json.loads(done.stdout.strip().splitlines()[-1])
+    assert child["forked"] and child["seconds"] > 0
     here, found_here, _ = _detect(PHOTO, cfg.detect, False)
-    np.testing.assert_array_equal(photo, here)
-    faces, faces_here = found.faces, found_here.faces
-    assert len(faces) == len(faces_here) == 1 and found.stages == found_here.stages
-    np.testing.assert_array_equal(faces[0].landmarks, faces_here[0].landmarks)
-    assert faces[0].detector == faces_here[0].detector
+    assert child["shape"] == list(here.shape) and child["sum"] == int(here.astype(np.int64).sum())
+    faces_here = found_here.faces
+    assert len(child["landmarks"]) == len(faces_here) == 1 and child["stages"] == found_here.stages
+    np.testing.assert_array_equal(np.array(child["landmarks"][0]), faces_here[0].landmarks)
+    assert child["detectors"][0] == faces_here[0].detector
+
+
+def test_no_fork_once_dlib_has_run_in_the_process(tmp_path):
+    """dlib's thread pool does not survive a fork: a process that has run dlib detects in itself, not in a child
+    (a child forked after the pool started can wait on it forever)."""
+    from click.testing import CliRunner
+
+    from coarse.detect import detect_faces, dlib_has_run, load_image
+    from facesynth.background import fork_available
+    from reconstruct.cli import main
+
+    if not fork_available():
+        pytest.skip("no fork here")
+    detect_faces(load_image(PHOTO))
+    assert dlib_has_run()
+    config = tmp_path / "fork.yaml"
+    config.write_text("refine:\n  detect_in_background: true\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["sfs", str(PHOTO), "--out", str(out), "--no-detail", "--no-sfs",
+                                      "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    params = json.loads((out / "params.json").read_text())
+    assert params["startup_s"]["detection_in_background"] is False
 
 
 @pytest.fixture(scope="module")
