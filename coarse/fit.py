@@ -304,6 +304,19 @@ class CoefficientPrior:
         whiten[:n, :n] = np.linalg.solve(L, np.eye(n))  # L^-1: z = L^-1 (a - mean), cov = L L^T
         return CoefficientPrior(np.r_[np.asarray(mean, np.float64), self.mean[n:]], whiten)
 
+    def times_expression(self, n_identity: int, values: np.ndarray, std: float) -> "CoefficientPrior":
+        """This prior times N(``values`` (n_exp,), ``std``^2 I) on the expression weights (those after the first
+        ``n_identity`` coefficients; their block must be diagonal, as :meth:`from_config` makes it): the
+        precisions add, the mean is the precision-weighted one (e.g. a video frame's expression near the last
+        frame's)."""
+        n = n_identity
+        own_std = 1.0 / np.diag(self.whiten)[n:]
+        precision = own_std ** -2 + std ** -2
+        whiten = self.whiten.copy()
+        whiten[n:, n:] = np.diag(np.sqrt(precision))
+        mean = (self.mean[n:] * own_std ** -2 + np.asarray(values, np.float64) * std ** -2) / precision
+        return CoefficientPrior(np.r_[self.mean[:n], mean], whiten)
+
     def rows(self, free: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(A (K, Kf), c (K,)) with ``z = A @ a[free] + c`` for coefficients ``a`` that equal ``base`` (K,) outside
         ``free``."""

@@ -250,21 +250,18 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int =
     """
     import json
 
-    from facesynth.io import file_digest
-    from facesynth.onnx_model import exporter_note, onnx_path, write_onnx
+    from facesynth.onnx_model import write_onnx
 
     from .network_runtime import ONNX_FORMAT, ONNX_INPUTS, ONNX_OUTPUT
 
     loaded = load_iterative(weights, "cpu")
     net = loaded.net
-    out = Path(out) if out is not None else onnx_path(weights)
     size = loaded.frame.size
     example = (torch.zeros(1, net.in_channels, size, size), torch.zeros(1, net.n_coeffs))
-    meta = {"format": ONNX_FORMAT, "source": Path(weights).name, "source_sha256": file_digest(weights),
-            "config": json.dumps(loaded.config.to_dict()), "step": str(loaded.step),
+    meta = {"config": json.dumps(loaded.config.to_dict()), "step": str(loaded.step),
             "provenance": json.dumps(loaded.provenance), "n_coeffs": str(net.n_coeffs),
             "in_channels": str(net.in_channels), "image_size": str(size), "head": net.head,
-            "widths": ",".join(map(str, net.widths)), "exporter": exporter_note(opset)}
-    write_onnx(net, example, out, list(ONNX_INPUTS), [ONNX_OUTPUT],
-               {ONNX_INPUTS[0]: {0: "batch"}, ONNX_INPUTS[1]: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}, meta, opset)
-    return {**meta, "path": str(out)}
+            "widths": ",".join(map(str, net.widths))}
+    return write_onnx(net, example, weights, out, ONNX_FORMAT, list(ONNX_INPUTS), [ONNX_OUTPUT],
+                      {ONNX_INPUTS[0]: {0: "batch"}, ONNX_INPUTS[1]: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                      meta, opset)

@@ -94,27 +94,36 @@ class OnnxModel:
         return net, ""
 
 
-def write_onnx(module, example: tuple, out: str | Path, input_names: list[str], output_names: list[str],
-               dynamic_axes: dict, metadata: dict[str, str], opset: int = 17) -> None:
-    """Export the torch module ``module`` (eval mode) to ``out`` as ONNX with ``metadata``, atomically.
+def write_onnx(module, example: tuple, weights: str | Path, out: str | Path | None, fmt: str,
+               input_names: list[str], output_names: list[str], dynamic_axes: dict, metadata: dict[str, str],
+               opset: int = 17) -> dict:
+    """Export the torch module ``module`` (eval mode), the network of the weights file ``weights``, to ``out``
+    as ONNX, atomically, with the metadata an :class:`OnnxModel` of ``FORMAT`` ``fmt`` reads.
 
     torch's TorchScript-based exporter (``dynamo=False``: the ``torch.export`` one needs ``onnxscript``), with
     constant folding (BatchNorm folded into the convolutions); the metadata are stored as the model's
     properties (strings) and the file is checked by ``onnx.checker``. Needs torch and the ``onnx`` package.
 
     Args:
-        module: the graph; example: its example inputs (tensors); input_names, output_names, dynamic_axes:
-            as ``torch.onnx.export`` takes them; metadata: the export's metadata (``format`` and
-            ``source_sha256`` at least: :class:`OnnxModel`); opset: the ONNX operator set.
+        module: the graph; example: its example inputs (tensors).
+        weights: the weights file it was made from: its name (``source``) and SHA-256 (``source_sha256``, what
+            :meth:`OnnxModel.matching` compares) are recorded.
+        out: the ONNX file (None: beside ``weights``, :func:`onnx_path`).
+        fmt: the ``format`` entry; input_names, output_names, dynamic_axes: as ``torch.onnx.export`` takes
+            them; metadata: what the network's runtime needs besides (strings); opset: the ONNX operator set.
+    Returns:
+        the metadata written (with ``exporter``: torch's version, the exporter and the opset), and ``path``.
     """
     import warnings
 
     import onnx
     import torch
 
-    from .io import atomic_path
+    from .io import atomic_path, file_digest
 
-    out = Path(out)
+    out = Path(out) if out is not None else onnx_path(weights)
+    meta = {"format": fmt, "source": Path(weights).name, "source_sha256": file_digest(weights), **metadata,
+            "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=False), opset {opset}"}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         with warnings.catch_warnings():
@@ -123,14 +132,7 @@ def write_onnx(module, example: tuple, out: str | Path, input_names: list[str], 
                               output_names=output_names, opset_version=opset, do_constant_folding=True,
                               dynamic_axes=dynamic_axes)
         model = onnx.load(str(tmp))
-        onnx.helper.set_model_props(model, metadata)
+        onnx.helper.set_model_props(model, meta)
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
-
-
-def exporter_note(opset: int) -> str:
-    """The ``exporter`` metadata entry: torch's version and the exporter :func:`write_onnx` uses (imports
-    torch)."""
-    import torch
-
-    return f"torch {torch.__version__} torch.onnx.export(dynamo=False), opset {opset}"
+    return {**meta, "path": str(out)}

@@ -252,9 +252,7 @@ def evaluate(data, n, coarse, detail_weights, device, config):
 @user_errors(INPUT_ERROR, FIT_ERROR, CheckpointError, TrainingError, SCAN_ERROR)
 def evaluate_scan(scan_dirs, views, out, image_size, seed, weights, detail_weights, no_detail, no_sfs, no_network,
                   no_photometric, no_identity, device, config):
-    from morphable.model import load_model
-
-    from .models import load_coarse, load_detail_predictor
+    from .models import StackOptions, load_stack
     from .scan import ScanError
     from .scan_eval import evaluate_scans, scan_folders
 
@@ -262,15 +260,10 @@ def evaluate_scan(scan_dirs, views, out, image_size, seed, weights, detail_weigh
         raise ScanError(f"--views must be >= 1 and --image-size >= 64, got {views} and {image_size}")
     cfg = load_cfg(config, {"scan_eval.views": views, "scan_eval.image_size": image_size, "scan_eval.seed": seed})
     folders = scan_folders(list(scan_dirs))  # a bad folder fails before anything loads
-    model = load_model(cfg.resolve_path(cfg.model.path))
-    coarse, network = load_coarse(weights, cfg, device, no_network=no_network, no_photometric=no_photometric,
-                                  no_identity=no_identity)
-    detail, detail_used = (None, None) if no_detail else load_detail_predictor(detail_weights, cfg, device)
-    notes = {"weights": network and network.path, "network_runtime": network and network.runtime,
-             "detail_weights": detail_used,
-             "identity": None if coarse.identity is None else f"{cfg.identity.weights} ({coarse.identity_use})"}
-    report = evaluate_scans(folders, model, cfg, Path(out) if out else cfg.resolve_path(cfg.scan_eval.out),
-                            cfg.scan_eval.views, coarse, detail, sfs=not no_sfs, notes=notes)
+    stack = load_stack(cfg, StackOptions(weights, detail_weights, no_detail, no_sfs, device, no_network=no_network,
+                                         no_photometric=no_photometric, no_identity=no_identity))
+    report = evaluate_scans(folders, stack.model, cfg, Path(out) if out else cfg.resolve_path(cfg.scan_eval.out),
+                            cfg.scan_eval.views, stack.coarse, stack.detail, sfs=not no_sfs, notes=stack.notes)
     click.echo(json.dumps(report, indent=1))
 
 

@@ -235,7 +235,7 @@ def load_stack(cfg, options: StackOptions) -> Stack:
             f"detail skipped (no {cfg.detail.weights})")
     notes = {"weights": network and network.path, "network_runtime": network and network.runtime,
              "detail_weights": detail and detail.path, "detail_runtime": detail and detail.runtime,
-             "identity": None if coarse.identity is None else cfg.identity.weights}
+             "identity": None if coarse.identity is None else f"{cfg.identity.weights} ({coarse.identity_use})"}
     return Stack(model, coarse, detail and detail.predictor, notes, note, "" if network is None else network.note())
 
 

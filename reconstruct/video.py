@@ -347,15 +347,8 @@ class ClipFitter:
         m = self.model
         prior = CoefficientPrior.from_config(self.prior, m.n_identity, m.n_expression)
         if previous is not None and previous.method == "photometric_fit" and self.cfg.photometric_temporal_std > 0:
-            # N(expression_mean, expression_std^2) x N(last expression, temporal_std^2): precisions add
-            mean, std = prior.mean[m.n_identity:], 1.0 / np.diag(prior.whiten)[m.n_identity:]
-            last = np.asarray(previous.alpha, np.float64)[m.n_identity:]
-            precision = std ** -2 + self.cfg.photometric_temporal_std ** -2
-            whiten = prior.whiten.copy()
-            whiten[m.n_identity:, m.n_identity:] = np.diag(np.sqrt(precision))
-            prior = CoefficientPrior(np.r_[prior.mean[:m.n_identity], (mean * std ** -2 + last
-                                                                        * self.cfg.photometric_temporal_std ** -2)
-                                           / precision], whiten)
+            prior = prior.times_expression(m.n_identity, np.asarray(previous.alpha, np.float64)[m.n_identity:],
+                                           self.cfg.photometric_temporal_std)
         alpha, pose = photometric_fit(photo, fit.alpha, fit.pose, points, m, self.lm, self.prior, self.photometric,
                                       detector, free="expression", coefficients=prior)
         return FrameFit(alpha, pose, fit.residual_mm, "photometric_fit")

@@ -280,20 +280,15 @@ def export_onnx(weights: str | Path, out: str | Path | None = None, opset: int =
     Returns:
         the metadata written, with ``path``.
     """
-    from facesynth.io import file_digest
-    from facesynth.onnx_model import exporter_note, onnx_path, write_onnx
+    from facesynth.onnx_model import write_onnx
 
     from .detail_runtime import ONNX_FORMAT, ONNX_INPUTS, ONNX_OUTPUT
 
     loaded = load_detail(weights, "cpu")
-    out = Path(out) if out is not None else onnx_path(weights)
     k = loaded.net.pad_multiple
     example = (torch.zeros(1, IN_CHANNELS, 4 * k, 4 * k), torch.ones(1))
-    meta = {"format": ONNX_FORMAT, "source": Path(weights).name, "source_sha256": file_digest(weights),
-            "highpass_sigma_px": repr(loaded.highpass_sigma_px), "pad_multiple": str(k),
-            "step": str(loaded.step), "channels": ",".join(map(str, loaded.net.channels)),
-            "exporter": exporter_note(opset)}
-    write_onnx(_OnnxGraph(loaded.net), example, out, list(ONNX_INPUTS), [ONNX_OUTPUT],
-               {ONNX_INPUTS[0]: {0: "batch", 2: "height", 3: "width"}, ONNX_INPUTS[1]: {0: "batch"},
-                ONNX_OUTPUT: {0: "batch", 2: "height", 3: "width"}}, meta, opset)
-    return {**meta, "path": str(out)}
+    meta = {"highpass_sigma_px": repr(loaded.highpass_sigma_px), "pad_multiple": str(k),
+            "step": str(loaded.step), "channels": ",".join(map(str, loaded.net.channels))}
+    return write_onnx(_OnnxGraph(loaded.net), example, weights, out, ONNX_FORMAT, list(ONNX_INPUTS), [ONNX_OUTPUT],
+                      {ONNX_INPUTS[0]: {0: "batch", 2: "height", 3: "width"}, ONNX_INPUTS[1]: {0: "batch"},
+                       ONNX_OUTPUT: {0: "batch", 2: "height", 3: "width"}}, meta, opset)
